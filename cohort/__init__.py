@@ -1,0 +1,60 @@
+"""idc-cohort: find, check and assemble cohorts of NCI Imaging Data Commons series.
+
+    >>> from cohort import Cohort
+    >>> c = Cohort.from_query("series_by_collection", collection_id="tcga_paad", modality="SM")
+    >>> c.counts
+"""
+
+import logging
+
+from .catalog import Catalog
+from .cohort import Cohort, Counts, Provenance, default_catalog
+from .endpoints import Endpoint, EndpointKind, custom, google_store, idc_proxy
+from .errors import (
+    CatalogError,
+    CohortError,
+    CohortInputError,
+    CoverageError,
+    EndpointError,
+    HarvestError,
+    ManifestError,
+    ParameterError,
+    QueryError,
+    QueryFileError,
+    ReadOnlyError,
+    TableUnavailableError,
+    UnknownTableError,
+)
+from .queries import Parameter, SavedQuery, list_queries, load_query
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "Catalog",
+    "CatalogError",
+    "Cohort",
+    "CohortError",
+    "CohortInputError",
+    "Counts",
+    "CoverageError",
+    "Endpoint",
+    "EndpointError",
+    "EndpointKind",
+    "HarvestError",
+    "ManifestError",
+    "Parameter",
+    "ParameterError",
+    "Provenance",
+    "QueryError",
+    "QueryFileError",
+    "ReadOnlyError",
+    "SavedQuery",
+    "TableUnavailableError",
+    "UnknownTableError",
+    "custom",
+    "default_catalog",
+    "google_store",
+    "idc_proxy",
+    "list_queries",
+    "load_query",
+]

@@ -1,0 +1,243 @@
+"""The index catalog: a DuckDB connection with a view per idc-index table.
+
+Views carry idc-index's names (``index``, ``sm_index``, ...) so that SQL written
+for ``IDCClient.sql_query`` runs unchanged. They read the Parquet files in
+place: nothing is loaded into pandas, and making a catalog costs milliseconds.
+Optional tables are fetched the first time a query names them.
+
+Queries run read-only. The connection is opened with DuckDB's own sandbox
+settings (``enable_external_access = false`` with ``allowed_paths`` limited to
+the index files, ``lock_configuration = true``), and every statement is
+checked to be a SELECT before it runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from .errors import CatalogError, ParameterError, QueryError, ReadOnlyError, UnknownTableError
+from .tables import TableInfo, TableStore, idc_version
+
+
+class Catalog:
+    """DuckDB views over the idc-index tables.
+
+    Parameters
+    ----------
+    index_dir:
+        A directory holding optional tables' Parquet files (``sm_index.parquet``,
+        ...), for machines without internet. Defaults to ``$COHORT_INDEX_DIR``.
+    cache_dir:
+        Where fetched tables are kept (default: a per-version user cache).
+    download:
+        Fetch optional tables that are not on this machine (default True).
+    """
+
+    def __init__(
+        self,
+        index_dir: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        download: bool = True,
+        urls: tuple[str, ...] | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"index_dir": index_dir, "cache": cache_dir, "download": download}
+        if urls is not None:
+            kwargs["urls"] = tuple(urls)
+        self.store = TableStore(**kwargs)
+        self.idc_version = idc_version()
+        self.data_version = self.store.version
+        self._extra_dirs: list[Path] = []
+        self._extra_views: dict[str, str] = {}
+        self._connect()
+
+    # -- connection -------------------------------------------------------
+    def _connect(self) -> None:
+        con = duckdb.connect()
+        paths = sorted({str(p) for name in self.store.tables for p in self.store.candidates(name)})
+        con.execute("SET allowed_paths = $p", {"p": paths})
+        if self._extra_dirs:
+            con.execute("SET allowed_directories = $d", {"d": [str(d) + os.sep for d in self._extra_dirs]})
+        for setting in (
+            "SET enable_external_access = false",
+            "SET autoinstall_known_extensions = false",
+            "SET autoload_known_extensions = false",
+            "SET lock_configuration = true",
+        ):
+            con.execute(setting)
+        self._con = con
+        self._views: set[str] = set()
+        for name, info in self.store.tables.items():
+            if info.bundled or self.store.local_path(name):
+                self._create_view(name)
+        for name, select in self._extra_views.items():
+            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {select}')
+
+    def _create_view(self, name: str) -> None:
+        path = self.store.path(name)
+        self._con.execute(
+            f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet({_sql_literal(str(path))})'
+        )
+        self._views.add(name)
+
+    def add_view(self, name: str, select_sql: str, allow_dir: str | os.PathLike | None = None) -> None:
+        """Add a view of our own (e.g. a harvest directory's tables).
+
+        ``allow_dir`` is a directory the view reads; the sandbox is rebuilt to allow it.
+        """
+        self._extra_views[name] = select_sql
+        if allow_dir is not None and Path(allow_dir).resolve() not in self._extra_dirs:
+            self._extra_dirs.append(Path(allow_dir).resolve())
+            self._connect()
+        else:
+            self._con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {select_sql}')
+
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The DuckDB connection (sandboxed: read-only access to the index files)."""
+        return self._con
+
+    # -- tables -----------------------------------------------------------
+    @property
+    def tables(self) -> dict[str, TableInfo]:
+        return dict(self.store.tables)
+
+    def available(self, name: str) -> bool:
+        """True when the table can be queried without a download."""
+        return name in self._views or self.store.local_path(name) is not None
+
+    def ensure(self, name: str) -> None:
+        """Make ``name`` queryable, fetching an optional table if needed."""
+        if name in self._views or name in self._extra_views:
+            return
+        self.store.info(name)  # raises UnknownTableError
+        self._create_view(name)
+
+    def columns(self, name: str) -> list[str]:
+        self.ensure(name)
+        return [r[0] for r in self._con.execute(f'DESCRIBE "{name}"').fetchall()]
+
+    # -- queries ----------------------------------------------------------
+    def sql(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        source: str | None = None,
+        register: Mapping[str, Any] | None = None,
+    ) -> pa.Table:
+        """Run one read-only SELECT with named parameters bound by DuckDB; return Arrow.
+
+        ``register`` maps names to Arrow tables or pandas frames usable in the SQL.
+        """
+        params = dict(params or {})
+        check_read_only(sql, source=source, params=params)
+        self._ensure_referenced(sql, exclude=set(register or ()))
+        cur = self._con.cursor()
+        try:
+            for name, obj in (register or {}).items():
+                cur.register(name, obj)
+            return cur.execute(sql, params or None).fetch_arrow_table()
+        except duckdb.Error as exc:
+            raise self._translate(exc, sql, source, params) from None
+        finally:
+            cur.close()
+
+    def df(self, sql: str, params: Mapping[str, Any] | None = None, **kwargs):
+        """Like :meth:`sql`, as a pandas DataFrame."""
+        return self.sql(sql, params, **kwargs).to_pandas()
+
+    def _ensure_referenced(self, sql: str, exclude: Iterable[str] = ()) -> None:
+        for name in referenced_tables(sql, self.store.tables):
+            if name not in exclude:
+                self.ensure(name)
+
+    def _translate(self, exc: duckdb.Error, sql: str, source: str | None, params: dict) -> QueryError:
+        text = str(exc)
+        if isinstance(exc, duckdb.CatalogException) and "Table with name" in text:
+            m = re.search(r"Table with name (\S+) does not exist", text)
+            name = m.group(1) if m else "?"
+            return UnknownTableError(self.store.unknown_table_message(name))  # type: ignore[return-value]
+        if isinstance(exc, duckdb.InvalidInputException) and "parameter" in text.lower():
+            return ParameterError(_first_line(text), sql=sql, source=source, params=params)
+        if isinstance(exc, duckdb.PermissionException):
+            return ReadOnlyError(
+                f"{_first_line(text)}; saved queries may only read the index tables",
+                sql=sql, source=source, params=params,
+            )
+        if isinstance(exc, duckdb.BinderException):
+            m = re.search(r'Referenced column "?([^"\s]+)"? not found', text)
+            if m:
+                hint = self._suggest_column(m.group(1))
+                if hint:
+                    text = f"{_first_line(text)}. Did you mean: {', '.join(hint)}?"
+        return QueryError(_first_line(text) if "\n" in text and len(text) > 400 else text.strip(),
+                          sql=sql, source=source, params=params)
+
+    def _suggest_column(self, wrong: str) -> list[str]:
+        names = {c for name in self._views for c in self.store.tables[name].column_names} if self._views else set()
+        names |= {c for t in self.store.tables.values() for c in t.column_names}
+        lower = {n.lower(): n for n in names}
+        return [lower[m] for m in difflib.get_close_matches(wrong.lower(), list(lower), n=3, cutoff=0.6)]
+
+    def __repr__(self) -> str:
+        return f"<Catalog IDC v{self.idc_version} (idc-index-data {self.data_version}), views: {', '.join(sorted(self._views))}>"
+
+
+def check_read_only(sql: str, *, source: str | None = None, params: Mapping[str, Any] | None = None) -> None:
+    """Refuse anything but a single SELECT (COPY, ATTACH, SET, CREATE, INSTALL ...)."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(f"SQL does not parse: {_first_line(str(exc))}", sql=sql, source=source, params=params) from None
+    if not statements:
+        raise QueryError("no SQL statement found", sql=sql, source=source, params=params)
+    for i, stmt in enumerate(statements, 1):
+        if stmt.type != duckdb.StatementType.SELECT:
+            kind = stmt.type.name
+            line = _line_of(sql, stmt.query.strip())
+            where = f"{source}:{line}" if source and line else (source or f"statement {i}")
+            raise ReadOnlyError(
+                f"{where}: {kind} statements are not allowed; queries are read-only "
+                "(a query may only SELECT; to save results use the output options, e.g. "
+                "`cohort query NAME -o out.parquet`)",
+                sql=sql, params=params,
+            )
+    if len(statements) > 1:
+        raise QueryError(
+            f"{len(statements)} statements found; a query holds exactly one SELECT",
+            sql=sql, source=source, params=params,
+        )
+
+
+def referenced_tables(sql: str, known: Iterable[str]) -> set[str]:
+    """Names of known tables that the SQL reads."""
+    known = set(known)
+    try:
+        names = duckdb.get_table_names(sql)
+        return {n for n in names if n in known}
+    except duckdb.Error:
+        # get_table_names binds some constructs (JOIN ... USING); fall back to words.
+        stripped = re.sub(r"--[^\n]*|'(?:[^']|'')*'", " ", sql)
+        words = set(re.findall(r'"?([A-Za-z_][A-Za-z0-9_]*)"?', stripped))
+        return known & words
+
+
+def _line_of(text: str, fragment: str) -> int | None:
+    idx = text.find(fragment[:40]) if fragment else -1
+    return text.count("\n", 0, idx) + 1 if idx >= 0 else None
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"

@@ -1,0 +1,241 @@
+"""The ``cohort`` command: a thin shell over the library.
+
+Each command calls one library function. Library errors (CohortError) become
+a one-line message and exit code 1 here, in one place; ``-v`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import queries as _queries
+from .catalog import Catalog
+from .cohort import Cohort
+from .errors import CohortError
+
+log = logging.getLogger("cohort")
+FORMATS = ("table", "csv", "tsv", "json", "parquet")
+
+
+class _State:
+    verbose = 0
+    index_dir: str | None = None
+    _catalog: Catalog | None = None
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = Catalog(index_dir=self.index_dir)
+        return self._catalog
+
+
+pass_state = click.make_pass_decorator(_State, ensure=True)
+
+
+class _Group(click.Group):
+    """Turns library errors into one-line messages (tracebacks with -v)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CohortError as exc:
+            state = ctx.find_object(_State)
+            if state is not None and state.verbose:
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            sql = getattr(exc, "sql", None)
+            if sql and state is not None and state.verbose == 0 and getattr(exc, "source", None) is None:
+                click.echo("  (run with -v for the SQL and a traceback)", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More output: -v for progress and tracebacks, -vv for debug logs.")
+@click.option(
+    "--index-dir",
+    type=click.Path(file_okay=False),
+    envvar="COHORT_INDEX_DIR",
+    help="Directory with optional index tables (sm_index.parquet, ...) for offline use [env: COHORT_INDEX_DIR].",
+)
+@click.version_option(package_name="idc-cohort")
+@pass_state
+def cli(state: _State, verbose: int, index_dir: str | None) -> None:
+    """Find, check and assemble cohorts of NCI Imaging Data Commons series."""
+    state.verbose = verbose
+    state.index_dir = index_dir
+    if verbose:
+        logging.basicConfig(
+            level=logging.DEBUG if verbose > 1 else logging.INFO,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+
+
+# -- shared options -----------------------------------------------------------
+def parse_params(values: tuple[str, ...]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="-p/--param")
+        params[name.strip()] = value
+    return params
+
+
+def param_option(f: Callable) -> Callable:
+    return click.option(
+        "-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
+        help="A query parameter; repeat for several (lists: comma-separated).",
+    )(f)
+
+
+def output_options(f: Callable) -> Callable:
+    f = click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")(f)
+    f = click.option(
+        "-f", "--format", "fmt", type=click.Choice(FORMATS), default=None,
+        help="Output format (default: from the -o suffix, else table).",
+    )(f)
+    return f
+
+
+def write_frame(df, fmt: str | None, output: str | None, max_rows: int = 50) -> None:
+    """Print or save a pandas DataFrame in one of FORMATS."""
+    if fmt is None:
+        suffix = Path(output).suffix.lstrip(".").lower() if output else ""
+        fmt = suffix if suffix in FORMATS else "table"
+    if fmt == "parquet":
+        if not output:
+            raise click.UsageError("--format parquet needs -o PATH")
+        df.to_parquet(output, index=False)
+        click.echo(f"wrote {len(df):,} rows to {output}", err=True)
+        return
+    if fmt == "table":
+        import pandas as pd
+
+        with pd.option_context("display.max_columns", 20, "display.width", 200, "display.max_colwidth", 60):
+            text = df.to_string(index=False, max_rows=max_rows) if len(df) else "(no rows)"
+        if len(df) > max_rows:
+            text += f"\n[{len(df):,} rows]"
+    elif fmt in ("csv", "tsv"):
+        text = df.to_csv(index=False, sep="," if fmt == "csv" else "\t")
+    else:
+        text = df.to_json(orient="records", indent=1, date_format="iso")
+    if output:
+        Path(output).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        click.echo(f"wrote {len(df):,} rows to {output}", err=True)
+    else:
+        click.echo(text)
+
+
+def load_cohort(state: _State, source: str, params: dict[str, Any]) -> Cohort:
+    """A cohort from a saved query name, a .sql file, or a manifest file."""
+    path = Path(source)
+    if path.is_file() and path.suffix != ".sql":
+        from .manifest import read_manifest  # noqa: PLC0415 - optional until the manifest module lands
+
+        if params:
+            raise click.UsageError("-p/--param applies to queries, not to manifests")
+        return read_manifest(path, catalog=state.catalog)
+    return Cohort.from_query(source, params, catalog=state.catalog)
+
+
+# -- commands -----------------------------------------------------------------
+@cli.command("queries")
+@click.option("--sql", "show_sql", is_flag=True, help="Show each query's SQL too.")
+def queries_cmd(show_sql: bool) -> None:
+    """List the saved queries and their parameters."""
+    for q in _queries.list_queries():
+        click.secho(q.name, bold=True, nl=False)
+        click.echo(f"  {q.description}")
+        for p in q.parameters:
+            click.echo(f"    -p {p.describe()}")
+        if show_sql:
+            click.echo(q.sql)
+        click.echo(f"    {q.path}")
+
+
+@cli.command("query")
+@click.argument("query")
+@param_option
+@output_options
+@click.option("--summary", is_flag=True, help="Print the cohort's counts and per-collection summary instead of rows.")
+@click.option("--max-rows", default=50, show_default=True, help="Rows shown in table format.")
+@pass_state
+def query_cmd(state: _State, query: str, params: tuple[str, ...], fmt: str | None, output: str | None,
+              summary: bool, max_rows: int) -> None:
+    """Run a saved query (by NAME) or a .sql FILE on the index.
+
+    \b
+    cohort query series_by_collection -p collection_id=tcga_paad -p modality=SM
+    cohort query my_query.sql -o cohort.parquet
+    """
+    saved = _queries.load_query(query)
+    bound = saved.bind(parse_params(params))
+    if summary:
+        c = Cohort.from_query(saved, bound, catalog=state.catalog)
+        click.echo(f"{saved.name} on IDC v{c.provenance.idc_version}: {c.counts}")
+        write_frame(c.by_collection(), fmt, output, max_rows)
+        return
+    df = state.catalog.df(saved.sql, bound, source=saved.source)
+    write_frame(df, fmt, output, max_rows)
+
+
+@cli.command("sql")
+@click.argument("sql")
+@param_option
+@output_options
+@click.option("--max-rows", default=50, show_default=True, help="Rows shown in table format.")
+@pass_state
+def sql_cmd(state: _State, sql: str, params: tuple[str, ...], fmt: str | None, output: str | None, max_rows: int) -> None:
+    """Run one SELECT on the index tables (use - to read the SQL from stdin)."""
+    if sql == "-":
+        sql = sys.stdin.read()
+    df = state.catalog.df(sql, parse_params(params))
+    write_frame(df, fmt, output, max_rows)
+
+
+@cli.command("tables")
+@output_options
+@pass_state
+def tables_cmd(state: _State, fmt: str | None, output: str | None) -> None:
+    """List the index tables, and whether each is on this machine."""
+    import pandas as pd
+
+    store = state.catalog.store
+    rows = []
+    for name, info in sorted(store.tables.items()):
+        local = store.local_path(name)
+        rows.append({
+            "table": name,
+            "status": "shipped" if info.bundled else ("cached" if local else "fetched on first use"),
+            "path": str(local or ""),
+            "description": info.description[:80],
+        })
+    write_frame(pd.DataFrame(rows), fmt, output, 100)
+
+
+@cli.command("fetch")
+@click.argument("tables", nargs=-1, required=True)
+@pass_state
+def fetch_cmd(state: _State, tables: tuple[str, ...]) -> None:
+    """Download optional index tables (e.g. sm_index) into the cache now."""
+    for name in tables:
+        state.catalog.ensure(name)
+        click.echo(f"{name}: {state.catalog.store.local_path(name)}")
+
+
+def main() -> None:
+    cli(prog_name="cohort")
+
+
+if __name__ == "__main__":
+    main()

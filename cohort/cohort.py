@@ -1,0 +1,309 @@
+"""The Cohort: a set of IDC series with its provenance.
+
+A cohort is built from SQL, a saved query with parameters, or a list of
+SeriesInstanceUIDs. It keeps the query's own result (Arrow) and answers
+everything else with SQL over the catalog: the series' index rows, counts,
+summaries, licences. Set operations combine cohorts of the same catalog.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import html
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from .catalog import Catalog
+from .errors import CohortInputError, QueryError
+from .queries import SavedQuery, load_query
+
+UID_COLUMN = "SeriesInstanceUID"
+_default: Catalog | None = None
+
+
+def default_catalog() -> Catalog:
+    """The catalog shared by cohorts that are not given one (made on first use)."""
+    global _default
+    if _default is None:
+        _default = Catalog()
+    return _default
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("idc-cohort")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a cohort came from: enough to rebuild it, and to cite it."""
+
+    idc_version: int
+    idc_index_data_version: str
+    package_version: str
+    query_name: str | None
+    sql: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+    #: sha256 of the SQL text and the bound parameters (JSON, sorted keys)
+    sha256: str = ""
+    created: str = ""
+    source: str | None = None
+
+    @classmethod
+    def make(cls, catalog: Catalog, *, query_name=None, sql=None, params=None, source=None) -> Provenance:
+        params = dict(params or {})
+        return cls(
+            idc_version=catalog.idc_version,
+            idc_index_data_version=catalog.data_version,
+            package_version=package_version(),
+            query_name=query_name,
+            sql=sql,
+            params=params,
+            sha256=query_sha256(sql or "", params),
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            source=source,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (_jsonable(v) if k == "params" else v) for k, v in asdict(self).items()}
+
+
+def query_sha256(sql: str, params: Mapping[str, Any]) -> str:
+    payload = sql + "\n" + json.dumps(_jsonable(dict(params)), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Counts:
+    collections: int
+    patients: int
+    studies: int
+    series: int
+    instances: int
+    size_gb: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.series:,} series, {self.studies:,} studies, {self.patients:,} patients, "
+            f"{self.collections:,} collections, {self.instances:,} instances, {self.size_gb:,.2f} GB"
+        )
+
+
+class Cohort:
+    """A set of IDC series (by SeriesInstanceUID) with the query result that selected them."""
+
+    def __init__(self, result: pa.Table, provenance: Provenance, catalog: Catalog | None = None) -> None:
+        if UID_COLUMN not in result.column_names:
+            raise CohortInputError(
+                f"a cohort query must return a {UID_COLUMN} column; it returned "
+                f"{', '.join(result.column_names) or 'no columns'}. Add {UID_COLUMN} to the SELECT list"
+            )
+        self.catalog = catalog or default_catalog()
+        self.result = result
+        self.provenance = provenance
+        self._series: pa.Table | None = None
+
+    # -- constructors -----------------------------------------------------
+    @classmethod
+    def from_sql(cls, sql: str, params: Mapping[str, Any] | None = None, catalog: Catalog | None = None) -> Cohort:
+        """Select series with SQL over the catalog (named parameters as ``$name``)."""
+        catalog = catalog or default_catalog()
+        params = dict(params or {})
+        result = catalog.sql(sql, params)
+        return cls(result, Provenance.make(catalog, sql=sql, params=params), catalog)
+
+    @classmethod
+    def from_query(
+        cls,
+        query: str | SavedQuery,
+        params: Mapping[str, Any] | None = None,
+        catalog: Catalog | None = None,
+        **kwargs: Any,
+    ) -> Cohort:
+        """Run a saved query, by name or path, with parameters as a dict or keywords."""
+        catalog = catalog or default_catalog()
+        saved = query if isinstance(query, SavedQuery) else load_query(query)
+        bound = saved.bind({**dict(params or {}), **kwargs})
+        result = catalog.sql(saved.sql, bound, source=saved.source)
+        prov = Provenance.make(catalog, query_name=saved.name, sql=saved.sql, params=bound, source=saved.source)
+        return cls(result, prov, catalog)
+
+    @classmethod
+    def from_uids(cls, uids: Iterable[str], catalog: Catalog | None = None, name: str | None = None) -> Cohort:
+        """A cohort of the given SeriesInstanceUIDs (current or earlier releases)."""
+        catalog = catalog or default_catalog()
+        wanted = list(dict.fromkeys(u.strip() for u in uids if u and u.strip()))
+        table = pa.table({UID_COLUMN: pa.array(wanted, pa.string())})
+        unknown = catalog.sql(
+            "SELECT w.SeriesInstanceUID FROM _w w WHERE w.SeriesInstanceUID NOT IN "
+            "(SELECT SeriesInstanceUID FROM index UNION ALL SELECT SeriesInstanceUID FROM prior_versions_index)",
+            register={"_w": table},
+        ).column(0).to_pylist()
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise CohortInputError(
+                f"{len(unknown)} of {len(wanted)} SeriesInstanceUIDs are in neither index nor "
+                f"prior_versions_index of IDC v{catalog.idc_version}: {shown}. Check for typos or "
+                "StudyInstanceUIDs given as series"
+            )
+        prov = Provenance.make(catalog, query_name=name or "uids", params={"n_series": len(wanted)})
+        return cls(table, prov, catalog)
+
+    # -- contents ---------------------------------------------------------
+    @property
+    def series_uids(self) -> list[str]:
+        """The distinct SeriesInstanceUIDs, in query order."""
+        return list(dict.fromkeys(self.result.column(UID_COLUMN).to_pylist()))
+
+    def __len__(self) -> int:
+        return len(self.series_uids)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in set(self.series_uids)
+
+    def _uids_table(self) -> pa.Table:
+        return pa.table({UID_COLUMN: pa.array(self.series_uids, pa.string())})
+
+    def sql(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+        """Run SQL where ``cohort`` is this cohort's series table (plus every index table)."""
+        return self.catalog.sql(sql, params, register={"cohort": self.to_arrow()})
+
+    def to_arrow(self) -> pa.Table:
+        """One row per series: the ``index`` columns, or for a series that is only in
+        ``prior_versions_index`` the columns that table has (its newest version).
+        ``in_current_release`` says which."""
+        if self._series is None:
+            self._series = self.catalog.sql(_SERIES_SQL, register={"_uids": self._uids_table()})
+        return self._series
+
+    @property
+    def series(self):
+        """The series table as pandas."""
+        return self.to_arrow().to_pandas()
+
+    def to_pandas(self):
+        return self.series
+
+    @property
+    def counts(self) -> Counts:
+        row = self.sql(
+            "SELECT count(DISTINCT collection_id), count(DISTINCT PatientID), count(DISTINCT StudyInstanceUID), "
+            "count(*), coalesce(sum(instanceCount), 0), coalesce(sum(series_size_MB), 0) / 1000 FROM cohort"
+        ).to_pylist()[0]
+        values = list(row.values())
+        return Counts(*[int(v) for v in values[:5]], size_gb=float(values[5]))
+
+    def summary(self, by: str | list[str] = "collection_id"):
+        """Series, patients, studies, instances and GB per value of ``by`` (pandas)."""
+        cols = [by] if isinstance(by, str) else list(by)
+        known = self.to_arrow().column_names
+        bad = [c for c in cols if c not in known]
+        if bad:
+            raise CohortInputError(f"cannot summarise by {', '.join(bad)}; columns are: {', '.join(known)}")
+        group = ", ".join(f'"{c}"' for c in cols)
+        return self.sql(
+            f"SELECT {group}, count(*) AS series, count(DISTINCT PatientID) AS patients, "
+            "count(DISTINCT StudyInstanceUID) AS studies, sum(instanceCount) AS instances, "
+            f"round(sum(series_size_MB) / 1000, 3) AS size_GB FROM cohort GROUP BY {group} "
+            f"ORDER BY series DESC, {group}"
+        ).to_pandas()
+
+    def by_collection(self):
+        return self.summary("collection_id")
+
+    def by_modality(self):
+        return self.summary("Modality")
+
+    @property
+    def licenses(self):
+        """Licences of the cohort's series, with series counts and source DOIs (pandas)."""
+        return self.sql(
+            "SELECT license_short_name, count(*) AS series, list(DISTINCT source_DOI ORDER BY source_DOI) "
+            "FILTER (WHERE source_DOI IS NOT NULL) AS source_DOIs FROM cohort GROUP BY 1 ORDER BY series DESC"
+        ).to_pandas()
+
+    # -- set operations ---------------------------------------------------
+    def _combine(self, other: Cohort, op: str, keep: Iterable[str]) -> Cohort:
+        if not isinstance(other, Cohort):
+            return NotImplemented  # type: ignore[return-value]
+        if other.catalog.idc_version != self.catalog.idc_version:
+            raise CohortInputError(
+                f"cannot combine cohorts of IDC v{self.catalog.idc_version} and v{other.catalog.idc_version}"
+            )
+        table = pa.table({UID_COLUMN: pa.array(list(keep), pa.string())})
+        name = f"({self.provenance.query_name or 'sql'} {op} {other.provenance.query_name or 'sql'})"
+        prov = Provenance.make(
+            self.catalog,
+            query_name=name,
+            params={"left": self.provenance.to_dict(), "right": other.provenance.to_dict()},
+        )
+        return Cohort(table, prov, self.catalog)
+
+    def __or__(self, other: Cohort) -> Cohort:
+        return self._combine(other, "|", dict.fromkeys(self.series_uids + other.series_uids))
+
+    def __and__(self, other: Cohort) -> Cohort:
+        theirs = set(other.series_uids)
+        return self._combine(other, "&", [u for u in self.series_uids if u in theirs])
+
+    def __sub__(self, other: Cohort) -> Cohort:
+        theirs = set(other.series_uids)
+        return self._combine(other, "-", [u for u in self.series_uids if u not in theirs])
+
+    union, intersection, difference = __or__, __and__, __sub__
+
+    # -- display ----------------------------------------------------------
+    def __repr__(self) -> str:
+        name = self.provenance.query_name or "sql"
+        return f"<Cohort {name} IDC v{self.provenance.idc_version}: {self.counts}>"
+
+    def _repr_html_(self) -> str:
+        c = self.counts
+        p = self.provenance
+        params = ", ".join(f"{k}={v!r}" for k, v in p.params.items() if not isinstance(v, dict))
+        rows = self.summary("collection_id").head(10)
+        table = rows.to_html(index=False, border=0)
+        more = "" if len(rows) < 10 else "<p><i>first 10 collections</i></p>"
+        return (
+            f"<div><b>Cohort</b> {html.escape(p.query_name or 'sql')} "
+            f"<small>({html.escape(params)})</small> &middot; IDC v{p.idc_version}<br>"
+            f"{c.series:,} series &middot; {c.studies:,} studies &middot; {c.patients:,} patients &middot; "
+            f"{c.collections:,} collections &middot; {c.instances:,} instances &middot; {c.size_gb:,.2f} GB"
+            f"{table}{more}<small>query sha256 {p.sha256[:12]}… created {html.escape(p.created)}</small></div>"
+        )
+
+
+_SERIES_SQL = """
+WITH u AS (SELECT DISTINCT SeriesInstanceUID FROM _uids),
+cur AS (SELECT i.*, true AS in_current_release FROM index i JOIN u USING (SeriesInstanceUID)),
+prior AS (
+    SELECT p.* EXCLUDE (gcs_bucket, min_idc_version, max_idc_version),
+           p.max_idc_version AS series_revised_idc_version,
+           p.min_idc_version AS series_init_idc_version
+    FROM prior_versions_index p JOIN u USING (SeriesInstanceUID)
+    WHERE p.SeriesInstanceUID NOT IN (SELECT SeriesInstanceUID FROM cur)
+    QUALIFY row_number() OVER (PARTITION BY p.SeriesInstanceUID ORDER BY p.max_idc_version DESC) = 1
+)
+SELECT * FROM cur
+UNION ALL BY NAME
+SELECT *, false AS in_current_release FROM prior
+"""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (_dt.date, _dt.datetime)):
+        return value.isoformat()
+    return value

@@ -1,0 +1,202 @@
+"""DICOMweb endpoints: the IDC proxy, the Google store of a release, or any URL.
+
+An :class:`Endpoint` is a frozen value: where the DICOMweb root is, what it
+serves, and how to authenticate. It never holds a secret itself; the
+:class:`Auth` objects read credentials from the environment or from
+google-auth when a session is made, and their ``repr`` never shows them.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import requests
+
+from .errors import EndpointError
+
+IDC_PROXY_URL = (
+    "https://proxy.imaging.datacommons.cancer.gov/current/"
+    "viewer-only-no-downloads-see-tinyurl-dot-com-slash-3j3d9jyp/dicomWeb"
+)
+GOOGLE_STORE_URL = (
+    "https://healthcare.googleapis.com/v1/projects/nci-idc-data/locations/us-central1/"
+    "datasets/idc/dicomStores/idc-store-v{version}/dicomWeb"
+)
+#: Buckets whose series the Google Healthcare stores hold (AWS bucket names).
+GOOGLE_STORE_BUCKETS = frozenset({"idc-open-data"})
+GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-healthcare",)
+
+
+class EndpointKind(str, enum.Enum):
+    PROXY = "proxy"
+    GOOGLE = "google"
+    CUSTOM = "custom"
+
+
+class Auth(Protocol):
+    """Applies credentials to a :class:`requests.Session`."""
+
+    def apply(self, session: requests.Session) -> requests.Session: ...
+
+
+@dataclass(frozen=True)
+class NoAuth:
+    """No authentication (the IDC proxy, a local Orthanc)."""
+
+    def apply(self, session: requests.Session) -> requests.Session:
+        return session
+
+
+@dataclass(frozen=True)
+class BearerTokenAuth:
+    """A bearer token read from an environment variable when the session is made."""
+
+    env_var: str = "DICOMWEB_TOKEN"
+
+    def apply(self, session: requests.Session) -> requests.Session:
+        token = os.environ.get(self.env_var)
+        if not token:
+            raise EndpointError(
+                f"bearer-token authentication needs the environment variable {self.env_var}; "
+                f"set it to the token (it is never printed or stored)"
+            )
+        session.headers["Authorization"] = f"Bearer {token}"
+        return session
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    """HTTP basic auth; user and password read from environment variables."""
+
+    user_var: str = "DICOMWEB_USER"
+    password_var: str = "DICOMWEB_PASSWORD"
+
+    def apply(self, session: requests.Session) -> requests.Session:
+        user, password = os.environ.get(self.user_var), os.environ.get(self.password_var)
+        if not user or password is None:
+            raise EndpointError(
+                f"basic authentication needs the environment variables {self.user_var} "
+                f"and {self.password_var}"
+            )
+        session.auth = (user, password)
+        return session
+
+
+@dataclass(frozen=True)
+class GoogleAuth:
+    """Google application-default credentials (``gcloud auth application-default login``).
+
+    The session is a google-auth ``AuthorizedSession``, which refreshes the
+    token by itself.
+    """
+
+    scopes: tuple[str, ...] = GOOGLE_SCOPES
+
+    def apply(self, session: requests.Session) -> requests.Session:
+        import google.auth
+        from google.auth.exceptions import DefaultCredentialsError
+        from google.auth.transport.requests import AuthorizedSession
+
+        try:
+            credentials, _ = google.auth.default(scopes=list(self.scopes))
+        except DefaultCredentialsError as exc:
+            raise EndpointError(
+                "no Google credentials found: run `gcloud auth application-default login` "
+                "or set GOOGLE_APPLICATION_CREDENTIALS, or use the IDC proxy instead "
+                f"({type(exc).__name__})"
+            ) from None
+        authed = AuthorizedSession(credentials)
+        authed.headers.update(session.headers)
+        return authed
+
+
+def google_credentials_available() -> bool:
+    """True when google-auth finds application-default credentials (no network call)."""
+    try:
+        import google.auth
+        from google.auth.exceptions import DefaultCredentialsError
+
+        google.auth.default(scopes=list(GOOGLE_SCOPES))
+    except (DefaultCredentialsError, ImportError):
+        return False
+    except Exception:  # a malformed credentials file is "not available", not a crash
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A DICOMweb service root and how to reach it."""
+
+    name: str
+    url: str
+    kind: EndpointKind = EndpointKind.CUSTOM
+    #: IDC release served: the store's N for Google, ``None`` for "current" (proxy) or unknown.
+    idc_version: int | None = None
+    auth: Auth = field(default_factory=NoAuth)
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise EndpointError(
+                f"endpoint {self.name!r}: URL {self.url!r} must start with http:// or https://"
+            )
+        object.__setattr__(self, "url", self.url.rstrip("/"))
+
+    def series_url(self, study_uid: str, series_uid: str) -> str:
+        return f"{self.url}/studies/{study_uid}/series/{series_uid}"
+
+    def session(self) -> requests.Session:
+        """A new requests session with this endpoint's credentials applied."""
+        session = requests.Session()
+        session.headers["User-Agent"] = "idc-cohort"
+        return self.auth.apply(session)
+
+    def client(self, session: requests.Session | None = None, timeout: float = 30):
+        """A dicomweb-client ``DICOMwebClient`` for this endpoint."""
+        from dicomweb_client.api import DICOMwebClient
+
+        return DICOMwebClient(self.url, session=session or self.session(), timeout=timeout)
+
+
+def idc_proxy() -> Endpoint:
+    """The IDC public proxy: no login, every bucket, the current release only, daily quotas."""
+    return Endpoint("idc-proxy", IDC_PROXY_URL, EndpointKind.PROXY)
+
+
+def google_store(version: int, auth: Auth | None = None) -> Endpoint:
+    """The Google Healthcare store ``idc-store-v{version}``: login, idc-open-data only."""
+    if version < 1:
+        raise EndpointError(f"IDC release must be 1 or later, got {version}")
+    return Endpoint(
+        f"idc-store-v{version}",
+        GOOGLE_STORE_URL.format(version=version),
+        EndpointKind.GOOGLE,
+        version,
+        auth or GoogleAuth(),
+    )
+
+
+def custom(url: str, auth: Auth | None = None, name: str | None = None) -> Endpoint:
+    """Any DICOMweb service (Orthanc, dcm4chee, Azure, a Google store of your own)."""
+    return Endpoint(name or url, url, EndpointKind.CUSTOM, None, auth or NoAuth())
+
+
+def auth_from_name(name: str) -> Auth:
+    """``none``, ``google``, ``bearer[:ENV_VAR]`` or ``basic[:USER_VAR:PASSWORD_VAR]`` (the CLI's --auth)."""
+    kind, _, rest = name.partition(":")
+    if kind == "none":
+        return NoAuth()
+    if kind == "google":
+        return GoogleAuth()
+    if kind == "bearer":
+        return BearerTokenAuth(rest or "DICOMWEB_TOKEN")
+    if kind == "basic":
+        user_var, _, pass_var = rest.partition(":")
+        return BasicAuth(user_var or "DICOMWEB_USER", pass_var or "DICOMWEB_PASSWORD")
+    raise EndpointError(
+        f"unknown authentication {name!r}: use none, google, bearer[:ENV_VAR] "
+        "or basic[:USER_VAR:PASSWORD_VAR]"
+    )

@@ -1,0 +1,213 @@
+"""Where each idc-index table's Parquet file is, and fetching the optional ones.
+
+idc-index-data ships five tables as Parquet (``index`` and friends) and only
+the schema of the others (``sm_index``, ``clinical_index``, ...). An optional
+table is looked up, in order, in
+
+1. a user-given directory (argument or ``COHORT_INDEX_DIR``): air-gapped machines;
+2. our per-version cache (``platformdirs.user_cache_dir("idc-cohort")/<version>``);
+3. idc-index's own per-version directory, when idc-index already fetched it;
+
+and otherwise downloaded from the idc-index-data release (idc-index's URL, then
+the mirror), verified (readable Parquet; sha256 where the server has a sidecar)
+and moved into the cache atomically, so that a broken download is never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import idc_index_data
+import platformdirs
+import pyarrow.parquet as pq
+import requests
+
+from .errors import TableUnavailableError, UnknownTableError
+
+#: idc-index's name for a table -> idc-index-data's file stem.
+FILE_STEMS = {"index": "idc_index"}
+RELEASE_URL = "https://github.com/ImagingDataCommons/idc-index-data/releases/download/{version}/{name}.parquet"
+MIRROR_URL = "https://storage.googleapis.com/idc-index-data-artifacts/{version}/release_artifacts/{name}.parquet"
+DEFAULT_URLS = (RELEASE_URL, MIRROR_URL)
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One idc-index table: its name, whether the wheel ships it, and its schema."""
+
+    name: str
+    description: str
+    bundled: bool
+    bundled_path: Path | None
+    schema: dict | None
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c["name"] for c in (self.schema or {}).get("columns", [])]
+
+
+def data_version() -> str:
+    """The installed idc-index-data version, e.g. ``"25.0.5"``."""
+    return idc_index_data.__version__
+
+
+def idc_version() -> int:
+    """The IDC release of the installed index (the major of idc-index-data): 25 for 25.0.5."""
+    return int(data_version().split(".")[0])
+
+
+def known_tables() -> dict[str, TableInfo]:
+    """Every table idc-index knows, under idc-index's names (``index``, not ``idc_index``)."""
+    stems = {v: k for k, v in FILE_STEMS.items()}
+    tables = {}
+    for stem, meta in idc_index_data.INDEX_METADATA.items():
+        name = stems.get(stem, stem)
+        schema = meta.get("schema") or None
+        path = meta.get("parquet_filepath")
+        tables[name] = TableInfo(
+            name=name,
+            description=(schema or {}).get("table_description", ""),
+            bundled=path is not None,
+            bundled_path=Path(path) if path else None,
+            schema=schema,
+        )
+    return tables
+
+
+def cache_dir(version: str | None = None) -> Path:
+    return Path(platformdirs.user_cache_dir("idc-cohort")) / (version or data_version())
+
+
+def idc_index_cache_dir(version: str | None = None) -> Path:
+    """idc-index's own directory of fetched tables (``IDCClient.indices_data_dir``)."""
+    return Path(platformdirs.user_data_dir("idc_index_data", "IDC", version=version or data_version()))
+
+
+class TableStore:
+    """Finds, and where needed downloads, the Parquet file of each table."""
+
+    def __init__(
+        self,
+        index_dir: str | os.PathLike | None = None,
+        cache: str | os.PathLike | None = None,
+        urls: tuple[str, ...] = DEFAULT_URLS,
+        download: bool = True,
+        timeout: float = 60,
+    ) -> None:
+        env_dir = os.environ.get("COHORT_INDEX_DIR")
+        self.index_dir = Path(index_dir) if index_dir else (Path(env_dir) if env_dir else None)
+        self.cache = Path(cache) if cache else cache_dir()
+        self.urls = tuple(urls)
+        self.download = download
+        self.timeout = timeout
+        self.version = data_version()
+        self.tables = known_tables()
+
+    def info(self, name: str) -> TableInfo:
+        try:
+            return self.tables[name]
+        except KeyError:
+            raise UnknownTableError(self.unknown_table_message(name)) from None
+
+    def unknown_table_message(self, name: str) -> str:
+        here = sorted(n for n in self.tables if self.local_path(n))
+        fetch = sorted(n for n in self.tables if not self.local_path(n))
+        return (
+            f"unknown table {name!r}. Available now: {', '.join(here)}"
+            + (f"; fetched on first use: {', '.join(fetch)}" if fetch else "")
+        )
+
+    def candidates(self, name: str) -> list[Path]:
+        """Every place the table's file may be, in the order they are tried."""
+        info = self.info(name)
+        if info.bundled and info.bundled_path:
+            return [info.bundled_path]
+        places = [self.cache / f"{name}.parquet", idc_index_cache_dir(self.version) / f"{name}.parquet"]
+        if self.index_dir:
+            places.insert(0, self.index_dir / f"{name}.parquet")
+        return places
+
+    def local_path(self, name: str) -> Path | None:
+        """The table's file if it is on this machine (shipped, given or cached), else None."""
+        return next((p for p in self.candidates(name) if p.is_file()), None)
+
+    def path(self, name: str) -> Path:
+        """The table's file, downloading an optional table on first use."""
+        local = self.local_path(name)
+        if local:
+            return local
+        return self.fetch(name)
+
+    def release_urls(self, name: str) -> list[str]:
+        return [u.format(version=self.version, name=name) for u in self.urls]
+
+    def fetch(self, name: str) -> Path:
+        """Download an optional table into the cache; the first URL that yields a valid file wins."""
+        urls = self.release_urls(name)
+        how_to = (
+            f"put {name}.parquet (idc-index-data {self.version}) in a directory and pass it as "
+            f"index_dir= or set COHORT_INDEX_DIR; or copy it into {self.cache}"
+        )
+        if not self.download:
+            raise TableUnavailableError(
+                f"table {name!r} is not on this machine and downloads are off; {how_to}"
+            )
+        failures = []
+        for url in urls:
+            try:
+                return self._download(name, url)
+            except (requests.RequestException, OSError, ValueError) as exc:
+                failures.append(f"{url}: {_short(exc)}")
+        raise TableUnavailableError(
+            f"table {name!r} could not be fetched; tried:\n  "
+            + "\n  ".join(failures)
+            + f"\nTo work offline, {how_to}"
+        )
+
+    def _download(self, name: str, url: str) -> Path:
+        self.cache.mkdir(parents=True, exist_ok=True)
+        target = self.cache / f"{name}.parquet"
+        expected = self._sidecar_sha256(url)
+        digest = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=self.cache)
+        try:
+            with os.fdopen(fd, "wb") as out, requests.get(url, stream=True, timeout=self.timeout) as r:
+                r.raise_for_status()
+                size = 0
+                for chunk in r.iter_content(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                declared = r.headers.get("Content-Length")
+                if declared is not None and int(declared) != size:
+                    raise ValueError(f"truncated download: {size} of {declared} bytes")
+            if expected and digest.hexdigest() != expected:
+                raise ValueError(f"sha256 mismatch: got {digest.hexdigest()}, sidecar says {expected}")
+            try:
+                pq.read_metadata(tmp)
+            except Exception as exc:
+                raise ValueError(f"not a readable Parquet file ({_short(exc)})") from None
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return target
+
+    def _sidecar_sha256(self, url: str) -> str | None:
+        try:
+            r = requests.get(url + ".sha256", timeout=self.timeout)
+        except requests.RequestException:
+            return None
+        if r.status_code != 200:
+            return None
+        words = r.text.split()
+        return words[0].lower() if words and len(words[0]) == 64 else None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
