@@ -1,0 +1,34 @@
+"""The metadata harvester: DICOMweb metadata of a cohort's instances into Parquet.
+
+    >>> from cohort import Cohort, custom
+    >>> from cohort.harvest import harvest, open_harvest
+    >>> result = harvest(cohort, "harvest/", endpoint=custom("http://127.0.0.1:8042/dicom-web"))
+    >>> open_harvest(cohort.catalog, "harvest/")
+    >>> cohort.catalog.df("SELECT Modality, count(*) FROM harvest_instances GROUP BY 1")
+
+Modules: :mod:`.metadata` (DICOM JSON → typed row), :mod:`.store` (the Parquet
+directory and its resume invariant), :mod:`.runner` (concurrent, polite runs).
+"""
+
+from .metadata import COLUMNS, MalformedMetadata, instance_row, parse_body
+from .runner import DEFAULT_RATE, DEFAULT_WORKERS, HarvestResult, SeriesTask, harvest, series_tasks
+from .store import FINAL_STATUSES, INSTANCE_SCHEMA, LOG_SCHEMA, STATUSES, HarvestStore, open_harvest
+
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_RATE",
+    "DEFAULT_WORKERS",
+    "FINAL_STATUSES",
+    "INSTANCE_SCHEMA",
+    "LOG_SCHEMA",
+    "STATUSES",
+    "HarvestResult",
+    "HarvestStore",
+    "MalformedMetadata",
+    "SeriesTask",
+    "harvest",
+    "instance_row",
+    "open_harvest",
+    "parse_body",
+    "series_tasks",
+]

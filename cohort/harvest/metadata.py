@@ -1,0 +1,290 @@
+"""DICOM JSON (PS3.18 Annex F) of one instance → one typed row, tolerantly.
+
+Real servers and files bend the standard: IS/DS/US values sent as JSON
+strings, attributes without ``Value`` or without ``vr``, BulkDataURIs nested
+in an object, partial tag sets (UIDs only in the URL). None of these stops a
+harvest: each typed column is read as well as it can be, every departure is
+written to the row's ``issues`` list (``"00280010 Rows: US value as string"``),
+and the whole instance is kept as JSON text so that nothing is lost.
+BulkDataURIs are kept as URIs and never followed.
+
+A body that is not a JSON array of objects, or an instance without a
+SOPInstanceUID, makes the whole series :class:`MalformedMetadata`: rows of a
+series are all written or none are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+_NUMERIC_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV", "FL", "FD", "IS", "DS"})
+_BULK_KEYS = ("BulkDataURI", "InlineBinary")
+
+
+class MalformedMetadata(ValueError):
+    """A metadata body that cannot be read as DICOM JSON instances (the series is logged as malformed)."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """A typed column read from the instance's top-level attribute ``tag``."""
+
+    keyword: str
+    tag: str
+    type: pa.DataType
+    #: "one": the first value; "all": the list of values.
+    take: str = "one"
+
+
+_ONE = "one"
+_ALL = "all"
+
+#: Columns read directly from a top-level attribute, named by DICOM keyword.
+COLUMNS: tuple[Column, ...] = (
+    Column("StudyInstanceUID", "0020000D", pa.string()),
+    Column("SeriesInstanceUID", "0020000E", pa.string()),
+    Column("SOPInstanceUID", "00080018", pa.string()),
+    Column("SOPClassUID", "00080016", pa.string()),
+    Column("Modality", "00080060", pa.string()),
+    Column("TransferSyntaxUID", "00020010", pa.string()),
+    Column("ImageType", "00080008", pa.list_(pa.string()), _ALL),
+    Column("InstanceNumber", "00200013", pa.int64()),
+    Column("SeriesNumber", "00200011", pa.int64()),
+    Column("SeriesDescription", "0008103E", pa.string()),
+    Column("PatientID", "00100020", pa.string()),
+    Column("Manufacturer", "00080070", pa.string()),
+    Column("ManufacturerModelName", "00081090", pa.string()),
+    Column("Rows", "00280010", pa.int32()),
+    Column("Columns", "00280011", pa.int32()),
+    Column("NumberOfFrames", "00280008", pa.int64()),
+    Column("SamplesPerPixel", "00280002", pa.int32()),
+    Column("PhotometricInterpretation", "00280004", pa.string()),
+    Column("BitsAllocated", "00280100", pa.int32()),
+    Column("TotalPixelMatrixColumns", "00480006", pa.int64()),
+    Column("TotalPixelMatrixRows", "00480007", pa.int64()),
+    Column("ImagedVolumeWidth", "00480001", pa.float64()),
+    Column("ImagedVolumeHeight", "00480002", pa.float64()),
+    Column("DimensionOrganizationType", "00209311", pa.string()),
+    Column("NumberOfOpticalPaths", "00480302", pa.int32()),
+    Column("ContainerIdentifier", "00400512", pa.string()),
+    Column("ConcatenationUID", "00209161", pa.string()),
+    Column("InConcatenationNumber", "00209162", pa.int32()),
+)
+
+_PIXEL_SPACING = "00280030"
+_SHARED_FG, _PIXEL_MEASURES = "52009229", "00289110"
+_OPTICAL_PATH, _OPTICAL_PATH_ID, _OBJECTIVE_POWER, _ILLUMINATION_TYPE = "00480105", "00480106", "00480112", "00220016"
+_SPECIMEN_DESCRIPTION, _SPECIMEN_ID, _ANATOMIC_STRUCTURE = "00400560", "00400551", "00082228"
+
+#: Columns derived from sequences (the rules of idc-index-data's sm_index.sql), then bookkeeping.
+DERIVED_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("PixelSpacing", pa.list_(pa.float64())),
+    pa.field("OpticalPathIdentifier", pa.list_(pa.string())),
+    pa.field("ObjectiveLensPower", pa.float64()),
+    pa.field("IlluminationType", pa.string()),
+    pa.field("SpecimenIdentifier", pa.list_(pa.string())),
+    pa.field("PrimaryAnatomicStructure", pa.string()),
+    pa.field("issues", pa.list_(pa.string())),
+    pa.field("json", pa.large_string()),
+)
+
+#: The schema of one parsed instance (the store adds endpoint and run columns).
+ROW_SCHEMA = pa.schema([pa.field(c.keyword, c.type) for c in COLUMNS] + list(DERIVED_FIELDS))
+
+
+def parse_body(body: bytes | str) -> list[dict[str, Any]]:
+    """The instances of a DICOM JSON metadata body (an array; a lone object is accepted and noted)."""
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedMetadata(f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if not body.strip():
+        return []
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        end = "truncated body" if exc.pos >= len(body.rstrip()) else "invalid JSON"
+        raise MalformedMetadata(f"{end}: {exc.msg} at line {exc.lineno} column {exc.colno} "
+                                f"(char {exc.pos} of {len(body)})") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise MalformedMetadata(f"expected a JSON array of instances, got a JSON {type(data).__name__}")
+    bad = [i for i, item in enumerate(data) if not isinstance(item, dict)]
+    if bad:
+        raise MalformedMetadata(f"items {bad[:5]} of the array are not JSON objects")
+    return data
+
+
+def instance_row(instance: dict[str, Any], study_uid: str | None = None,
+                 series_uid: str | None = None) -> dict[str, Any]:
+    """One instance's typed row. ``study_uid``/``series_uid`` (from the request) fill in missing UIDs.
+
+    Raises :class:`MalformedMetadata` when the instance has no SOPInstanceUID.
+    """
+    issues: list[str] = []
+    row: dict[str, Any] = {}
+    for col in COLUMNS:
+        values = _values(instance, col.tag, col.keyword, issues)
+        row[col.keyword] = _convert(values, col, issues)
+    for keyword, given in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid)):
+        if given is None:
+            continue
+        if row[keyword] is None:
+            row[keyword] = given
+            issues.append(f"{keyword} missing: taken from the request URL")
+        elif row[keyword] != given:
+            issues.append(f"{keyword} {row[keyword]} differs from the requested {given}")
+    if not row["SOPInstanceUID"]:
+        raise MalformedMetadata("an instance has no SOPInstanceUID (00080018)")
+    row["PixelSpacing"] = _pixel_spacing(instance, issues)
+    optical = _items(instance, _OPTICAL_PATH)
+    row["OpticalPathIdentifier"] = [v for item in optical for v in _strings(item, _OPTICAL_PATH_ID)] or None
+    row["ObjectiveLensPower"] = _first_float(optical[0], _OBJECTIVE_POWER) if optical else None
+    row["IlluminationType"] = _code(_items(optical[0], _ILLUMINATION_TYPE)) if optical else None
+    specimens = _items(instance, _SPECIMEN_DESCRIPTION)
+    row["SpecimenIdentifier"] = [v for item in specimens for v in _strings(item, _SPECIMEN_ID)] or None
+    row["PrimaryAnatomicStructure"] = _code(_items(specimens[0], _ANATOMIC_STRUCTURE)) if specimens else None
+    _scan(instance, "", issues)
+    row["issues"] = issues
+    row["json"] = json.dumps(instance, separators=(",", ":"), ensure_ascii=False)
+    return row
+
+
+# -- reading attributes -------------------------------------------------------
+def _values(dataset: dict, tag: str, keyword: str, issues: list[str] | None) -> list | None:
+    element = dataset.get(tag)
+    if element is None:
+        return None
+    if not isinstance(element, dict):
+        if issues is not None:
+            issues.append(f"{tag} {keyword}: element is a JSON {type(element).__name__}, not an object")
+        return None
+    values = element.get("Value")
+    if values is None:
+        if issues is not None and not any(key in element for key in _BULK_KEYS):
+            issues.append(f"{tag} {keyword}: present without Value")
+        return None
+    if not isinstance(values, list):
+        if issues is not None:
+            issues.append(f"{tag} {keyword}: Value is not an array")
+        values = [values]
+    return values
+
+
+def _convert(values: list | None, col: Column, issues: list[str]) -> Any:
+    if not values:
+        return [] if col.take == _ALL and values == [] else None
+    convert = _CONVERTERS[str(col.type if col.take == _ONE else col.type.value_type)]
+    out = []
+    for value in values if col.take == _ALL else values[:1]:
+        try:
+            out.append(convert(value))
+        except (TypeError, ValueError):
+            issues.append(f"{col.tag} {col.keyword}: cannot read {value!r} as {col.type}")
+            out.append(None)
+    return out if col.take == _ALL else out[0]
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError(value)
+    if isinstance(value, str):
+        value = value.strip()
+        return int(value) if value.lstrip("+-").isdigit() else _integral(float(value))
+    return _integral(value) if isinstance(value, float) else int(value)
+
+
+def _integral(value: float) -> int:
+    if not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError(value)
+    return float(value)
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, dict):  # PN
+        return value.get("Alphabetic") or json.dumps(value)
+    if isinstance(value, (list, bool)) or value is None:
+        raise TypeError(value)
+    return str(value)
+
+
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "string": _to_str, "int32": _to_int, "int64": _to_int, "double": _to_float,
+}
+
+
+def _items(dataset: dict, tag: str) -> list[dict]:
+    values = _values(dataset, tag, "", None) or []
+    return [item for item in values if isinstance(item, dict)]
+
+
+def _strings(dataset: dict, tag: str) -> list[str]:
+    return [str(v) for v in _values(dataset, tag, "", None) or [] if isinstance(v, (str, int, float))]
+
+
+def _first_float(dataset: dict, tag: str) -> float | None:
+    for value in _values(dataset, tag, "", None) or []:
+        try:
+            return _to_float(value)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _code(items: list[dict]) -> str | None:
+    """``"CodingSchemeDesignator:CodeValue"`` of the first code item (as sm_index writes codes)."""
+    if not items:
+        return None
+    designator, value = _strings(items[0], "00080102"), _strings(items[0], "00080100")
+    return f"{designator[0]}:{value[0]}" if designator and value else None
+
+
+def _pixel_spacing(instance: dict, issues: list[str]) -> list[float] | None:
+    values = _values(instance, _PIXEL_SPACING, "PixelSpacing", issues)
+    if values is None:
+        shared = _items(instance, _SHARED_FG)
+        measures = _items(shared[0], _PIXEL_MEASURES) if shared else []
+        values = _values(measures[0], _PIXEL_SPACING, "PixelSpacing", issues) if measures else None
+    if not values:
+        return None
+    try:
+        return [_to_float(v) for v in values]
+    except (TypeError, ValueError):
+        issues.append(f"{_PIXEL_SPACING} PixelSpacing: cannot read {values!r} as numbers")
+        return None
+
+
+def _scan(dataset: dict, path: str, issues: list[str]) -> None:
+    """Note departures from DICOM JSON anywhere in the dataset (nested sequences included)."""
+    for tag, element in dataset.items():
+        where = f"{path}{tag}"
+        if not isinstance(element, dict):
+            continue  # already noted for typed columns; other odd elements are kept in the JSON
+        vr = element.get("vr")
+        if vr is None:
+            issues.append(f"{where}: no vr")
+        for key in _BULK_KEYS:
+            if key in element and not isinstance(element[key], str):
+                issues.append(f"{where}: {key} is a JSON {type(element[key]).__name__} (nested), not a string")
+        values = element.get("Value")
+        if not isinstance(values, list):
+            continue
+        if vr == "SQ":
+            for i, item in enumerate(values):
+                if isinstance(item, dict):
+                    _scan(item, f"{where}[{i}].", issues)
+        elif vr in _NUMERIC_VRS and any(isinstance(v, str) for v in values):
+            issues.append(f"{where}: {vr} value sent as string")

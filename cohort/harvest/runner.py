@@ -1,0 +1,359 @@
+"""Harvest the DICOM metadata of a cohort's series into a Parquet directory.
+
+One WADO-RS "retrieve series metadata" request per series (``GET
+{series}/metadata``, ``Accept: application/dicom+json``, the request
+dicomweb-client's ``retrieve_series_metadata`` sends), or with ``light=True`` one
+QIDO-RS "search for instances" request asking only for the typed columns'
+attributes. The GET is made here with :func:`cohort.retry.get` rather than
+through ``DICOMwebClient``, so that there is one retry layer (ours: Retry-After,
+jitter, connection errors, stoppable), a shared rate limit, and the bytes and
+a truncated body of each response are seen.
+
+Workers (threads, one requests session each) fetch and parse series; the main
+thread writes finished series in batches (:mod:`.store`), so memory is bounded
+by the batch size and the number of series in flight, not by the cohort.
+Ctrl-C stops submitting, lets in-flight requests end, writes what is complete
+and returns a result marked ``interrupted``. Resume is by rerunning into the
+same directory: series already complete are skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import requests
+
+from ..endpoints import Endpoint
+from ..errors import HarvestError
+from ..retry import Attempted, RateLimiter, RetryPolicy, get
+from .metadata import COLUMNS, MalformedMetadata, instance_row, parse_body
+from .store import FINAL_STATUSES, INSTANCE_SCHEMA, LOG_SCHEMA, STATUSES, HarvestStore, new_run_id, part_name
+
+log = logging.getLogger(__name__)
+
+#: Default request rate (requests a second, retries included) and workers: polite for the IDC proxy.
+DEFAULT_RATE = 10.0
+DEFAULT_WORKERS = 8
+_ACCEPT_JSON = {"Accept": "application/dicom+json, application/json"}
+
+
+@dataclass(frozen=True)
+class SeriesTask:
+    """One series to harvest, and where: ``url`` is the series URL (``.../studies/S/series/SE``)."""
+
+    study_uid: str
+    series_uid: str
+    endpoint: str | None
+    url: str | None
+
+
+@dataclass(frozen=True)
+class HarvestResult:
+    """What a harvest run did (counts are of this run; ``skipped`` were complete before it)."""
+
+    out_dir: Path
+    run_id: str
+    series: int
+    skipped: int
+    by_status: Mapping[str, int]
+    instances: int
+    bytes: int
+    seconds: float
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> int:
+        return self.by_status.get("ok", 0)
+
+    @property
+    def failed(self) -> int:
+        """Series of this run whose outcome is not final (a rerun asks for them again)."""
+        return sum(n for status, n in self.by_status.items() if status not in FINAL_STATUSES)
+
+    @property
+    def remaining(self) -> int:
+        """Series neither complete before nor finished in this run (interrupted or failed)."""
+        return self.series - self.skipped - sum(n for s, n in self.by_status.items() if s in FINAL_STATUSES)
+
+    def __str__(self) -> str:
+        statuses = ", ".join(f"{s} {self.by_status[s]:,}" for s in STATUSES if self.by_status.get(s))
+        rate = self.instances / self.seconds if self.seconds else 0.0
+        return (
+            f"{'interrupted: ' if self.interrupted else ''}{self.series:,} series "
+            f"({self.skipped:,} already complete; this run: {statuses or 'nothing to do'}), "
+            f"{self.instances:,} instances, {self.bytes / 1e6:,.1f} MB in {self.seconds:,.1f} s "
+            f"({rate:,.0f} instances/s) -> {self.out_dir}"
+            + (f"; {self.remaining:,} series left: run the same command again to resume" if self.remaining else "")
+        )
+
+
+@dataclass
+class _Outcome:
+    log: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    json_bytes: int = 0
+
+
+def harvest(
+    source: Any,
+    out_dir: str | os.PathLike,
+    endpoint: Endpoint | None = None,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    rate: float | None = DEFAULT_RATE,
+    policy: RetryPolicy | None = None,
+    light: bool = False,
+    progress: bool = True,
+    routing: str | None = None,
+    flush_instances: int = 5000,
+    flush_seconds: float = 10.0,
+) -> HarvestResult:
+    """Harvest the DICOM metadata of ``source``'s series into ``out_dir`` (created or resumed).
+
+    ``source`` is a :class:`~cohort.Cohort`, a coverage report (``.routes`` and
+    ``.endpoints``), an Arrow table or pandas frame with StudyInstanceUID and
+    SeriesInstanceUID, or an iterable of ``(study_uid, series_uid)`` pairs.
+    With ``endpoint`` every series is asked from it; a cohort without one is
+    routed with :func:`cohort.coverage.route` (``routing`` names its policy).
+    ``rate`` caps requests a second over all workers (None: no cap).
+    """
+    policy = policy or RetryPolicy()
+    if workers < 1:
+        raise HarvestError(f"workers must be at least 1, got {workers}")
+    tasks, endpoints = series_tasks(source, endpoint, routing)
+    store = HarvestStore(out_dir).open()
+    done = store.completed()
+    todo = [t for t in tasks if t.series_uid not in done]
+    run = _Run(store, endpoints, policy, RateLimiter(rate, burst=max(1, workers)), light,
+               flush_instances, flush_seconds)
+    log.info("harvest %s: %d series, %d already complete, run %s", out_dir, len(tasks), len(tasks) - len(todo), run.run_id)
+    run.execute(todo, workers, progress)
+    return HarvestResult(
+        out_dir=Path(out_dir), run_id=run.run_id, series=len(tasks), skipped=len(tasks) - len(todo),
+        by_status=dict(run.statuses), instances=run.instances, bytes=run.bytes,
+        seconds=time.monotonic() - run.started, interrupted=run.interrupted,
+    )
+
+
+def series_tasks(source: Any, endpoint: Endpoint | None = None,
+                 routing: str | None = None) -> tuple[list[SeriesTask], dict[str, Endpoint]]:
+    """The distinct series of ``source`` with their endpoint and series URL (see :func:`harvest`)."""
+    if endpoint is None and hasattr(source, "series_uids") and hasattr(source, "to_arrow"):
+        try:
+            from ..coverage import route
+        except ImportError:
+            raise HarvestError("routing a cohort needs cohort.coverage; pass an endpoint instead "
+                               "(e.g. endpoint=cohort.idc_proxy() or --url)") from None
+        source = route(source, routing) if routing else route(source)
+    if hasattr(source, "routes") and hasattr(source, "endpoints"):
+        if endpoint is not None:
+            return series_tasks(source.routes, endpoint)
+        rows = source.routes.select(["StudyInstanceUID", "SeriesInstanceUID", "endpoint", "series_url"]).to_pylist()
+        tasks = [SeriesTask(r["StudyInstanceUID"], r["SeriesInstanceUID"], r["endpoint"], r["series_url"]) for r in rows]
+        return _distinct(tasks), dict(source.endpoints)
+    if endpoint is None:
+        raise HarvestError("no endpoint given: pass endpoint=cohort.custom(URL) or cohort.idc_proxy() "
+                           "(or a coverage report, which routes each series)")
+    pairs = _pairs(source)
+    tasks = [SeriesTask(study, series, endpoint.name, endpoint.series_url(study, series)) for study, series in pairs]
+    return _distinct(tasks), {endpoint.name: endpoint}
+
+
+def _pairs(source: Any) -> Iterable[tuple[str, str]]:
+    if hasattr(source, "to_arrow"):
+        source = source.to_arrow()
+    if hasattr(source, "columns") and not isinstance(source, pa.Table):  # pandas
+        source = pa.Table.from_pandas(source, preserve_index=False)
+    if isinstance(source, pa.Table):
+        missing = {"StudyInstanceUID", "SeriesInstanceUID"} - set(source.column_names)
+        if missing:
+            raise HarvestError(f"the series table lacks {', '.join(sorted(missing))}; it has "
+                               f"{', '.join(source.column_names)}")
+        return zip(source.column("StudyInstanceUID").to_pylist(), source.column("SeriesInstanceUID").to_pylist())
+    pairs = []
+    for i, item in enumerate(source):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(u, str) and u for u in item)):
+            raise HarvestError(f"item {i} of the series list is {item!r}; give (StudyInstanceUID, SeriesInstanceUID) pairs")
+        pairs.append((item[0], item[1]))
+    return pairs
+
+
+def _distinct(tasks: list[SeriesTask]) -> list[SeriesTask]:
+    bad = [t for t in tasks if not t.study_uid or not t.series_uid]
+    if bad:
+        raise HarvestError(f"{len(bad)} series lack a StudyInstanceUID or SeriesInstanceUID, e.g. {bad[0]}")
+    first: dict[str, SeriesTask] = {}
+    for task in tasks:
+        first.setdefault(task.series_uid, task)
+    return list(first.values())
+
+
+class _Run:
+    """One run: workers fetch and parse, the main thread counts, shows progress and writes batches."""
+
+    def __init__(self, store: HarvestStore, endpoints: dict[str, Endpoint], policy: RetryPolicy,
+                 limiter: RateLimiter, light: bool, flush_instances: int, flush_seconds: float) -> None:
+        self.store, self.endpoints, self.policy, self.limiter, self.light = store, endpoints, policy, limiter, light
+        self.flush_instances, self.flush_seconds = flush_instances, flush_seconds
+        self.run_id = new_run_id()
+        self.stop = threading.Event()
+        self.local = threading.local()
+        self.statuses: Counter[str] = Counter()
+        self.instances = self.bytes = self.parts = 0
+        self.interrupted = False
+        self.started = time.monotonic()
+        self._rows: list[dict[str, Any]] = []
+        self._logs: list[dict[str, Any]] = []
+        self._buffered_bytes = 0
+        self._last_flush = time.monotonic()
+
+    # -- main thread ------------------------------------------------------
+    def execute(self, todo: list[SeriesTask], workers: int, progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), unit="series", desc="harvest", disable=not progress, dynamic_ncols=True)
+        queue: Iterator[SeriesTask] = iter(todo)
+        pending: set[Future] = set()
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="harvest")
+        try:
+            try:
+                self._fill(pool, queue, pending, 2 * workers)
+                while pending:
+                    finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        self._take(future.result(), bar)
+                    self._fill(pool, queue, pending, 2 * workers)
+                    if self._due():
+                        self.flush()
+            except KeyboardInterrupt:
+                self.interrupted = True
+                self.stop.set()
+                for future in pending:
+                    future.cancel()
+                for future in wait(pending).done:
+                    if not future.cancelled():
+                        self._take(future.result(), bar)
+        finally:
+            self.stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.flush()
+            bar.close()
+
+    def _fill(self, pool: ThreadPoolExecutor, queue: Iterator[SeriesTask], pending: set[Future], limit: int) -> None:
+        while len(pending) < limit and not self.stop.is_set():
+            task = next(queue, None)
+            if task is None:
+                return
+            pending.add(pool.submit(self._harvest_series, task))
+
+    def _take(self, outcome: _Outcome | None, bar) -> None:
+        if outcome is None:  # stopped before it finished: not an outcome of the series
+            return
+        status = outcome.log["status"]
+        self.statuses[status] += 1
+        self.instances += len(outcome.rows)
+        self.bytes += outcome.log["bytes"] or 0
+        self._rows.extend(outcome.rows)
+        self._logs.append(outcome.log)
+        self._buffered_bytes += outcome.json_bytes
+        errors = sum(n for s, n in self.statuses.items() if s not in FINAL_STATUSES)
+        bar.set_postfix(instances=self.instances, errors=errors, refresh=False)
+        bar.update(1)
+
+    def _due(self) -> bool:
+        return bool(self._logs) and (
+            len(self._rows) >= self.flush_instances
+            or self._buffered_bytes >= 64 * 2**20
+            or time.monotonic() - self._last_flush >= self.flush_seconds
+        )
+
+    def flush(self) -> None:
+        if not self._logs:
+            return
+        instances = pa.Table.from_pylist(self._rows, schema=INSTANCE_SCHEMA)
+        logs = pa.Table.from_pylist(self._logs, schema=LOG_SCHEMA)
+        self.store.write(part_name(self.run_id, self.parts), instances, logs)
+        self.parts += 1
+        self._rows, self._logs, self._buffered_bytes = [], [], 0
+        self._last_flush = time.monotonic()
+
+    # -- worker threads ---------------------------------------------------
+    def _session(self, name: str) -> requests.Session:
+        sessions = self.local.__dict__.setdefault("sessions", {})
+        if name not in sessions:
+            sessions[name] = self.endpoints[name].session()
+        return sessions[name]
+
+    def _harvest_series(self, task: SeriesTask) -> _Outcome | None:
+        base = {
+            "StudyInstanceUID": task.study_uid, "SeriesInstanceUID": task.series_uid, "endpoint": task.endpoint,
+            "url": None, "http_status": None, "attempts": 0, "instances": 0, "bytes": 0, "seconds": 0.0,
+            "error": None, "run_id": self.run_id,
+        }
+        if task.endpoint is None or task.url is None:
+            return _Outcome({**base, "status": "not_found", "finished_at": _now(),
+                             "error": "no endpoint in the routing serves this series"})
+        if task.endpoint not in self.endpoints:
+            raise HarvestError(f"series {task.series_uid} is routed to unknown endpoint {task.endpoint!r}")
+        if self.light:
+            url = task.url.rstrip("/") + "/instances"
+            params = {"includefield": ",".join(c.tag for c in COLUMNS)}
+        else:
+            url, params = task.url.rstrip("/") + "/metadata", None
+        result = get(self._session(task.endpoint), url, policy=self.policy, limiter=self.limiter,
+                     stop=self.stop, headers=_ACCEPT_JSON, params=params)
+        if result.stopped:
+            return None
+        base.update(url=url, attempts=result.attempts, bytes=result.bytes, seconds=round(result.seconds, 4),
+                    http_status=result.response.status_code if result.response is not None else None)
+        return self._classify(task, result, base)
+
+    def _classify(self, task: SeriesTask, result: Attempted, base: dict[str, Any]) -> _Outcome:
+        def outcome(status: str, error: str | None = None, rows: list | None = None) -> _Outcome:
+            rows = rows or []
+            return _Outcome({**base, "status": status, "error": error, "instances": len(rows), "finished_at": _now()},
+                            rows, sum(len(r["json"]) for r in rows))
+
+        if result.error is not None:
+            error = f"{type(result.error).__name__}: {result.error}"
+            if isinstance(result.error, requests.Timeout):
+                return outcome("timeout", error)
+            if isinstance(result.error, requests.exceptions.ChunkedEncodingError):
+                return outcome("malformed", f"truncated body: {error}")
+            return outcome("http_error", error)
+        response = result.response
+        assert response is not None
+        if response.status_code in (404, 410):
+            return outcome("not_found", f"HTTP {response.status_code}: {_snippet(response)}")
+        if response.status_code == 204:
+            return outcome("empty")
+        if not response.ok:
+            return outcome("http_error", f"HTTP {response.status_code}: {_snippet(response)}")
+        try:
+            instances = parse_body(response.content)
+            now, run_id = _now(), self.run_id
+            rows = [{**instance_row(i, task.study_uid, task.series_uid), "endpoint": task.endpoint,
+                     "run_id": run_id, "harvested_at": now} for i in instances]
+        except MalformedMetadata as exc:
+            return outcome("malformed", str(exc))
+        return outcome("ok" if rows else "empty", rows=rows)
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _snippet(response: requests.Response, limit: int = 200) -> str:
+    text = (response.text or "").strip().replace("\n", " ")
+    return text[:limit] or response.reason or ""
