@@ -194,11 +194,18 @@ def query_cmd(state: _State, query: str, params: tuple[str, ...], fmt: str | Non
 @param_option
 @output_options
 @click.option("--max-rows", default=50, show_default=True, help="Rows shown in table format.")
+@click.option("--harvest", "harvest_dir", type=click.Path(file_okay=False, exists=True),
+              help="A `cohort harvest` directory: adds the views harvest_instances, harvest_log and harvest_series.")
 @pass_state
-def sql_cmd(state: _State, sql: str, params: tuple[str, ...], fmt: str | None, output: str | None, max_rows: int) -> None:
+def sql_cmd(state: _State, sql: str, params: tuple[str, ...], fmt: str | None, output: str | None, max_rows: int,
+            harvest_dir: str | None) -> None:
     """Run one SELECT on the index tables (use - to read the SQL from stdin)."""
     if sql == "-":
         sql = sys.stdin.read()
+    if harvest_dir:
+        from .harvest import open_harvest
+
+        open_harvest(state.catalog, harvest_dir)
     df = state.catalog.df(sql, parse_params(params))
     write_frame(df, fmt, output, max_rows)
 
@@ -231,6 +238,69 @@ def fetch_cmd(state: _State, tables: tuple[str, ...]) -> None:
     for name in tables:
         state.catalog.ensure(name)
         click.echo(f"{name}: {state.catalog.store.local_path(name)}")
+
+
+@cli.command("harvest")
+@click.argument("query")
+@param_option
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Harvest directory (created; rerun with the same one to resume).")
+@click.option("--url", help="DICOMweb root to ask for every series (default: route each series with --policy).")
+@click.option("--auth", default="none", show_default=True, metavar="KIND",
+              help="With --url: none, bearer[:ENV_VAR], basic[:USER_VAR:PASSWORD_VAR] or google.")
+@click.option("--policy", "routing", type=click.Choice(["proxy", "google"]), default=None,
+              help="Routing policy when no --url is given (see coverage).")
+@click.option("--workers", default=None, type=click.IntRange(1, 64), help="Concurrent requests [default: 8].")
+@click.option("--rate", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Requests a second over all workers, retries included [default: 10].")
+@click.option("--no-rate-limit", is_flag=True, help="No request-rate cap (only for your own server).")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds per request attempt.")
+@click.option("--retries", default=4, show_default=True, type=click.IntRange(0, 20),
+              help="Retries per request on 429/5xx/network errors.")
+@click.option("--light", is_flag=True, help="QIDO with the typed columns' attributes only, instead of full metadata.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@pass_state
+def harvest_cmd(state: _State, query: str, params: tuple[str, ...], out_dir: str, url: str | None, auth: str,
+                routing: str | None, workers: int | None, rate: float | None, no_rate_limit: bool, timeout: float,
+                retries: int, light: bool, no_progress: bool) -> None:
+    """Harvest the DICOM metadata of a cohort's instances into Parquet (resumable).
+
+    QUERY is a saved query name, a .sql file or a manifest. Query the result
+    with `cohort sql --harvest DIR "SELECT ... FROM harvest_instances"`.
+
+    \b
+    cohort harvest series_by_collection -p collection_id=tcga_paad -p modality=SM -o paad/
+    cohort harvest my.sql -o out/ --url http://127.0.0.1:8042/dicom-web --workers 16 --no-rate-limit
+    """
+    from .endpoints import auth_from_name, custom
+    from .harvest import DEFAULT_RATE, DEFAULT_WORKERS, harvest
+    from .retry import RetryPolicy
+
+    if url is None and auth != "none":
+        raise click.UsageError("--auth applies to --url")
+    if no_rate_limit and rate is not None:
+        raise click.UsageError("give either --rate or --no-rate-limit")
+    endpoint = custom(url, auth_from_name(auth)) if url else None
+    result = harvest(
+        load_cohort(state, query, parse_params(params)), out_dir, endpoint,
+        workers=workers or DEFAULT_WORKERS, rate=None if no_rate_limit else (rate or DEFAULT_RATE),
+        policy=RetryPolicy(timeout=timeout, max_attempts=retries + 1), light=light,
+        progress=not no_progress, routing=routing,
+    )
+    click.echo(str(result), err=True)
+    if result.interrupted:
+        sys.exit(130)
+
+
+@cli.command("harvest-status")
+@click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
+@output_options
+def harvest_status_cmd(out_dir: str, fmt: str | None, output: str | None) -> None:
+    """Series, instances and bytes per status in a harvest directory (each series' latest outcome)."""
+    from .harvest import harvest_status
+
+    write_frame(harvest_status(out_dir).to_pandas(), fmt, output)
 
 
 def main() -> None:

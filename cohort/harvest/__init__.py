@@ -12,7 +12,7 @@ directory and its resume invariant), :mod:`.runner` (concurrent, polite runs).
 
 from .metadata import COLUMNS, MalformedMetadata, instance_row, parse_body
 from .runner import DEFAULT_RATE, DEFAULT_WORKERS, HarvestResult, SeriesTask, harvest, series_tasks
-from .store import FINAL_STATUSES, INSTANCE_SCHEMA, LOG_SCHEMA, STATUSES, HarvestStore, open_harvest
+from .store import FINAL_STATUSES, INSTANCE_SCHEMA, LOG_SCHEMA, STATUSES, HarvestStore, harvest_status, open_harvest
 
 __all__ = [
     "COLUMNS",
@@ -27,6 +27,7 @@ __all__ = [
     "MalformedMetadata",
     "SeriesTask",
     "harvest",
+    "harvest_status",
     "instance_row",
     "open_harvest",
     "parse_body",

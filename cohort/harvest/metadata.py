@@ -184,6 +184,9 @@ def _convert(values: list | None, col: Column, issues: list[str]) -> Any:
     convert = _CONVERTERS[str(col.type if col.take == _ONE else col.type.value_type)]
     out = []
     for value in values if col.take == _ALL else values[:1]:
+        if value is None:  # an empty value of a multi-valued attribute
+            out.append(None)
+            continue
         try:
             out.append(convert(value))
         except (TypeError, ValueError):
