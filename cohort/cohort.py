@@ -14,13 +14,14 @@ import html
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from .catalog import Catalog
 from .errors import CohortInputError, QueryError
 from .queries import SavedQuery, load_query
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 UID_COLUMN = "SeriesInstanceUID"
 _default: Catalog | None = None
@@ -142,7 +143,7 @@ class Cohort:
         """A cohort of the given SeriesInstanceUIDs (current or earlier releases)."""
         catalog = catalog or default_catalog()
         wanted = list(dict.fromkeys(u.strip() for u in uids if u and u.strip()))
-        table = pa.table({UID_COLUMN: pa.array(wanted, pa.string())})
+        table = uid_table(wanted)
         unknown = catalog.sql(
             "SELECT w.SeriesInstanceUID FROM _w w WHERE w.SeriesInstanceUID NOT IN "
             "(SELECT SeriesInstanceUID FROM index UNION ALL SELECT SeriesInstanceUID FROM prior_versions_index)",
@@ -171,7 +172,7 @@ class Cohort:
         return uid in set(self.series_uids)
 
     def _uids_table(self) -> pa.Table:
-        return pa.table({UID_COLUMN: pa.array(self.series_uids, pa.string())})
+        return uid_table(self.series_uids)
 
     def sql(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
         """Run SQL where ``cohort`` is this cohort's series table (plus every index table)."""
@@ -239,7 +240,7 @@ class Cohort:
             raise CohortInputError(
                 f"cannot combine cohorts of IDC v{self.catalog.idc_version} and v{other.catalog.idc_version}"
             )
-        table = pa.table({UID_COLUMN: pa.array(list(keep), pa.string())})
+        table = uid_table(list(keep))
         name = f"({self.provenance.query_name or 'sql'} {op} {other.provenance.query_name or 'sql'})"
         prov = Provenance.make(
             self.catalog,
@@ -297,6 +298,13 @@ SELECT * FROM cur
 UNION ALL BY NAME
 SELECT *, false AS in_current_release FROM prior
 """
+
+
+def uid_table(uids: list[str]) -> pa.Table:
+    """A one-column Arrow table of SeriesInstanceUIDs."""
+    import pyarrow as pa  # noqa: PLC0415 - keeps `import cohort` light
+
+    return pa.table({UID_COLUMN: pa.array(uids, pa.string())})
 
 
 def _jsonable(value: Any) -> Any:

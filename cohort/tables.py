@@ -16,15 +16,17 @@ and moved into the cache atomically, so that a broken download is never cached.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import version as _dist_version
 from pathlib import Path
 
-import idc_index_data
 import platformdirs
-import pyarrow.parquet as pq
-import requests
 
 from .errors import TableUnavailableError, UnknownTableError
 
@@ -52,7 +54,7 @@ class TableInfo:
 
 def data_version() -> str:
     """The installed idc-index-data version, e.g. ``"25.0.5"``."""
-    return idc_index_data.__version__
+    return _dist_version("idc-index-data")
 
 
 def idc_version() -> int:
@@ -60,22 +62,46 @@ def idc_version() -> int:
     return int(data_version().split(".")[0])
 
 
+@cache
 def known_tables() -> dict[str, TableInfo]:
     """Every table idc-index knows, under idc-index's names (``index``, not ``idc_index``)."""
     stems = {v: k for k, v in FILE_STEMS.items()}
     tables = {}
-    for stem, meta in idc_index_data.INDEX_METADATA.items():
+    for stem, schema, parquet in _package_tables():
         name = stems.get(stem, stem)
-        schema = meta.get("schema") or None
-        path = meta.get("parquet_filepath")
         tables[name] = TableInfo(
             name=name,
             description=(schema or {}).get("table_description", ""),
-            bundled=path is not None,
-            bundled_path=Path(path) if path else None,
+            bundled=parquet is not None,
+            bundled_path=parquet,
             schema=schema,
         )
     return tables
+
+
+def _package_tables() -> list[tuple[str, dict | None, Path | None]]:
+    """(file stem, schema, shipped Parquet file or None) of each table in idc-index-data.
+
+    Read from the package's folder without importing it: its import looks every
+    file up in the wheel's RECORD, which costs more than making a whole catalog.
+    Falls back to the import where the files are elsewhere (editable installs).
+    """
+    spec = importlib.util.find_spec("idc_index_data")
+    folder = Path(spec.origin).parent if spec and spec.origin else None
+    if folder is not None and (folder / "idc_index.parquet").is_file():
+        found = []
+        for schema_file in sorted(folder.glob("*_schema.json")):
+            stem = schema_file.name.removesuffix("_schema.json")
+            parquet = folder / f"{stem}.parquet"
+            schema = json.loads(schema_file.read_text(encoding="utf-8"))
+            found.append((stem, schema, parquet if parquet.is_file() else None))
+        return found
+    import idc_index_data  # noqa: PLC0415
+
+    return [
+        (stem, meta.get("schema") or None, Path(meta["parquet_filepath"]) if meta.get("parquet_filepath") else None)
+        for stem, meta in idc_index_data.INDEX_METADATA.items()
+    ]
 
 
 def cache_dir(version: str | None = None) -> Path:
@@ -105,7 +131,7 @@ class TableStore:
         self.download = download
         self.timeout = timeout
         self.version = data_version()
-        self.tables = known_tables()
+        self.tables = dict(known_tables())
 
     def info(self, name: str) -> TableInfo:
         try:
@@ -147,14 +173,17 @@ class TableStore:
 
     def fetch(self, name: str) -> Path:
         """Download an optional table into the cache; the first URL that yields a valid file wins."""
+        import requests  # noqa: PLC0415 - only needed for a download
+
         urls = self.release_urls(name)
         how_to = (
             f"put {name}.parquet (idc-index-data {self.version}) in a directory and pass it as "
-            f"index_dir= or set COHORT_INDEX_DIR; or copy it into {self.cache}"
+            f"index_dir= (--index-dir) or set COHORT_INDEX_DIR; or copy it into {self.cache}"
         )
         if not self.download:
             raise TableUnavailableError(
-                f"table {name!r} is not on this machine and downloads are off; {how_to}"
+                f"table {name!r} is not on this machine and downloads are off "
+                f"(it is published at {' and '.join(urls)}); {how_to}"
             )
         failures = []
         for url in urls:
@@ -169,27 +198,27 @@ class TableStore:
         )
 
     def _download(self, name: str, url: str) -> Path:
+        """Fetch one URL into a temporary file; only a complete, verified file is renamed into the cache."""
+        import pyarrow.parquet as pq  # noqa: PLC0415
+        import requests  # noqa: PLC0415
+
         self.cache.mkdir(parents=True, exist_ok=True)
         target = self.cache / f"{name}.parquet"
         expected = self._sidecar_sha256(url)
         digest = hashlib.sha256()
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=self.cache)
         try:
+            # urllib3 raises when the body is shorter than Content-Length (a cut connection).
             with os.fdopen(fd, "wb") as out, requests.get(url, stream=True, timeout=self.timeout) as r:
                 r.raise_for_status()
-                size = 0
                 for chunk in r.iter_content(1 << 20):
                     out.write(chunk)
                     digest.update(chunk)
-                    size += len(chunk)
-                declared = r.headers.get("Content-Length")
-                if declared is not None and int(declared) != size:
-                    raise ValueError(f"truncated download: {size} of {declared} bytes")
             if expected and digest.hexdigest() != expected:
-                raise ValueError(f"sha256 mismatch: got {digest.hexdigest()}, sidecar says {expected}")
+                raise ValueError(f"sha256 mismatch: got {digest.hexdigest()}, the .sha256 sidecar says {expected}")
             try:
                 pq.read_metadata(tmp)
-            except Exception as exc:
+            except Exception as exc:  # pyarrow raises several types for a broken file
                 raise ValueError(f"not a readable Parquet file ({_short(exc)})") from None
             os.replace(tmp, target)
         finally:
@@ -198,6 +227,9 @@ class TableStore:
         return target
 
     def _sidecar_sha256(self, url: str) -> str | None:
+        """The sha256 in ``<url>.sha256`` when the server has one (the mirror does)."""
+        import requests  # noqa: PLC0415
+
         try:
             r = requests.get(url + ".sha256", timeout=self.timeout)
         except requests.RequestException:
@@ -205,9 +237,14 @@ class TableStore:
         if r.status_code != 200:
             return None
         words = r.text.split()
-        return words[0].lower() if words and len(words[0]) == 64 else None
+        return words[0].lower() if words and re.fullmatch(r"[0-9a-fA-F]{64}", words[0]) else None
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]
+    """One line for an exception; for a failed connection, its root cause (``[Errno 111] Connection refused``)."""
+    text = str(exc)
+    cause = re.search(r"(\[Errno -?\d+\][^'\")]*|Read timed out|IncompleteRead\([^)]*\))", text)
+    if cause:
+        return f"{type(exc).__name__}: {cause.group(1).strip()}"
+    text = text.splitlines()[0] if text else type(exc).__name__
+    return text[:300]
