@@ -109,7 +109,9 @@ def parse_body(body: bytes | str) -> list[dict[str, Any]]:
     try:
         data = json.loads(body)
     except json.JSONDecodeError as exc:
-        end = "truncated body" if exc.pos >= len(body.rstrip()) else "invalid JSON"
+        text = body.strip()
+        cut = text.startswith(("[", "{")) and not text.endswith(("]", "}"))
+        end = "truncated body" if cut else "invalid JSON"
         raise MalformedMetadata(f"{end}: {exc.msg} at line {exc.lineno} column {exc.colno} "
                                 f"(char {exc.pos} of {len(body)})") from None
     if isinstance(data, dict):
