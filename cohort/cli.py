@@ -259,11 +259,13 @@ def fetch_cmd(state: _State, tables: tuple[str, ...]) -> None:
 @click.option("--retries", default=4, show_default=True, type=click.IntRange(0, 20),
               help="Retries per request on 429/5xx/network errors.")
 @click.option("--light", is_flag=True, help="QIDO with the typed columns' attributes only, instead of full metadata.")
+@click.option("--flush-seconds", default=10.0, show_default=True, type=click.FloatRange(min=0),
+              help="Write finished series at least this often (what a crash can lose).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_state
 def harvest_cmd(state: _State, query: str, params: tuple[str, ...], out_dir: str, url: str | None, auth: str,
                 routing: str | None, workers: int | None, rate: float | None, no_rate_limit: bool, timeout: float,
-                retries: int, light: bool, no_progress: bool) -> None:
+                retries: int, light: bool, flush_seconds: float, no_progress: bool) -> None:
     """Harvest the DICOM metadata of a cohort's instances into Parquet (resumable).
 
     QUERY is a saved query name, a .sql file or a manifest. Query the result
@@ -286,7 +288,7 @@ def harvest_cmd(state: _State, query: str, params: tuple[str, ...], out_dir: str
         load_cohort(state, query, parse_params(params)), out_dir, endpoint,
         workers=workers or DEFAULT_WORKERS, rate=None if no_rate_limit else (rate or DEFAULT_RATE),
         policy=RetryPolicy(timeout=timeout, max_attempts=retries + 1), light=light,
-        progress=not no_progress, routing=routing,
+        progress=not no_progress, routing=routing, flush_seconds=flush_seconds,
     )
     click.echo(str(result), err=True)
     if result.interrupted:
