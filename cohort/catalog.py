@@ -149,7 +149,7 @@ class Catalog:
         try:
             for name, obj in (register or {}).items():
                 cur.register(name, obj)
-            return cur.execute(sql, params or None).fetch_arrow_table()
+            return cur.execute(sql, params or None).to_arrow_table()
         except duckdb.Error as exc:
             raise self._translate(exc, sql, source, params) from None
         finally:
