@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,22 @@ class Catalog:
 
         ``register`` maps names to Arrow tables or pandas frames usable in the SQL.
         """
+        return self._run(sql, params, source, register, lambda result: result.to_arrow_table())
+
+    def df(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        source: str | None = None,
+        register: Mapping[str, Any] | None = None,
+    ):
+        """Like :meth:`sql`, as a pandas DataFrame converted by DuckDB as ``IDCClient.sql_query`` does
+        (so that the same SQL gives the same dtypes, e.g. float for ``sum(instanceCount)``)."""
+        return self._run(sql, params, source, register, lambda result: result.df())
+
+    def _run(self, sql: str, params: Mapping[str, Any] | None, source: str | None,
+             register: Mapping[str, Any] | None, fetch: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
         params = dict(params or {})
         check_read_only(sql, source=source, params=params)
         self._ensure_referenced(sql, exclude=set(register or ()))
@@ -149,15 +165,12 @@ class Catalog:
         try:
             for name, obj in (register or {}).items():
                 cur.register(name, obj)
-            return cur.execute(sql, params or None).to_arrow_table()
+            # no parameters -> no binding, which would make duckdb import pandas
+            return fetch(cur.execute(sql, params or None))
         except duckdb.Error as exc:
             raise self._translate(exc, sql, source, params) from None
         finally:
             cur.close()
-
-    def df(self, sql: str, params: Mapping[str, Any] | None = None, **kwargs):
-        """Like :meth:`sql`, as a pandas DataFrame."""
-        return self.sql(sql, params, **kwargs).to_pandas()
 
     def _ensure_referenced(self, sql: str, exclude: Iterable[str] = ()) -> None:
         for name in referenced_tables(sql, self.store.tables):
