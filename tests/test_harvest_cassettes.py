@@ -1,0 +1,108 @@
+"""Fast harvester tests that replay vcrpy cassettes recorded from a real Orthanc (no server needed).
+
+The cassette holds the WADO-RS series metadata of two real files (pydicom's
+CT_small.dcm and highdicom's sm_image.dcm, MIT; in ../shared/realdata/highdicom),
+a QIDO light pass of the SM series, and a 404 for a series Orthanc does not have.
+The expected values below are those files' attributes as pydicom reads them.
+
+Re-record (needs Orthanc and ../shared/realdata)::
+
+    COHORT_RECORD_CASSETTES=1 pytest tests/test_harvest_cassettes.py -m orthanc
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import vcr
+
+from cohort import custom
+from cohort.harvest import HarvestStore, harvest
+from cohort.retry import RetryPolicy
+
+CASSETTE = Path(__file__).parent / "cassettes" / "harvest_metadata.yaml"
+#: Recorded URLs are rewritten to this root, so replay does not depend on the recording port.
+ROOT = "http://orthanc.invalid/dicom-web"
+CT = ("1.3.6.1.4.1.5962.1.2.1.20040119072730.12322", "1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322")
+SM = ("1.2.826.0.1.3680043.9.7433.3.82970457260936734119270346325882945",
+      "1.2.826.0.1.3680043.9.7433.3.57084118109582350083572639456817453")
+MISSING = (CT[0], "1.2.826.0.1.3680043.9.7433.3.999")
+RECORD = bool(os.environ.get("COHORT_RECORD_CASSETTES"))
+
+
+def _recorder(real_root: str | None = None) -> vcr.VCR:
+    def scrub_request(request):
+        if real_root:
+            request.uri = request.uri.replace(real_root, ROOT)
+        return request
+
+    def scrub_response(response):
+        if real_root:
+            body = response["body"]["string"].replace(real_root.encode(), ROOT.encode())
+            response["body"]["string"] = body
+            response["headers"] = {k: v for k, v in response["headers"].items() if k.lower() != "content-length"}
+            response["headers"]["Content-Length"] = [str(len(body))]
+        return response
+
+    return vcr.VCR(
+        serializer="yaml",
+        record_mode="all" if real_root else "none",
+        filter_headers=["authorization", "cookie"],
+        before_record_request=scrub_request,
+        before_record_response=scrub_response,
+        match_on=["method", "scheme", "host", "port", "path", "query"],
+    )
+
+
+def _harvest_all(root: str, out: Path):
+    endpoint = custom(root)
+    policy = RetryPolicy(max_attempts=1)
+    full = harvest([CT, SM, MISSING], out / "full", endpoint, workers=1, rate=None, policy=policy, progress=False)
+    light = harvest([SM], out / "light", endpoint, workers=1, rate=None, policy=policy, light=True, progress=False)
+    return full, light
+
+
+@pytest.mark.orthanc
+@pytest.mark.skipif(not RECORD, reason="records cassettes only with COHORT_RECORD_CASSETTES=1")
+def test_record(orthanc, realdata, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    for path in (get_testdata_file("CT_small.dcm"), realdata / "highdicom" / "sm_image.dcm"):
+        orthanc.upload(Path(path))
+    CASSETTE.parent.mkdir(exist_ok=True)
+    CASSETTE.unlink(missing_ok=True)
+    with _recorder(orthanc.dicomweb_url).use_cassette(str(CASSETTE)):
+        _harvest_all(orthanc.dicomweb_url, tmp_path)
+    assert "orthanc.invalid" in CASSETTE.read_text()
+
+
+@pytest.mark.skipif(RECORD, reason="recording")
+def test_replay_full_and_light(tmp_path):
+    with _recorder().use_cassette(str(CASSETTE)):
+        full, light = _harvest_all(ROOT, tmp_path)
+    assert full.by_status == {"ok": 2, "not_found": 1} and full.instances == 2
+    rows = {r["Modality"]: r for r in HarvestStore(tmp_path / "full").read_instances().to_pylist()}
+    ct, sm = rows["CT"], rows["SM"]
+    assert (ct["SeriesInstanceUID"], ct["Rows"], ct["Columns"], ct["NumberOfFrames"]) == (CT[1], 128, 128, None)
+    assert ct["ImageType"] == ["ORIGINAL", "PRIMARY", "AXIAL"]
+    assert (sm["TotalPixelMatrixColumns"], sm["TotalPixelMatrixRows"], sm["NumberOfFrames"], sm["Rows"]) == (50, 50, 25, 10)
+    assert sm["ImageType"] == ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    assert sm["OpticalPathIdentifier"] and sm["SpecimenIdentifier"]
+    assert '"BulkDataURI":"' + ROOT in sm["json"]  # kept as a URI, never followed
+    log = {r["SeriesInstanceUID"]: r for r in HarvestStore(tmp_path / "full").read_log().to_pylist()}
+    assert log[MISSING[1]]["http_status"] == 404 and "inexistent" in log[MISSING[1]]["error"]
+    assert log[SM[1]]["bytes"] > 1000 and log[SM[1]]["attempts"] == 1
+    assert light.by_status == {"ok": 1}
+    lrow = HarvestStore(tmp_path / "light").read_instances().to_pylist()[0]
+    assert (lrow["SOPInstanceUID"], lrow["Rows"]) == (sm["SOPInstanceUID"], 10)
+
+
+@pytest.mark.skipif(RECORD, reason="recording")
+def test_replay_resume_skips_complete_series(tmp_path):
+    with _recorder().use_cassette(str(CASSETTE), allow_playback_repeats=True):
+        _harvest_all(ROOT, tmp_path)
+        again, _ = _harvest_all(ROOT, tmp_path)
+    assert again.skipped == 3 and again.by_status == {} and again.instances == 0
+    assert len(HarvestStore(tmp_path / "full").read_instances(["SOPInstanceUID"])) == 2
