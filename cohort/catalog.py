@@ -220,7 +220,7 @@ def check_read_only(sql: str, *, source: str | None = None, params: Mapping[str,
     for i, stmt in enumerate(statements, 1):
         if stmt.type != duckdb.StatementType.SELECT:
             kind = stmt.type.name
-            line = _line_of(sql, stmt.query.strip())
+            line = _line_of(sql, stmt.query)
             where = f"{source}:{line}" if source and line else (source or f"statement {i}")
             raise ReadOnlyError(
                 f"{where}: {kind} statements are not allowed; queries are read-only "
@@ -248,9 +248,16 @@ def referenced_tables(sql: str, known: Iterable[str]) -> set[str]:
         return known & words
 
 
-def _line_of(text: str, fragment: str) -> int | None:
-    idx = text.find(fragment[:40]) if fragment else -1
-    return text.count("\n", 0, idx) + 1 if idx >= 0 else None
+def _line_of(text: str, statement: str) -> int | None:
+    """The line in ``text`` where ``statement`` starts, after its leading comments (a query file's header)."""
+    start = text.find(statement)
+    if start < 0:
+        return None
+    for line in statement.splitlines(keepends=True):
+        if line.strip() and not line.strip().startswith("--"):
+            break
+        start += len(line)
+    return text.count("\n", 0, start) + 1
 
 
 def _first_line(text: str) -> str:

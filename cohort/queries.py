@@ -151,12 +151,14 @@ class SavedQuery:
             else:
                 meta[key] = rest
         default_name = path.stem if path else "sql"
-        used = set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", _strip_comments_and_strings(text)))
+        code = _strip_comments_and_strings(text)
+        used = set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", code))
         declared = {p.name for p in params}
         if used - declared:
             missing = sorted(used - declared)
+            line = code.count("\n", 0, code.index(f"${missing[0]}")) + 1
             raise QueryFileError(
-                f"{where}: the SQL uses ${', $'.join(missing)} but the header declares no such "
+                f"{where}:{line}: the SQL uses ${', $'.join(missing)} but the header declares no such "
                 f"parameter; add a line like `-- param {missing[0]} VARCHAR` to the header"
             )
         if declared - used:
@@ -220,7 +222,8 @@ def _split_list(text: str) -> list[str]:
 
 
 def _strip_comments_and_strings(sql: str) -> str:
-    return re.sub(r"--[^\n]*|'(?:[^']|'')*'", " ", sql)
+    """Blank out comments and string literals, keeping line breaks (for line numbers)."""
+    return re.sub(r"--[^\n]*|'(?:[^']|'')*'", lambda m: re.sub(r"[^\n]", " ", m.group()), sql)
 
 
 def _show(value: Any) -> str:
