@@ -305,6 +305,53 @@ def harvest_status_cmd(out_dir: str, fmt: str | None, output: str | None) -> Non
     write_frame(harvest_status(out_dir).to_pandas(), fmt, output)
 
 
+@cli.command("manifest")
+@click.argument("source")
+@param_option
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The manifest file to write.")
+@click.option("-f", "--format", "fmt", type=click.Choice(["s5cmd", "csv", "tsv", "json", "parquet"]), default=None,
+              help="Manifest format (default: from the -o suffix, else s5cmd).")
+@click.option("--provider", type=click.Choice(["aws", "gcs"]), default="aws", show_default=True,
+              help="Cloud whose buckets the s5cmd lines name.")
+@click.option("--citations/--no-citations", default=True, show_default=True,
+              help="Fetch the source DOIs' citations (cached; skipped when offline).")
+@pass_state
+def manifest_cmd(state: _State, source: str, params: tuple[str, ...], output: str, fmt: str | None,
+                 provider: str, citations: bool) -> None:
+    """Write the cohort of a saved query, .sql FILE or manifest as a manifest with provenance.
+
+    \b
+    cohort manifest series_by_collection -p collection_id=tcga_paad -o paad.s5cmd
+    cohort manifest paad.s5cmd -o paad.csv
+    cohort manifest old.csv -o old_gcs.s5cmd --provider gcs
+    """
+    from .manifest import write_manifest
+
+    info = write_manifest(load_cohort(state, source, parse_params(params)), output, fmt, provider,
+                          citations=citations)
+    click.echo(f"wrote {info.series:,} series ({info.size_MB / 1000:,.2f} GB) to {info.path} [{info.format.value}, "
+               f"{info.provider.value}]; citations: {info.citations.summary}", err=True)
+    click.echo(f"download with: {info.command}", err=True)
+
+
+@cli.command("download")
+@click.argument("manifest", type=click.Path(dir_okay=False, exists=True))
+@click.option("--dest", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Directory to download into (idc-index lays out collection/patient/study/series).")
+@click.option("--dry-run", is_flag=True, help="Check the manifest and print size and destination; download nothing.")
+@pass_state
+def download_cmd(state: _State, manifest: str, dest: str, dry_run: bool) -> None:
+    """Download a manifest's series with idc-index (s5cmd); any manifest format is accepted."""
+    from .manifest import download, plan_download
+
+    plan = plan_download(manifest, dest, catalog=state.catalog)
+    if dry_run:
+        click.echo(f"would download {plan}")
+        return
+    click.echo(f"downloading {plan} with idc-index", err=True)
+    download(plan)
+
+
 def main() -> None:
     cli(prog_name="cohort")
 

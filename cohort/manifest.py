@@ -376,7 +376,7 @@ def read_manifest(path: str | Path, catalog: Catalog | None = None) -> Cohort:
         raise ManifestError(f"the manifest lists no series (expected lines like `{S5CMD_FORM}` "
                             "or rows with SeriesInstanceUID or crdc_series_uuid)", path=str(path))
     rows = _resolve(path, refs, catalog)
-    provider = _provider(path, rows, hints)
+    provider = _provider(path, rows, hints) or _header_provider(header)
     result = pa.table({
         "SeriesInstanceUID": pa.array([r["SeriesInstanceUID"] for r in rows], pa.string()),
         "crdc_series_uuid": pa.array([r["crdc_series_uuid"] for r in rows], pa.string()),
@@ -633,7 +633,7 @@ def _resolve(path: Path, refs: list[_Ref], catalog: Catalog) -> list[dict]:
     })
     rows = catalog.sql(_RESOLVE_SQL, {"current": catalog.idc_version},
                        register={"_refs": refs_table, "_buckets": _buckets_table()}).to_pylist()
-    where = f"index or prior_versions_index of IDC v{catalog.idc_version}"
+    where = f"index nor prior_versions_index of IDC v{catalog.idc_version}"
     unknown = [r for r in rows if r["crdc_series_uuid"] is None]
     if unknown:
         raise ManifestError(_listing(
@@ -687,6 +687,12 @@ def _provider(path: Path, rows: list[dict], hints: list[tuple[int, Provider]]) -
             "against one endpoint; re-export it for one provider (cohort manifest MANIFEST -o NEW --provider aws)",
             path=str(path), line=max(la, lg))
     return next(iter(seen), None)
+
+
+def _header_provider(header: dict) -> Provider | None:
+    """The provider our own CSV/TSV/JSON/Parquet manifests record (they carry both URLs)."""
+    value = header.get("provider")
+    return Provider(value) if value in {p.value for p in Provider} else None
 
 
 def _listing(what: str, items: list[str], fix: str) -> str:
