@@ -77,6 +77,10 @@ class Provenance:
     def to_dict(self) -> dict[str, Any]:
         return {k: (_jsonable(v) if k == "params" else v) for k, v in asdict(self).items()}
 
+    def recipe(self) -> dict[str, Any]:
+        """What the cohort was made from: :meth:`to_dict` without the creation time."""
+        return {k: v for k, v in self.to_dict().items() if k != "created"}
+
 
 def query_sha256(sql: str, params: Mapping[str, Any]) -> str:
     payload = sql + "\n" + json.dumps(_jsonable(dict(params)), sort_keys=True)
@@ -156,7 +160,9 @@ class Cohort:
                 f"prior_versions_index of IDC v{catalog.idc_version}: {shown}. Check for typos or "
                 "StudyInstanceUIDs given as series"
             )
-        prov = Provenance.make(catalog, query_name=name or "uids", params={"n_series": len(wanted)})
+        listed = hashlib.sha256("\n".join(sorted(wanted)).encode()).hexdigest()
+        prov = Provenance.make(catalog, query_name=name or "uids",
+                               params={"n_series": len(wanted), "uids_sha256": listed})
         return cls(table, prov, catalog)
 
     @classmethod
@@ -258,7 +264,7 @@ class Cohort:
         prov = Provenance.make(
             self.catalog,
             query_name=name,
-            params={"left": self.provenance.to_dict(), "right": other.provenance.to_dict()},
+            params={"left": self.provenance.recipe(), "right": other.provenance.recipe()},
         )
         return Cohort(table, prov, self.catalog)
 
@@ -300,9 +306,10 @@ _SERIES_SQL = """
 WITH u AS (SELECT DISTINCT SeriesInstanceUID FROM _uids),
 cur AS (SELECT i.*, true AS in_current_release FROM index i JOIN u USING (SeriesInstanceUID)),
 prior AS (
+    -- the newest version of a series that left the release: it was made in its min_idc_version
     SELECT p.* EXCLUDE (gcs_bucket, min_idc_version, max_idc_version),
-           p.max_idc_version AS series_revised_idc_version,
-           p.min_idc_version AS series_init_idc_version
+           min(p.min_idc_version) OVER (PARTITION BY p.SeriesInstanceUID) AS series_init_idc_version,
+           p.min_idc_version AS series_revised_idc_version
     FROM prior_versions_index p JOIN u USING (SeriesInstanceUID)
     WHERE p.SeriesInstanceUID NOT IN (SELECT SeriesInstanceUID FROM cur)
     QUALIFY row_number() OVER (PARTITION BY p.SeriesInstanceUID ORDER BY p.max_idc_version DESC) = 1
