@@ -196,8 +196,7 @@ class Catalog:
                 hint = self._suggest_column(m.group(1))
                 if hint:
                     text = f"{_first_line(text)}. Did you mean: {', '.join(hint)}?"
-        return QueryError(_first_line(text) if "\n" in text and len(text) > 400 else text.strip(),
-                          sql=sql, source=source, params=params)
+        return QueryError(_message(text), sql=sql, source=source, params=params)
 
     def _suggest_column(self, wrong: str) -> list[str]:
         names = {c for name in self._views for c in self.store.tables[name].column_names} if self._views else set()
@@ -258,6 +257,12 @@ def _line_of(text: str, statement: str) -> int | None:
             break
         start += len(line)
     return text.count("\n", 0, start) + 1
+
+
+def _message(text: str) -> str:
+    """DuckDB's message on one line: the text before its blank line (which precedes the ``LINE 1: ... ^`` diagram)."""
+    head = text.strip().split("\n\n")[0]
+    return " ".join(line.strip() for line in head.splitlines() if line.strip())
 
 
 def _first_line(text: str) -> str:

@@ -49,10 +49,10 @@ class _Group(click.Group):
             state = ctx.find_object(_State)
             if state is not None and state.verbose:
                 raise
-            click.echo(f"Error: {exc}", err=True)
-            sql = getattr(exc, "sql", None)
-            if sql and state is not None and state.verbose == 0 and getattr(exc, "source", None) is None:
-                click.echo("  (run with -v for the SQL and a traceback)", err=True)
+            message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            if getattr(exc, "sql", None) and getattr(exc, "source", None) is None:
+                message += " (run with -v for the SQL and a traceback)"
+            click.echo(f"Error: {message}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -126,7 +126,7 @@ def write_frame(df, fmt: str | None, output: str | None, max_rows: int = 50) -> 
         if len(df) > max_rows:
             text += f"\n[{len(df):,} rows]"
     elif fmt in ("csv", "tsv"):
-        text = df.to_csv(index=False, sep="," if fmt == "csv" else "\t")
+        text = _lists_as_json(df).to_csv(index=False, sep="," if fmt == "csv" else "\t")
     else:
         text = df.to_json(orient="records", indent=1, date_format="iso")
     if output:
@@ -134,6 +134,20 @@ def write_frame(df, fmt: str | None, output: str | None, max_rows: int = 50) -> 
         click.echo(f"wrote {len(df):,} rows to {output}", err=True)
     else:
         click.echo(text)
+
+
+def _lists_as_json(df):
+    """List cells (e.g. sm_index's stains) as JSON arrays, not numpy's ``['a' 'b']``."""
+    import numpy as np
+
+    def is_list(v: Any) -> bool:
+        return isinstance(v, (list, np.ndarray))
+
+    def as_json(v: Any) -> Any:
+        return json.dumps(np.asarray(v).tolist()) if is_list(v) else v
+
+    lists = [c for c in df.columns if df[c].dtype == object and df[c].map(is_list).any()]
+    return df.assign(**{c: df[c].map(as_json) for c in lists})
 
 
 def load_cohort(state: _State, source: str, params: dict[str, Any]) -> Cohort:
@@ -223,7 +237,7 @@ def tables_cmd(state: _State, fmt: str | None, output: str | None) -> None:
         local = store.local_path(name)
         rows.append({
             "table": name,
-            "status": "shipped" if info.bundled else ("cached" if local else "fetched on first use"),
+            "status": "shipped" if info.bundled else ("local" if local else "fetched on first use"),
             "path": str(local or ""),
             "description": info.description[:80],
         })

@@ -192,9 +192,7 @@ class TableStore:
             except (requests.RequestException, OSError, ValueError) as exc:
                 failures.append(f"{url}: {_short(exc)}")
         raise TableUnavailableError(
-            f"table {name!r} could not be fetched; tried:\n  "
-            + "\n  ".join(failures)
-            + f"\nTo work offline, {how_to}"
+            f"table {name!r} could not be fetched; tried {'; '.join(failures)}. To work offline, {how_to}"
         )
 
     def _download(self, name: str, url: str) -> Path:
