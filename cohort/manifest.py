@@ -696,8 +696,9 @@ def _header_provider(header: dict) -> Provider | None:
 
 
 def _listing(what: str, items: list[str], fix: str) -> str:
-    shown = "\n  ".join(items[:10]) + (f"\n  ... and {len(items) - 10} more" if len(items) > 10 else "")
-    return f"{len(items)} {what}:\n  {shown}\n{fix}"
+    """One line: the count, the first ten items, the fix."""
+    shown = "; ".join(items[:10]) + (f"; and {len(items) - 10} more" if len(items) > 10 else "")
+    return f"{len(items)} {what}: {shown}. To fix: {fix}"
 
 
 # -- download -----------------------------------------------------------------
