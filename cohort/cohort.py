@@ -232,7 +232,7 @@ class Cohort:
         group = ", ".join(f'"{c}"' for c in cols)
         return self.sql(
             f"SELECT {group}, count(*) AS series, count(DISTINCT PatientID) AS patients, "
-            "count(DISTINCT StudyInstanceUID) AS studies, sum(instanceCount) AS instances, "
+            "count(DISTINCT StudyInstanceUID) AS studies, sum(instanceCount)::BIGINT AS instances, "
             f"round(sum(series_size_MB) / 1000, 3) AS size_GB FROM cohort GROUP BY {group} "
             f"ORDER BY series DESC, {group}"
         ).to_pandas()
