@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,52 @@ def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.skip(f"../shared/realdata not found at {REALDATA} (only present on the project's machines)")
     return REALDATA
+
+
+def _require_orthanc() -> None:
+    """Skip when Orthanc is not installed; on CI (CI set) that is a failure instead."""
+    from tests.support.orthanc import SKIP_REASON, find_orthanc
+
+    if find_orthanc() is None:
+        if os.environ.get("CI"):
+            pytest.fail(SKIP_REASON)
+        pytest.skip(SKIP_REASON)
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """One Orthanc for the session, loaded with generated data and (when present) ../shared/realdata.
+
+    ``.url`` (REST root), ``.dicomweb_url``, ``.series`` (``tests.support.data.SeriesRecord``: UIDs,
+    Modality, n_instances, paths, sop_instance_uids, source), ``.skipped`` ((path, reason) not loaded).
+    """
+    _require_orthanc()
+    from tests.support import data
+    from tests.support.orthanc import Orthanc
+
+    out = tmp_path_factory.mktemp("orthanc_data")
+    records = data.wsi_series(out) + data.sm_series(out) + data.ct_mr_series(out)
+    if REALDATA.is_dir():
+        records += data.realdata_series(REALDATA)
+    with Orthanc() as server:
+        server.load(records)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def orthanc_factory():
+    """``orthanc_factory(users=None)`` starts an empty Orthanc (basic auth when ``users`` is given);
+    every server it started stops at the end of the module (module scope so module fixtures can use it)."""
+    _require_orthanc()
+    from tests.support.orthanc import Orthanc
+
+    servers = []
+
+    def start(users: dict[str, str] | None = None) -> Orthanc:
+        server = Orthanc(users=users).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
