@@ -172,7 +172,7 @@ def test_a_manifest_of_an_older_release_reopens_with_that_revision(fmt, catalog,
 
 
 def test_our_csv_reads_with_pandas_and_every_format_carries_provenance(catalog, outdir):
-    cohort = Cohort.from_query("series_by_collection", catalog=catalog, collection_id="tcga_paad", modality="SM")
+    cohort = Cohort.from_query("series_by_collection", catalog=catalog, collection_id="cmb_gec", modality="SM")
     infos = {fmt: write_manifest(cohort, outdir / f"prov.{fmt}", citations=False) for fmt in FORMATS}
     df = pd.read_csv(infos["csv"].path, comment="#")
     assert list(df.columns) == list(COLUMNS) and len(df) == len(cohort)
@@ -186,7 +186,7 @@ def test_our_csv_reads_with_pandas_and_every_format_carries_provenance(catalog, 
     text_keys = PROVENANCE_KEYS - {"citations"} | {"citation_status", "cite"}  # one `# cite:` line per DOI
     for prov, keys in ((json_prov, PROVENANCE_KEYS), (parquet_prov, PROVENANCE_KEYS), (header_prov, text_keys)):
         assert keys <= set(prov)
-        assert prov["params"] == {"collection_id": "tcga_paad", "modality": "SM"}
+        assert prov["params"] == {"collection_id": "cmb_gec", "modality": "SM"}
         assert prov["sha256"] == cohort.provenance.sha256 and prov["query_name"] == "series_by_collection"
         assert prov["series"] == len(cohort) and prov["idc_version"] == catalog.idc_version
         assert prov["size_MB"] == pytest.approx(cohort.counts.size_gb * 1000, abs=0.05)
@@ -277,21 +277,27 @@ def test_bad_manifests_fail_with_file_and_line(catalog, outdir):
         assert err.value.line == line
 
 
-def test_a_gcs_manifest_needs_gcs_buckets_for_every_series(catalog, outdir):
+def test_export_checks_its_input(catalog, outdir):
     info = write_manifest(Cohort.from_uids([SLIDE], catalog), outdir / "slide_gcs.s5cmd", provider="gcs",
                           citations=False)
     assert f"cp s3://idc-open-data/{SLIDE_UUID}/* ." in info.path.read_text()
     with pytest.raises(ManifestError, match="unknown manifest format 'xml'"):
         write_manifest(Cohort.from_uids([SLIDE], catalog), outdir / "x.xml", format="xml", citations=False)
+    other = catalog.sql("SELECT crdc_series_uuid FROM index WHERE SeriesInstanceUID <> $s LIMIT 1",
+                        {"s": SLIDE}).column(0)[0].as_py()
+    wrong = Cohort(pa.table({"SeriesInstanceUID": [SLIDE], "crdc_series_uuid": [other]}),
+                   Provenance.make(catalog), catalog)
+    with pytest.raises(ManifestError, match=f"1 series with a crdc_series_uuid that is not a revision.*{other}"):
+        write_manifest(wrong, outdir / "wrong.csv", citations=False)
 
 
 def test_cli_manifest_and_download_dry_run(catalog, outdir):
     runner = CliRunner()
     s5cmd = outdir / "cli.s5cmd"
-    result = runner.invoke(cli, ["manifest", "series_by_collection", "-p", "collection_id=tcga_paad",
+    result = runner.invoke(cli, ["manifest", "series_by_collection", "-p", "collection_id=cmb_gec",
                                  "-p", "modality=SM", "-o", str(s5cmd), "--no-citations"])
     assert result.exit_code == 0, result.output
-    n = len(Cohort.from_query("series_by_collection", catalog=catalog, collection_id="tcga_paad", modality="SM"))
+    n = len(Cohort.from_query("series_by_collection", catalog=catalog, collection_id="cmb_gec", modality="SM"))
     assert f"wrote {n:,} series" in result.output
     assert "download with: s5cmd --no-sign-request --endpoint-url https://s3.amazonaws.com run cli.s5cmd" \
         in result.output
