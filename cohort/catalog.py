@@ -18,9 +18,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
@@ -43,6 +41,9 @@ class Catalog:
         Where fetched tables are kept (default: a per-version user cache).
     download:
         Fetch optional tables that are not on this machine (default True).
+    urls:
+        URL templates (``{version}``, ``{name}``) to fetch optional tables from, tried in
+        order; default: idc-index's GitHub release URL, then the Google Cloud mirror.
     """
 
     def __init__(
@@ -193,14 +194,15 @@ class Catalog:
         if isinstance(exc, duckdb.BinderException):
             m = re.search(r'Referenced column "?([^"\s]+)"? not found', text)
             if m:
-                hint = self._suggest_column(m.group(1))
+                hint = self._suggest_column(m.group(1), sql)
                 if hint:
-                    text = f"{_first_line(text)}. Did you mean: {', '.join(hint)}?"
+                    text = f"{_first_line(text).rstrip('.')} Did you mean: {', '.join(hint)}?"
         return QueryError(_message(text), sql=sql, source=source, params=params)
 
-    def _suggest_column(self, wrong: str) -> list[str]:
-        names = {c for name in self._views for c in self.store.tables[name].column_names} if self._views else set()
-        names |= {c for t in self.store.tables.values() for c in t.column_names}
+    def _suggest_column(self, wrong: str, sql: str) -> list[str]:
+        """Column names close to ``wrong``, from the tables the SQL reads (else from every table)."""
+        tables = referenced_tables(sql, self.store.tables) or set(self.store.tables)
+        names = {c for t in tables for c in self.store.tables[t].column_names}
         lower = {n.lower(): n for n in names}
         return [lower[m] for m in difflib.get_close_matches(wrong.lower(), list(lower), n=3, cutoff=0.6)]
 
