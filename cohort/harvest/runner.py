@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 DEFAULT_RATE = 10.0
 DEFAULT_WORKERS = 8
 _ACCEPT_JSON = {"Accept": "application/dicom+json, application/json"}
+#: Finished series are written once their instances' JSON text reaches this many bytes (bounds memory).
+FLUSH_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -274,7 +276,7 @@ class _Run:
     def _due(self) -> bool:
         return bool(self._logs) and (
             len(self._rows) >= self.flush_instances
-            or self._buffered_bytes >= 64 * 2**20
+            or self._buffered_bytes >= FLUSH_BYTES
             or time.monotonic() - self._last_flush >= self.flush_seconds
         )
 
