@@ -237,16 +237,15 @@ def check_read_only(sql: str, *, source: str | None = None, params: Mapping[str,
 
 
 def referenced_tables(sql: str, known: Iterable[str]) -> set[str]:
-    """Names of known tables that the SQL reads."""
-    known = set(known)
+    """Names of known tables that the SQL reads (identifiers are case-insensitive, as in DuckDB)."""
+    by_lower = {k.lower(): k for k in known}
     try:
         names = duckdb.get_table_names(sql)
-        return {n for n in names if n in known}
     except duckdb.Error:
         # get_table_names binds some constructs (JOIN ... USING); fall back to words.
         stripped = re.sub(r"--[^\n]*|'(?:[^']|'')*'", " ", sql)
-        words = set(re.findall(r'"?([A-Za-z_][A-Za-z0-9_]*)"?', stripped))
-        return known & words
+        names = set(re.findall(r'"?([A-Za-z_][A-Za-z0-9_]*)"?', stripped))
+    return {by_lower[n.lower()] for n in names if n.lower() in by_lower}
 
 
 def _line_of(text: str, statement: str) -> int | None:

@@ -176,3 +176,8 @@ def test_catalog_is_cheap_and_loads_nothing_into_pandas():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_table_names_are_case_insensitive_as_in_duckdb(fixture_catalog):
+    n = fixture_catalog.sql("SELECT count(*) AS n FROM SM_INDEX JOIN Index USING (SeriesInstanceUID)")
+    assert n.column("n")[0].as_py() == 30
