@@ -495,11 +495,11 @@ def _parse_delimited(path: Path, lines: list[str], delimiter: str) -> tuple[list
     return refs, header
 
 
-def _row_ref(path: Path, no: int, row: dict[str, Any], what: str = "line") -> _Ref:
-    """A series reference from a CSV/TSV/JSON/Parquet row."""
+def _row_ref(path: Path, no: int, row: dict[str, Any]) -> _Ref:
+    """A series reference from a CSV/TSV/JSON/Parquet row (``no``: its line; for Parquet, its row number)."""
     def get(name: str) -> str | None:
         value = row.get(name)
-        return str(value).strip() or None if value is not None else None
+        return None if value is None else (str(value).strip() or None)
 
     uid = get("SeriesInstanceUID")
     uuid = get("crdc_series_uuid") or get("series_uuid")
@@ -515,8 +515,8 @@ def _row_ref(path: Path, no: int, row: dict[str, Any], what: str = "line") -> _R
         raise ManifestError(f"crdc_series_uuid {uuid!r} is not a UUID (e.g. 1cac0ac8-f1b1-4566-84e0-37716cf63939)",
                             path=str(path), line=no)
     if not uid and not uuid:
-        raise ManifestError(f"{what} {no} has neither SeriesInstanceUID nor crdc_series_uuid; "
-                            "every row needs one of them", path=str(path), line=no)
+        raise ManifestError("this row has neither SeriesInstanceUID nor crdc_series_uuid; every row needs one",
+                            path=str(path), line=no)
     return _Ref(no, uuid=uuid.lower() if uuid else None, uid=uid)
 
 
@@ -525,7 +525,7 @@ def _parse_json(path: Path, text: str) -> tuple[list[_Ref], dict]:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         records = _json_lines(path, text, exc)
-        return [_row_ref(path, no, rec, "record") for no, rec in records], {}
+        return [_row_ref(path, no, rec) for no, rec in records], {}
     header: dict = {}
     if isinstance(doc, dict) and isinstance(doc.get("series"), list):
         header = doc.get("provenance") or {}
@@ -539,7 +539,7 @@ def _parse_json(path: Path, text: str) -> tuple[list[_Ref], dict]:
     for no, rec in _array_records(text, start):
         if not isinstance(rec, dict):
             raise ManifestError(f"expected a series object, found {type(rec).__name__}", path=str(path), line=no)
-        refs.append(_row_ref(path, no, rec, "record at line"))
+        refs.append(_row_ref(path, no, rec))
     return refs, header
 
 
@@ -607,7 +607,7 @@ def _parse_parquet(path: Path) -> tuple[list[_Ref], dict]:
         raise ManifestError(f"no {' or '.join(_ID_COLUMNS)} column; columns are {', '.join(table.column_names)}",
                             path=str(path))
     rows = table.select(wanted).to_pylist()
-    return [_row_ref(path, i, row, "row") for i, row in enumerate(rows, 1)], header
+    return [_row_ref(path, i, row) for i, row in enumerate(rows, 1)], header
 
 
 _RESOLVE_SQL = f"""
