@@ -7,6 +7,10 @@ with the instance counts and attributes of the files written by the generators.
 
 from __future__ import annotations
 
+import json
+import time
+
+import pydicom
 import pytest
 import requests
 from dicomweb_client import DICOMwebClient
@@ -81,3 +85,110 @@ def test_factory_server_with_authentication(orthanc_factory, tmp_path):
     session.auth = ("alice", "s3cret")
     client = DICOMwebClient(server.dicomweb_url, session=session)
     assert len(client.retrieve_series_metadata(record.StudyInstanceUID, record.SeriesInstanceUID)) == 2
+
+
+# -- FaultProxy ----------------------------------------------------------------------------
+def test_proxy_passes_qido_wado_and_stow_through(orthanc, tmp_path):
+    from tests.support import data
+    from tests.support.proxy import FaultProxy
+
+    sm = _by_source(orthanc, "highdicom-sm")[0]
+    with FaultProxy(orthanc.url) as proxy:
+        client = DICOMwebClient(proxy.dicomweb_url)
+        direct = DICOMwebClient(orthanc.dicomweb_url)
+        assert client.search_for_series() == _rewritten(direct.search_for_series(), orthanc, proxy)
+        meta = client.retrieve_series_metadata(sm.StudyInstanceUID, sm.SeriesInstanceUID)
+        assert len(meta) == 3 and proxy.url.encode() in repr(meta).encode()  # BulkDataURIs lead back through it
+        frames = client.retrieve_instance_frames(sm.StudyInstanceUID, sm.SeriesInstanceUID, sm.sop_instance_uids[0],
+                                                 [1, 2], media_types=(("application/octet-stream", "*"),))
+        assert [len(f) for f in frames] == [128 * 128 * 3] * 2
+        # multipart STOW-RS through the proxy, then it is served directly
+        (record,) = data.bulk_series(1, 2, tmp_path)
+        client.store_instances([pydicom.dcmread(p) for p in record.paths])
+        assert len(direct.retrieve_series_metadata(record.StudyInstanceUID, record.SeriesInstanceUID)) == 2
+        assert proxy.counts == {"pass": len(proxy.log)}
+
+
+def _rewritten(items, orthanc, proxy):
+    return json.loads(json.dumps(items).replace(orthanc.url, proxy.url))
+
+
+def test_proxy_forwards_authorization(orthanc_factory):
+    from tests.support.proxy import FaultProxy
+
+    server = orthanc_factory(users={"bob": "pw"})
+    with FaultProxy(server.url) as proxy:
+        assert requests.get(f"{proxy.dicomweb_url}/studies", timeout=5).status_code == 401
+        assert requests.get(f"{proxy.dicomweb_url}/studies", auth=("bob", "pw"), timeout=5).status_code == 200
+        assert requests.get(f"{proxy.dicomweb_url}/studies", auth=("bob", "no"), timeout=5).status_code == 401
+
+
+def test_each_fault_kind_does_what_it_says(orthanc):
+    from tests.support.proxy import FaultProxy
+
+    target = "/dicom-web/series"
+    kinds = ["429", "503", "reset", "truncate", "delay", "pass"]
+    with FaultProxy(orthanc.url, schedule={"^/dicom-web/series$": kinds}, delay=0.3, retry_after=7) as proxy:
+        url = proxy.url + target
+        with requests.Session() as s:
+            r = s.get(url, timeout=5)
+            assert r.status_code == 429 and r.headers["Retry-After"] == "7"
+            assert s.get(url, timeout=5).status_code == 503
+            with pytest.raises(requests.ConnectionError):
+                s.get(url, timeout=5)
+        with requests.Session() as s, pytest.raises(requests.exceptions.ChunkedEncodingError):
+            s.get(url, timeout=5).content
+        with requests.Session() as s:
+            start = time.monotonic()
+            assert s.get(url, timeout=5).status_code == 200
+            assert time.monotonic() - start >= 0.3
+            direct = requests.get(orthanc.dicomweb_url + "/series", timeout=5).json()
+            assert s.get(url, timeout=5).json() == _rewritten(direct, orthanc, proxy)
+    assert [k for _, _, k in proxy.log] == kinds
+    assert proxy.counts == {k: 1 for k in kinds}
+
+
+def test_latency_is_added_to_every_request(orthanc):
+    from tests.support.proxy import FaultProxy
+
+    with FaultProxy(orthanc.url, latency=0.1) as proxy, requests.Session() as s:
+        start = time.monotonic()
+        for _ in range(5):
+            assert s.get(f"{proxy.dicomweb_url}/studies", timeout=5).status_code == 200
+        assert time.monotonic() - start >= 0.5
+    assert proxy.counts == {"pass": 5}
+
+
+def test_random_plan_is_reproducible_under_concurrency(orthanc):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.proxy import FaultProxy
+
+    targets = [f"/dicom-web/series?limit=1&offset={i}" for i in range(60)] * 2
+
+    def run():
+        plan = {"429": 0.2, "503": 0.2, "reset": 0.1}
+        with FaultProxy(orthanc.url, rates=plan, match="/series", seed=3, retry_after=0) as proxy:
+            def get(target):
+                try:
+                    return target, str(requests.get(proxy.url + target, timeout=5).status_code)
+                except requests.ConnectionError:
+                    return target, "reset"
+
+            with ThreadPoolExecutor(8) as pool:
+                results = sorted(pool.map(get, targets))
+        return results, proxy.counts
+
+    (first, counts), (second, _) = run(), run()
+    assert first == second
+    assert set(counts) == {"pass", "429", "503", "reset"} and sum(counts.values()) == len(targets)
+    assert {status for _, status in first} == {"200", "429", "503", "reset"}
+
+
+def test_bad_fault_plan_is_refused(orthanc):
+    from tests.support.proxy import FaultProxy
+
+    with pytest.raises(ValueError, match="unknown fault kind 'boom'"):
+        FaultProxy(orthanc.url, rates={"boom": 0.1})
+    with pytest.raises(ValueError, match="loopback"):
+        FaultProxy("http://example.org:8042")
