@@ -101,14 +101,22 @@ def test_fault_injection_then_rerun_completes(orthanc, tmp_path):
     from tests.support.proxy import FaultProxy
 
     series = [(st, se) for st, se, _ in _series_of(orthanc)]
-    policy = RetryPolicy(timeout=5, max_attempts=2, backoff_base=0.05, backoff_max=0.2, retry_after_max=0.5)
-    with FaultProxy(orthanc.url, **FAULTS) as proxy:
+    # 2 attempts a request, and 60% of requests faulted: some series fail twice, most get through
+    policy = RetryPolicy(timeout=0.5, max_attempts=2, backoff_base=0.05, backoff_max=0.2, retry_after_max=0.3)
+    rates = {"429": 0.15, "503": 0.15, "reset": 0.1, "truncate": 0.1, "delay": 0.1}
+    with FaultProxy(orthanc.url, rates=rates, seed=5, delay=1.5, retry_after=1, match="/metadata") as proxy:
         first = harvest(series, tmp_path, custom(proxy.dicomweb_url), workers=4, rate=None, policy=policy,
                         progress=False)
+    assert set(proxy.counts) == {"pass", *rates}, proxy.counts
     log = HarvestStore(tmp_path).read_log().to_pylist()
+    assert len(log) == len(series)
     assert {r["SeriesInstanceUID"] for r in log} == {se for _, se in series}  # every series: data or reason
-    assert all(r["error"] for r in log if r["status"] != "ok")
-    assert first.failed > 0, "the fault plan should make some series fail even after retries"
+    failed = [r for r in log if r["status"] != "ok"]
+    assert failed and all(r["error"] and r["attempts"] == 2 for r in failed)
+    assert {r["status"] for r in failed} <= {"http_error", "timeout", "malformed"}
+    ok = {r["SeriesInstanceUID"] for r in log if r["status"] == "ok"}
+    harvested = HarvestStore(tmp_path).read_instances(["SeriesInstanceUID"]).column(0).to_pylist()
+    assert set(harvested) == ok
     second = harvest(series, tmp_path, custom(orthanc.dicomweb_url), rate=None, policy=FAST, progress=False)
     assert second.skipped == first.ok and second.failed == 0
     _assert_complete_without_duplicates(tmp_path, {se for _, se in series}, orthanc=orthanc)
@@ -218,6 +226,3 @@ def _assert_complete_without_duplicates(out, series, orthanc=None, per_series=No
     statuses = {r["status"] for r in store.read_log(["status"]).to_pylist()}
     assert statuses <= set(FINAL_STATUSES) | {"http_error", "timeout", "malformed"}
 
-
-#: The fault plan of test_fault_injection_then_rerun_completes (FaultProxy keyword arguments).
-FAULTS = {}
