@@ -192,3 +192,21 @@ def test_bad_fault_plan_is_refused(orthanc):
         FaultProxy(orthanc.url, rates={"boom": 0.1})
     with pytest.raises(ValueError, match="loopback"):
         FaultProxy("http://example.org:8042")
+
+
+@pytest.mark.parametrize("with_pixels", [True, False])
+def test_bulk_series_files_equal_pydicom_save_as(tmp_path, with_pixels):
+    from tests.support import data
+
+    uids = [("1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"), ("1.2.3", "1.2.3.4")]
+    records = data.bulk_series(2, 3, tmp_path / "bulk", uids=uids, with_pixels=with_pixels)
+    assert [(r.StudyInstanceUID, r.SeriesInstanceUID, r.n_instances) for r in records] == [(*u, 3) for u in uids]
+    for record in records:
+        for n, (path, sop) in enumerate(zip(record.paths, record.sop_instance_uids)):
+            ds = pydicom.dcmread(path)
+            assert (ds.SOPInstanceUID, ds.file_meta.MediaStorageSOPInstanceUID, ds.InstanceNumber) == (sop, sop, n + 1)
+            assert ("PixelData" in ds) == with_pixels
+            ds.save_as(tmp_path / "again.dcm")
+            assert (tmp_path / "again.dcm").read_bytes() == path.read_bytes()
+    with pytest.raises(ValueError, match="n_series=3 but 2 uids"):
+        data.bulk_series(3, 1, tmp_path, uids=uids)

@@ -232,6 +232,59 @@ def ct_mr_series(out_dir: Path, series_per_file: int = 2, instances_per_series: 
     return records
 
 
+class _Copies:
+    """Part-10 copies of one dataset that differ only in the ``VARYING`` elements.
+
+    The rest is encoded once; each copy encodes only its file meta and the varying elements,
+    giving the same bytes as ``Dataset.save_as`` about 3x faster (a test compares the two).
+    """
+
+    VARYING = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber", "SOPInstanceUID")
+
+    def __init__(self, ds: Dataset) -> None:
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
+        from pydicom.filewriter import write_dataset
+
+        self.ds = ds
+        self.encodings = ds._character_set
+        #: (tag, keyword, VR) of the varying elements, in tag order
+        self.varying = sorted((tag_for_keyword(k), k, dictionary_VR(k)) for k in self.VARYING)
+        tags = [tag for tag, _, _ in self.varying]
+        groups = [Dataset() for _ in range(len(tags) + 1)]
+        for elem in ds:
+            if elem.tag not in tags:
+                groups[sum(elem.tag > t for t in tags)].add(elem)
+        self.chunks = []
+        for group in groups:
+            fp = self._io()
+            write_dataset(fp, group, self.encodings)
+            self.chunks.append(fp.getvalue())
+
+    @staticmethod
+    def _io():
+        from pydicom.filebase import DicomBytesIO
+
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        return fp
+
+    def write(self, path: Path, **values) -> None:
+        from pydicom.dataelem import DataElement
+        from pydicom.filewriter import write_data_element, write_file_meta_info
+
+        fp = self._io()
+        fp.write(self.ds.preamble or b"\0" * 128)
+        fp.write(b"DICM")
+        file_meta = FileMetaDataset(self.ds.file_meta)
+        file_meta.MediaStorageSOPInstanceUID = values["SOPInstanceUID"]
+        write_file_meta_info(fp, file_meta, enforce_standard=True)
+        fp.write(self.chunks[0])
+        for (tag, keyword, vr), chunk in zip(self.varying, self.chunks[1:]):
+            write_data_element(fp, DataElement(tag, vr, values[keyword]), self.encodings)
+            fp.write(chunk)
+        Path(path).write_bytes(fp.getvalue())
+
+
 def bulk_series(n_series: int, instances_per_series: int, out_dir: Path,
                 uids: Sequence[tuple[str, str]] | None = None, template: str = "CT_small.dcm",
                 with_pixels: bool = True) -> list[SeriesRecord]:
@@ -239,7 +292,7 @@ def bulk_series(n_series: int, instances_per_series: int, out_dir: Path,
 
     ``uids``: (StudyInstanceUID, SeriesInstanceUID) pairs to use instead of new ones (e.g. real IDC
     series from the index); then ``n_series`` must equal ``len(uids)``. ``with_pixels=False`` drops
-    PixelData (40 KB -> 2 KB a file) for benchmarks that only read metadata.
+    PixelData (40 KB -> 6 KB a file) for benchmarks that only read metadata.
     """
     from pydicom.data import get_testdata_file
 
@@ -250,13 +303,16 @@ def bulk_series(n_series: int, instances_per_series: int, out_dir: Path,
     ds = pydicom.dcmread(get_testdata_file(template))
     if not with_pixels:
         del ds.PixelData
+    copies = _Copies(ds)
     records = []
     for s in range(n_series):
         study, series = uids[s] if uids is not None else (generate_uid(), generate_uid())
         paths, sops = [], []
         for n in range(instances_per_series):
             path = folder / f"s{s:05d}_i{n:04d}.dcm"
-            sops.append(_rewrite(ds, path, study, series, f"BULK-{s:05d}", n + 1))
+            sops.append(generate_uid())
+            copies.write(path, PatientID=f"BULK-{s:05d}", StudyInstanceUID=study, SeriesInstanceUID=series,
+                         InstanceNumber=n + 1, SOPInstanceUID=sops[-1])
             paths.append(path)
         records.append(SeriesRecord(study, series, str(ds.Modality), tuple(paths), tuple(sops), "bulk"))
     return records
