@@ -610,17 +610,11 @@ def _parse_parquet(path: Path) -> tuple[list[_Ref], dict]:
     return [_row_ref(path, i, row) for i, row in enumerate(rows, 1)], header
 
 
-_RESOLVE_SQL = f"""
-WITH {_VERSIONS_SQL},
-by_uuid AS (SELECT r.line, v.* FROM _refs r JOIN versions v ON v.crdc_series_uuid = r.ref_uuid),
-by_uid AS (
-    SELECT r.line, v.* FROM _refs r JOIN versions v ON v.SeriesInstanceUID = r.ref_uid WHERE r.ref_uuid IS NULL
-    QUALIFY row_number() OVER (PARTITION BY r.line ORDER BY v.max_idc_version DESC) = 1
-)
-SELECT r.*, m.* EXCLUDE (line)
-FROM _refs r LEFT JOIN (SELECT * FROM by_uuid UNION ALL BY NAME SELECT * FROM by_uid) m USING (line)
-ORDER BY r.line
-"""
+#: A revision named by its crdc_series_uuid; a series named only by its UID: its newest revision.
+_BY_UUID = "SELECT r.line, v.* FROM _refs r JOIN versions v ON v.crdc_series_uuid = r.ref_uuid"
+_BY_UID = """SELECT r.line, v.* FROM _refs r JOIN versions v ON v.SeriesInstanceUID = r.ref_uid
+    WHERE r.ref_uuid IS NULL
+    QUALIFY row_number() OVER (PARTITION BY r.line ORDER BY v.max_idc_version DESC) = 1"""
 
 
 def _resolve(path: Path, refs: list[_Ref], catalog: Catalog) -> list[dict]:
@@ -631,7 +625,11 @@ def _resolve(path: Path, refs: list[_Ref], catalog: Catalog) -> list[dict]:
         "ref_uid": pa.array([r.uid for r in refs], pa.string()),
         "ref_bucket": pa.array([r.bucket for r in refs], pa.string()),
     })
-    rows = catalog.sql(_RESOLVE_SQL, {"current": catalog.idc_version},
+    matches = [sql for sql, needed in ((_BY_UUID, any(r.uuid for r in refs)), (_BY_UID, any(not r.uuid for r in refs)))
+               if needed]  # each join scans the whole index: run only those the manifest needs
+    sql = (f"WITH {_VERSIONS_SQL}, m AS ({' UNION ALL BY NAME '.join(matches)}) "
+           "SELECT r.*, m.* EXCLUDE (line) FROM _refs r LEFT JOIN m USING (line) ORDER BY r.line")
+    rows = catalog.sql(sql, {"current": catalog.idc_version},
                        register={"_refs": refs_table, "_buckets": _buckets_table()}).to_pylist()
     where = f"index nor prior_versions_index of IDC v{catalog.idc_version}"
     unknown = [r for r in rows if r["crdc_series_uuid"] is None]
