@@ -105,7 +105,8 @@ def cite(
     """Formatted citations of ``dois`` plus IDC's paper, from the cache or the DOI resolver.
 
     ``fetch=False`` uses only the cache. After the first connection failure the
-    remaining DOIs are not tried (each would wait for the same timeout).
+    remaining DOIs are not tried (each would wait for the same timeout); an HTTP
+    error (an unregistered DOI) skips only that DOI.
     """
     wanted = list(dict.fromkeys([IDC_DOI] + sorted({normalize_doi(d) for d in dois if d and d.strip()})))
     cache = Path(cache_dir) if cache_dir else Path(platformdirs.user_cache_dir("idc-cohort")) / "citations"
@@ -122,7 +123,7 @@ def cite(
                 continue
             try:
                 text = _fetch(session, resolver, doi, style, timeout)
-            except requests.ConnectionError as exc:
+            except (requests.ConnectionError, requests.Timeout) as exc:
                 offline_reason = f"DOI resolver {resolver} unreachable ({type(exc).__name__})"
                 log.info("citations skipped: %s", offline_reason)
                 items.append(Citation(doi, CitationStatus.SKIPPED, reason=offline_reason))

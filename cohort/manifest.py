@@ -134,6 +134,8 @@ def write_manifest(
     fmt = _format(format, path)
     provider = Provider(provider)
     table = manifest_table(cohort, provider, routes)
+    if not table.num_rows:
+        raise ManifestError("the cohort is empty: a manifest needs at least one series", path=str(path))
     dois = [d for d in set(table.column("source_DOI").to_pylist()) if d]
     if not isinstance(citations, Citations):
         citations = cite(dois, fetch=bool(citations))

@@ -286,6 +286,8 @@ def test_export_checks_its_input(catalog, outdir):
     assert f"cp s3://idc-open-data/{SLIDE_UUID}/* ." in info.path.read_text()
     with pytest.raises(ManifestError, match="unknown manifest format 'xml'"):
         write_manifest(Cohort.from_uids([SLIDE], catalog), outdir / "x.xml", format="xml", citations=False)
+    with pytest.raises(ManifestError, match="the cohort is empty"):
+        write_manifest(Cohort.from_uids([], catalog), outdir / "empty.s5cmd", citations=False)
     other = catalog.sql("SELECT crdc_series_uuid FROM index WHERE SeriesInstanceUID <> $s LIMIT 1",
                         {"s": SLIDE}).column(0)[0].as_py()
     wrong = Cohort(pa.table({"SeriesInstanceUID": [SLIDE], "crdc_series_uuid": [other]}),
