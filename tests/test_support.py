@@ -210,3 +210,22 @@ def test_bulk_series_files_equal_pydicom_save_as(tmp_path, with_pixels):
             assert (tmp_path / "again.dcm").read_bytes() == path.read_bytes()
     with pytest.raises(ValueError, match="n_series=3 but 2 uids"):
         data.bulk_series(3, 1, tmp_path, uids=uids)
+
+
+def test_orthanc_retries_on_a_busy_port(monkeypatch):
+    import socket
+
+    from tests.support import orthanc as module
+
+    if module.find_orthanc() is None:
+        pytest.skip(module.SKIP_REASON)
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        ports = iter([busy.getsockname()[1]])
+        real_free_port = module.free_port
+        monkeypatch.setattr(module, "free_port", lambda: next(ports, None) or real_free_port())
+        with module.Orthanc(stop_timeout=10) as server:
+            assert server.port != busy.getsockname()[1]
+            assert requests.get(f"{server.dicomweb_url}/studies", timeout=5).json() == []
+            assert "port" in server.log.lower()

@@ -27,6 +27,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -70,6 +71,7 @@ class Orthanc:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.port: int | None = None
+        self.name = f"idc-cohort-tests-{uuid.uuid4().hex[:12]}"
         self.dir: Path | None = None
         self.process: subprocess.Popen | None = None
         #: What ``load`` put in (``tests.support.data.SeriesRecord``), and (path, reason) it skipped.
@@ -120,10 +122,12 @@ class Orthanc:
             if self.process.poll() is not None:
                 self.process = None
                 return False
-            try:
-                if self.session.get(f"{self.dicomweb_url}/studies", timeout=2).status_code == 200:
+            try:  # ours (not another server on a port taken meanwhile), and DICOMweb answers
+                system = self.session.get(f"{self.url}/system", timeout=0.5)
+                if system.ok and system.json().get("Name") == self.name and \
+                        self.session.get(f"{self.dicomweb_url}/studies", timeout=5).status_code == 200:
                     return True
-            except requests.ConnectionError:
+            except (requests.RequestException, ValueError):  # not up yet, or another program holds the port
                 pass
             time.sleep(0.05)
         self._terminate()
@@ -131,7 +135,7 @@ class Orthanc:
 
     def _config(self) -> dict:
         config = {
-            "Name": "idc-cohort-tests",
+            "Name": self.name,
             "HttpPort": self.port,
             "RemoteAccessAllowed": False,
             "DicomServerEnabled": False,
