@@ -126,7 +126,9 @@ def write_manifest(
     """Write ``cohort`` as a manifest; the format defaults to the file's suffix (else s5cmd).
 
     ``routes`` gives each series' DICOMweb URL: a coverage report (``.routes``) or an
-    Arrow table with SeriesInstanceUID and series_url; by default the IDC proxy's.
+    Arrow table with SeriesInstanceUID and series_url; by default the IDC proxy's. A
+    route applies to the revision the cohort's series table describes; other (pinned,
+    older) revisions get no DICOMweb URL. Viewer URLs are given for current revisions only.
     ``citations``: True fetches them (cached; skipped offline), False lists the DOIs
     only, or pass :class:`Citations` made with :func:`cohort.citations.cite`.
     """
@@ -228,7 +230,7 @@ SELECT s.PatientID, s.collection_id, s.StudyInstanceUID, p.SeriesInstanceUID, s.
        p.min_idc_version, p.max_idc_version, p.in_current_release,
        's3://' || p.aws_bucket || '/' || p.crdc_series_uuid || '/*' AS aws_url,
        'gs://' || p.gcs_bucket || '/' || p.crdc_series_uuid || '/*' AS gcs_url,
-       CASE WHEN p.in_current_release THEN r.series_url END AS dicomweb_series_url,
+       CASE WHEN p.crdc_series_uuid = s.crdc_series_uuid THEN r.series_url END AS dicomweb_series_url,
        CASE WHEN NOT p.in_current_release THEN NULL
             WHEN s.Modality = 'SM' THEN $slim || s.StudyInstanceUID || '/series/' || p.SeriesInstanceUID
             ELSE $ohif || s.StudyInstanceUID END AS viewer_url
@@ -242,8 +244,9 @@ def _buckets_table() -> pa.Table:
 
 
 def _routes_table(cohort: Cohort, routes: Any) -> pa.Table:
-    if routes is None:
-        series = cohort.to_arrow().select(["StudyInstanceUID", "SeriesInstanceUID"]).to_pylist()
+    if routes is None:  # the IDC proxy, which serves the current release only
+        series = [r for r in cohort.to_arrow().select(["StudyInstanceUID", "SeriesInstanceUID", "in_current_release"])
+                  .to_pylist() if r["in_current_release"]]
         proxy = idc_proxy()
         urls = [proxy.series_url(r["StudyInstanceUID"], r["SeriesInstanceUID"]) for r in series]
         return pa.table({"SeriesInstanceUID": [r["SeriesInstanceUID"] for r in series], "series_url": urls},
