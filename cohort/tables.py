@@ -15,6 +15,7 @@ and moved into the cache atomically, so that a broken download is never cached.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -142,8 +143,11 @@ class TableStore:
     def unknown_table_message(self, name: str) -> str:
         here = sorted(n for n in self.tables if self.local_path(n))
         fetch = sorted(n for n in self.tables if not self.local_path(n))
+        close = difflib.get_close_matches(name.lower(), list(self.tables), n=1)
         return (
-            f"unknown table {name!r}. Available now: {', '.join(here)}"
+            f"unknown table {name!r}"
+            + (f" (did you mean {close[0]}?)" if close else "")
+            + f". Available now: {', '.join(here)}"
             + (f"; fetched on first use: {', '.join(fetch)}" if fetch else "")
         )
 

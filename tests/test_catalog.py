@@ -147,7 +147,7 @@ def test_unknown_table_lists_available_and_downloadable(catalog):
     with pytest.raises(UnknownTableError) as err:
         catalog.sql("SELECT * FROM sm_indx")
     msg = str(err.value)
-    assert "unknown table 'sm_indx'" in msg
+    assert "unknown table 'sm_indx' (did you mean sm_index?)" in msg
     available, fetched = msg.split("fetched on first use:")
     assert "index" in available and "prior_versions_index" in available
     assert "sm_index" in fetched and "seg_index" in fetched
