@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from cohort.harvest import INSTANCE_SCHEMA, MalformedMetadata, instance_row, parse_body
-from cohort.harvest.metadata import ROW_SCHEMA
+from cohort.harvest.metadata import ROW_SCHEMA, split_body
 
 
 def _load(realdata, rel):
@@ -115,7 +115,9 @@ def test_missing_value_and_odd_values_are_noted_not_fatal():
     (b"<html>busy</html>", "invalid JSON"),
     (b'{"a": 1}', None),
     (b'"text"', "expected a JSON array"),
-    (b"[1, 2]", "are not JSON objects"),
+    (b"[1, 2]", "item 0 of the array is a JSON int"),
+    (b'[{"00080018": {"vr": "UI", "Value": ["1.2"]}} {}]', "invalid JSON"),
+    (b'[{"00080018": {"vr": "UI", "Value": ["1.2"]}}] x', "extra text after the JSON array"),
     (b"\xff\xfe", "not UTF-8"),
 ])
 def test_malformed_bodies(body, message):
@@ -125,6 +127,14 @@ def test_malformed_bodies(body, message):
         return
     with pytest.raises(MalformedMetadata, match=message):
         parse_body(body)
+
+
+def test_split_body_keeps_each_instance_text_as_sent():
+    body = '[\n {"00080018": {"vr": "UI", "Value": ["1.2"]}} ,\n\t{"00080018" : {"vr":"UI","Value":["1.3"]}}\n]\n'
+    split = split_body(body.encode())
+    assert [text for _, text in split] == ['{"00080018": {"vr": "UI", "Value": ["1.2"]}}',
+                                           '{"00080018" : {"vr":"UI","Value":["1.3"]}}']
+    assert instance_row(*split[1][:1], text=split[1][1])["json"] == split[1][1]
 
 
 def test_empty_bodies():

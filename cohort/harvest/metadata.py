@@ -98,35 +98,88 @@ ROW_SCHEMA = pa.schema([pa.field(c.keyword, c.type) for c in COLUMNS] + list(DER
 
 
 def parse_body(body: bytes | str) -> list[dict[str, Any]]:
-    """The instances of a DICOM JSON metadata body (an array; a lone object is accepted and noted)."""
+    """The instances of a DICOM JSON metadata body (an array; a lone object is accepted)."""
+    return [instance for instance, _ in split_body(body)]
+
+
+def split_body(body: bytes | str) -> list[tuple[dict[str, Any], str]]:
+    """Each instance of a metadata body with its own JSON text, exactly as the server sent it."""
     if isinstance(body, bytes):
         try:
             body = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise MalformedMetadata(f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    if not body.strip():
+    text = body.strip()
+    if not text:
         return []
+    if text[0] == "{":
+        return [(_decode(text, 0)[0], text)] if _decode(text, 0)[1] == len(text) else _not_array(text)
+    if text[0] != "[":
+        return _not_array(text)
+    items, pos = [], _skip(text, 1)
+    if text.startswith("]", pos):
+        return _end(text, pos, items)
+    while True:
+        instance, end = _decode(text, pos)
+        if not isinstance(instance, dict):
+            raise MalformedMetadata(f"item {len(items)} of the array is a JSON {type(instance).__name__}, "
+                                    "not an object")
+        items.append((instance, text[pos:end]))
+        pos = _skip(text, end)
+        if text.startswith(",", pos):
+            pos = _skip(text, pos + 1)
+        elif text.startswith("]", pos):
+            return _end(text, pos, items)
+        else:
+            _decode_error(text, pos)
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _decode(text: str, pos: int) -> tuple[Any, int]:
     try:
-        data = json.loads(body)
+        return _DECODER.raw_decode(text, pos)
+    except json.JSONDecodeError:
+        _decode_error(text, pos)
+        raise  # unreachable: _decode_error raises
+
+
+def _decode_error(text: str, pos: int) -> None:
+    """Raise MalformedMetadata for the first JSON error in ``text`` (truncated or invalid)."""
+    try:
+        json.loads(text)
     except json.JSONDecodeError as exc:
-        text = body.strip()
-        cut = text.startswith(("[", "{")) and not text.endswith(("]", "}"))
-        end = "truncated body" if cut else "invalid JSON"
-        raise MalformedMetadata(f"{end}: {exc.msg} at line {exc.lineno} column {exc.colno} "
-                                f"(char {exc.pos} of {len(body)})") from None
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
-        raise MalformedMetadata(f"expected a JSON array of instances, got a JSON {type(data).__name__}")
-    bad = [i for i, item in enumerate(data) if not isinstance(item, dict)]
-    if bad:
-        raise MalformedMetadata(f"items {bad[:5]} of the array are not JSON objects")
-    return data
+        cut = text.startswith(("[", "{")) and (exc.pos >= len(text) - 1 or not text.endswith(("]", "}")))
+        raise MalformedMetadata(f"{'truncated body' if cut else 'invalid JSON'}: {exc.msg} at line {exc.lineno} "
+                                f"column {exc.colno} (char {exc.pos} of {len(text)})") from None
+    raise MalformedMetadata(f"unexpected text at char {pos} of {len(text)}")
+
+
+def _not_array(text: str) -> list:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        _decode_error(text, 0)
+    raise MalformedMetadata(f"expected a JSON array of instances, got a JSON {type(data).__name__}")
+
+
+def _skip(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _end(text: str, pos: int, items: list) -> list:
+    if _skip(text, pos + 1) != len(text):
+        raise MalformedMetadata(f"extra text after the JSON array at char {pos + 1} of {len(text)}")
+    return items
 
 
 def instance_row(instance: dict[str, Any], study_uid: str | None = None,
-                 series_uid: str | None = None) -> dict[str, Any]:
-    """One instance's typed row. ``study_uid``/``series_uid`` (from the request) fill in missing UIDs.
+                 series_uid: str | None = None, text: str | None = None) -> dict[str, Any]:
+    """One instance's typed row. ``study_uid``/``series_uid`` (from the request) fill in missing UIDs;
+    ``text`` is the instance's JSON as received (default: ``instance`` serialised).
 
     Raises :class:`MalformedMetadata` when the instance has no SOPInstanceUID.
     """
@@ -155,7 +208,7 @@ def instance_row(instance: dict[str, Any], study_uid: str | None = None,
     row["PrimaryAnatomicStructure"] = _code(_items(specimens[0], _ANATOMIC_STRUCTURE)) if specimens else None
     _scan(instance, "", issues)
     row["issues"] = issues
-    row["json"] = json.dumps(instance, separators=(",", ":"), ensure_ascii=False)
+    row["json"] = text if text is not None else json.dumps(instance, separators=(",", ":"), ensure_ascii=False)
     return row
 
 

@@ -37,7 +37,7 @@ import requests
 from ..endpoints import Endpoint
 from ..errors import HarvestError
 from ..retry import Attempted, RateLimiter, RetryPolicy, get
-from .metadata import COLUMNS, MalformedMetadata, instance_row, parse_body
+from .metadata import COLUMNS, MalformedMetadata, instance_row, split_body
 from .store import FINAL_STATUSES, INSTANCE_SCHEMA, LOG_SCHEMA, STATUSES, HarvestStore, new_run_id, part_name
 
 log = logging.getLogger(__name__)
@@ -343,10 +343,10 @@ class _Run:
         if not response.ok:
             return outcome("http_error", f"HTTP {response.status_code}: {_snippet(response)}")
         try:
-            instances = parse_body(response.content)
+            instances = split_body(response.content)
             now, run_id = _now(), self.run_id
-            rows = [{**instance_row(i, task.study_uid, task.series_uid), "endpoint": task.endpoint,
-                     "run_id": run_id, "harvested_at": now} for i in instances]
+            rows = [{**instance_row(i, task.study_uid, task.series_uid, text), "endpoint": task.endpoint,
+                     "run_id": run_id, "harvested_at": now} for i, text in instances]
         except MalformedMetadata as exc:
             return outcome("malformed", str(exc))
         return outcome("ok" if rows else "empty", rows=rows)
