@@ -252,32 +252,34 @@ class Cohort:
         ).to_pandas()
 
     # -- set operations ---------------------------------------------------
-    def _combine(self, other: Cohort, op: str, keep: Iterable[str]) -> Cohort:
+    def _combine(self, other: Cohort, op: str) -> Cohort:
         if not isinstance(other, Cohort):
             return NotImplemented  # type: ignore[return-value]
         if other.catalog.idc_version != self.catalog.idc_version:
             raise CohortInputError(
                 f"cannot combine cohorts of IDC v{self.catalog.idc_version} and v{other.catalog.idc_version}"
             )
-        table = uid_table(list(keep))
+        if op == "|":
+            keep = list(dict.fromkeys(self.series_uids + other.series_uids))
+        else:
+            theirs = set(other.series_uids)
+            keep = [u for u in self.series_uids if (u in theirs) == (op == "&")]
         name = f"({self.provenance.query_name or 'sql'} {op} {other.provenance.query_name or 'sql'})"
         prov = Provenance.make(
             self.catalog,
             query_name=name,
             params={"left": self.provenance.recipe(), "right": other.provenance.recipe()},
         )
-        return Cohort(table, prov, self.catalog)
+        return Cohort(uid_table(keep), prov, self.catalog)
 
     def __or__(self, other: Cohort) -> Cohort:
-        return self._combine(other, "|", dict.fromkeys(self.series_uids + other.series_uids))
+        return self._combine(other, "|")
 
     def __and__(self, other: Cohort) -> Cohort:
-        theirs = set(other.series_uids)
-        return self._combine(other, "&", [u for u in self.series_uids if u in theirs])
+        return self._combine(other, "&")
 
     def __sub__(self, other: Cohort) -> Cohort:
-        theirs = set(other.series_uids)
-        return self._combine(other, "-", [u for u in self.series_uids if u not in theirs])
+        return self._combine(other, "-")
 
     union, intersection, difference = __or__, __and__, __sub__
 

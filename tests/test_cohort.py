@@ -129,6 +129,8 @@ def test_set_operations_match_python_sets(paad, catalog):
     assert both.provenance.params["left"]["sql"] == PAAD_SQL
     assert (paad & sm).provenance.sha256 == both.provenance.sha256
     assert (sm & paad).provenance.sha256 != both.provenance.sha256
+    with pytest.raises(TypeError):
+        paad | paad.series_uids
 
 
 def test_provenance(paad, catalog):
