@@ -36,7 +36,7 @@ import requests
 
 from ..endpoints import Endpoint
 from ..errors import HarvestError
-from ..retry import Attempted, RateLimiter, RetryPolicy, get
+from ..retry import Attempted, RateLimiter, RetryPolicy, call
 from .metadata import COLUMNS, MalformedMetadata, instance_row, split_body
 from .store import FINAL_STATUSES, INSTANCE_SCHEMA, LOG_SCHEMA, STATUSES, HarvestStore, new_run_id, part_name
 
@@ -47,7 +47,10 @@ DEFAULT_RATE = 10.0
 DEFAULT_WORKERS = 8
 _ACCEPT_JSON = {"Accept": "application/dicom+json, application/json"}
 #: Finished series are written once their instances' JSON text reaches this many bytes (bounds memory).
-FLUSH_BYTES = 32 * 2**20
+FLUSH_BYTES = 8 * 2**20
+#: Series parsed at once. Parsing holds the GIL, so more would not be faster; fewer parsed
+#: series in memory keep the peak RSS independent of the number of workers and series size.
+PARSING = 2
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,7 @@ class _Run:
         self.flush_instances, self.flush_seconds = flush_instances, flush_seconds
         self.run_id = new_run_id()
         self.stop = threading.Event()
+        self.parsing = threading.Semaphore(PARSING)
         self.local = threading.local()
         self.statuses: Counter[str] = Counter()
         self.instances = self.bytes = self.parts = 0
@@ -288,6 +292,8 @@ class _Run:
         self.store.write(part_name(self.run_id, self.parts), instances, logs)
         self.parts += 1
         self._rows, self._logs, self._buffered_bytes = [], [], 0
+        del instances, logs
+        pa.default_memory_pool().release_unused()  # hand Arrow's cached buffers back between batches
         self._last_flush = time.monotonic()
 
     # -- worker threads ---------------------------------------------------
@@ -313,15 +319,37 @@ class _Run:
             params = {"includefield": ",".join(c.tag for c in COLUMNS)}
         else:
             url, params = task.url.rstrip("/") + "/metadata", None
-        result = get(self._session(task.endpoint), url, policy=self.policy, limiter=self.limiter,
-                     stop=self.stop, headers=_ACCEPT_JSON, params=params)
+        session = self._session(task.endpoint)
+        parsed: list[list[dict[str, Any]] | MalformedMetadata] = []  # of the last attempt answered 200
+
+        def attempt() -> requests.Response:
+            response = session.get(url, headers=_ACCEPT_JSON, params=params, timeout=self.policy.timeout,
+                                   stream=True)
+            with self.parsing:  # a body waits in the socket, not in memory, until it can be parsed
+                body = response.content  # a body cut short raises here, and is retried
+                parsed.clear()
+                if response.status_code == 200:
+                    parsed.append(self._parse(task, body))
+            return response
+
+        result = call(attempt, policy=self.policy, limiter=self.limiter, stop=self.stop)
         if result.stopped:
             return None
         base.update(url=url, attempts=result.attempts, bytes=result.bytes, seconds=round(result.seconds, 4),
                     http_status=result.response.status_code if result.response is not None else None)
-        return self._classify(task, result, base)
+        return self._classify(result, parsed[0] if parsed else [], base)
 
-    def _classify(self, task: SeriesTask, result: Attempted, base: dict[str, Any]) -> _Outcome:
+    def _parse(self, task: SeriesTask, body: bytes) -> list[dict[str, Any]] | MalformedMetadata:
+        try:
+            instances = split_body(body)
+            now, run_id = _now(), self.run_id
+            return [{**instance_row(i, task.study_uid, task.series_uid, text), "endpoint": task.endpoint,
+                     "run_id": run_id, "harvested_at": now} for i, text in instances]
+        except MalformedMetadata as exc:
+            return exc
+
+    def _classify(self, result: Attempted, rows: list[dict[str, Any]] | MalformedMetadata,
+                  base: dict[str, Any]) -> _Outcome:
         def outcome(status: str, error: str | None = None, rows: list | None = None) -> _Outcome:
             rows = rows or []
             return _Outcome({**base, "status": status, "error": error, "instances": len(rows), "finished_at": _now()},
@@ -342,13 +370,8 @@ class _Run:
             return outcome("empty")
         if not response.ok:
             return outcome("http_error", f"HTTP {response.status_code}: {_snippet(response)}")
-        try:
-            instances = split_body(response.content)
-            now, run_id = _now(), self.run_id
-            rows = [{**instance_row(i, task.study_uid, task.series_uid, text), "endpoint": task.endpoint,
-                     "run_id": run_id, "harvested_at": now} for i, text in instances]
-        except MalformedMetadata as exc:
-            return outcome("malformed", str(exc))
+        if isinstance(rows, MalformedMetadata):
+            return outcome("malformed", str(rows))
         return outcome("ok" if rows else "empty", rows=rows)
 
 
