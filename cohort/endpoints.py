@@ -12,6 +12,7 @@ import enum
 import os
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import requests
 
@@ -97,8 +98,8 @@ class GoogleAuth:
 
     def apply(self, session: requests.Session) -> requests.Session:
         import google.auth
-        from google.auth.exceptions import DefaultCredentialsError
-        from google.auth.transport.requests import AuthorizedSession
+        from google.auth.exceptions import DefaultCredentialsError, GoogleAuthError
+        from google.auth.transport.requests import AuthorizedSession, Request
 
         try:
             credentials, _ = google.auth.default(scopes=list(self.scopes))
@@ -108,23 +109,31 @@ class GoogleAuth:
                 "or set GOOGLE_APPLICATION_CREDENTIALS, or use the IDC proxy instead "
                 f"({type(exc).__name__})"
             ) from None
+        try:  # fail here, with a clear message, rather than inside the first request
+            credentials.refresh(Request())
+        except GoogleAuthError as exc:
+            raise EndpointError(
+                f"could not get a Google access token ({type(exc).__name__}): run "
+                "`gcloud auth application-default login` again, or use the IDC proxy instead"
+            ) from None
         authed = AuthorizedSession(credentials)
         authed.headers.update(session.headers)
         return authed
 
 
 def google_credentials_available() -> bool:
-    """True when google-auth finds application-default credentials (no network call)."""
-    try:
-        import google.auth
-        from google.auth.exceptions import DefaultCredentialsError
+    """True when application-default credentials are configured: ``GOOGLE_APPLICATION_CREDENTIALS``
+    names a file, or gcloud's ``application_default_credentials.json`` exists.
 
-        google.auth.default(scopes=list(GOOGLE_SCOPES))
-    except (DefaultCredentialsError, ImportError):
-        return False
-    except Exception:  # a malformed credentials file is "not available", not a crash
-        return False
-    return True
+    Only files are checked, never the network: ``google.auth.default()`` would also ask the
+    Compute Engine metadata server. On Google Cloud machines, choose Google explicitly.
+    """
+    explicit = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if explicit:
+        return os.path.isfile(explicit)
+    from google.auth import _cloud_sdk  # noqa: PLC0415 - gcloud's config path (honours CLOUDSDK_CONFIG)
+
+    return os.path.isfile(_cloud_sdk.get_application_default_credentials_path())
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,11 @@ class Endpoint:
         if not self.url.startswith(("http://", "https://")):
             raise EndpointError(
                 f"endpoint {self.name!r}: URL {self.url!r} must start with http:// or https://"
+            )
+        if urlsplit(self.url).username is not None or urlsplit(self.name).username is not None:
+            raise EndpointError(
+                "endpoint URL carries credentials (user:password@host); give the URL without them "
+                "and use basic auth from the environment (--auth basic:USER_VAR:PASSWORD_VAR)"
             )
         object.__setattr__(self, "url", self.url.rstrip("/"))
 
