@@ -7,8 +7,9 @@ Formats
     ``csv``, ``tsv``, ``json``, ``parquet``
                 one row per series with the IDC Portal's columns (PatientID,
                 collection_id, StudyInstanceUID, SeriesInstanceUID, crdc_series_uuid,
-                source_DOI, licence, size, AWS and GCS URLs) plus the DICOMweb series
-                URL and a viewer URL (Slim for SM, OHIF v3 otherwise).
+                source_DOI, licence, size, AWS and GCS URLs) plus the DICOMweb endpoint
+                and series URL of the coverage route (:mod:`cohort.coverage`) and a
+                viewer URL (Slim for SM, OHIF v3 otherwise).
 
 Provenance (IDC and idc-index-data versions, query, SQL, parameters and their
 sha256, times, counts, size, licences, citations) is written as ``# key: value``
@@ -47,7 +48,7 @@ import pyarrow.parquet as pq
 from .catalog import Catalog
 from .citations import Citations, cite
 from .cohort import Cohort, Provenance, default_catalog
-from .endpoints import idc_proxy
+from .coverage import CoverageReport, route
 from .errors import ManifestError
 
 
@@ -83,7 +84,8 @@ SUFFIXES = {
 COLUMNS = (
     "PatientID", "collection_id", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "crdc_series_uuid",
     "source_DOI", "license_short_name", "series_size_MB", "instanceCount", "min_idc_version",
-    "max_idc_version", "in_current_release", "aws_url", "gcs_url", "dicomweb_series_url", "viewer_url",
+    "max_idc_version", "in_current_release", "aws_url", "gcs_url", "dicomweb_endpoint", "dicomweb_series_url",
+    "viewer_url",
 )
 S5CMD_FORM = "cp s3://<bucket>/<crdc_series_uuid>/* <destination>"
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -120,28 +122,29 @@ def write_manifest(
     path: str | Path,
     format: ManifestFormat | str | None = None,
     provider: Provider | str = Provider.AWS,
-    routes: Any = None,
+    routes: CoverageReport | None = None,
     citations: Citations | bool = True,
 ) -> ManifestInfo:
     """Write ``cohort`` as a manifest; the format defaults to the file's suffix (else s5cmd).
 
-    ``routes`` gives each series' DICOMweb URL: a coverage report (``.routes``) or an
-    Arrow table with SeriesInstanceUID and series_url; by default the IDC proxy's. A
-    route applies to the revision the cohort's series table describes; other (pinned,
-    older) revisions get no DICOMweb URL. Viewer URLs are given for current revisions only.
+    ``routes``: the :func:`cohort.coverage.route` report that gives each series' DICOMweb
+    endpoint and URL (default: ``route(cohort)``, the default policy). A route applies to
+    the revision it names; other revisions of that series get none. Viewer URLs are
+    given for current revisions only (the IDC viewer shows the current release).
     ``citations``: True fetches them (cached; skipped offline), False lists the DOIs
     only, or pass :class:`Citations` made with :func:`cohort.citations.cite`.
     """
     path = Path(path)
     fmt = _format(format, path)
     provider = Provider(provider)
+    routes = routes or route(cohort)
     table = manifest_table(cohort, provider, routes)
     if not table.num_rows:
         raise ManifestError("the cohort is empty: a manifest needs at least one series", path=str(path))
     dois = [d for d in set(table.column("source_DOI").to_pylist()) if d]
     if not isinstance(citations, Citations):
         citations = cite(dois, fetch=bool(citations))
-    provenance = _provenance(cohort, table, fmt, provider, path, citations)
+    provenance = _provenance(cohort, table, fmt, provider, path, citations, routes)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         if fmt is ManifestFormat.S5CMD:
@@ -159,7 +162,8 @@ def write_manifest(
     return ManifestInfo(path, fmt, provider, table.num_rows, provenance["size_MB"], citations, provenance)
 
 
-def manifest_table(cohort: Cohort, provider: Provider | str = Provider.AWS, routes: Any = None) -> pa.Table:
+def manifest_table(cohort: Cohort, provider: Provider | str = Provider.AWS,
+                   routes: CoverageReport | None = None) -> pa.Table:
     """One row per series revision, with :data:`COLUMNS` (the rows every format writes).
 
     When the cohort's result has a ``crdc_series_uuid`` column (a cohort read from
@@ -181,7 +185,7 @@ def manifest_table(cohort: Cohort, provider: Provider | str = Provider.AWS, rout
             "cohort": cohort.to_arrow(),
             "_want": pa.table({"SeriesInstanceUID": uids, "crdc_series_uuid": pinned}),
             "_buckets": _buckets_table(),
-            "_routes": _routes_table(cohort, routes),
+            "_routes": (routes or route(cohort)).routes,
         },
     )
     missing = table.filter(pc.is_null(table.column("crdc_series_uuid")))
@@ -230,11 +234,12 @@ SELECT s.PatientID, s.collection_id, s.StudyInstanceUID, p.SeriesInstanceUID, s.
        p.min_idc_version, p.max_idc_version, p.in_current_release,
        's3://' || p.aws_bucket || '/' || p.crdc_series_uuid || '/*' AS aws_url,
        'gs://' || p.gcs_bucket || '/' || p.crdc_series_uuid || '/*' AS gcs_url,
-       CASE WHEN p.crdc_series_uuid = s.crdc_series_uuid THEN r.series_url END AS dicomweb_series_url,
+       r.endpoint AS dicomweb_endpoint, r.series_url AS dicomweb_series_url,
        CASE WHEN NOT p.in_current_release THEN NULL
             WHEN s.Modality = 'SM' THEN $slim || s.StudyInstanceUID || '/series/' || p.SeriesInstanceUID
             ELSE $ohif || s.StudyInstanceUID END AS viewer_url
-FROM picked p JOIN cohort s USING (SeriesInstanceUID) LEFT JOIN _routes r USING (SeriesInstanceUID)
+FROM picked p JOIN cohort s USING (SeriesInstanceUID)
+LEFT JOIN _routes r ON r.SeriesInstanceUID = p.SeriesInstanceUID AND r.revision_version = p.min_idc_version
 ORDER BY s.collection_id, s.PatientID, s.StudyInstanceUID, p.SeriesInstanceUID, p.max_idc_version
 """
 
@@ -243,22 +248,8 @@ def _buckets_table() -> pa.Table:
     return pa.table({"aws_bucket": list(GCS_BUCKETS), "gcs_bucket": list(GCS_BUCKETS.values())})
 
 
-def _routes_table(cohort: Cohort, routes: Any) -> pa.Table:
-    if routes is None:  # the IDC proxy, which serves the current release only
-        series = [r for r in cohort.to_arrow().select(["StudyInstanceUID", "SeriesInstanceUID", "in_current_release"])
-                  .to_pylist() if r["in_current_release"]]
-        proxy = idc_proxy()
-        urls = [proxy.series_url(r["StudyInstanceUID"], r["SeriesInstanceUID"]) for r in series]
-        return pa.table({"SeriesInstanceUID": [r["SeriesInstanceUID"] for r in series], "series_url": urls},
-                        schema=pa.schema([("SeriesInstanceUID", pa.string()), ("series_url", pa.string())]))
-    table = getattr(routes, "routes", routes)
-    if not isinstance(table, pa.Table) or not {"SeriesInstanceUID", "series_url"} <= set(table.column_names):
-        raise ManifestError("routes must be a coverage report or an Arrow table with SeriesInstanceUID and series_url")
-    return table.select(["SeriesInstanceUID", "series_url"])
-
-
 def _provenance(cohort: Cohort, table: pa.Table, fmt: ManifestFormat, provider: Provider, path: Path,
-                citations: Citations) -> dict[str, Any]:
+                citations: Citations, routes: CoverageReport) -> dict[str, Any]:
     rows = table.to_pylist()
     licences: dict[str, int] = {}
     for r in rows:
@@ -275,6 +266,7 @@ def _provenance(cohort: Cohort, table: pa.Table, fmt: ManifestFormat, provider: 
         "provider": provider.value,
         "endpoint_url": ENDPOINT_URLS[provider],
         "download": download,
+        "dicomweb_policy": str(routes.policy),
         "series": len({r["SeriesInstanceUID"] for r in rows}),
         "revisions": len(rows),
         "studies": len({r["StudyInstanceUID"] for r in rows}),

@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 
 from cohort import Cohort, ManifestError, Provenance
 from cohort.cli import cli
-from cohort.manifest import COLUMNS, PARQUET_KEY, plan_download, read_manifest, write_manifest
+from cohort.coverage import route
+from cohort.endpoints import idc_proxy
+from cohort.manifest import COLUMNS, PARQUET_KEY, manifest_table, plan_download, read_manifest, write_manifest
 
 #: The DICOMweb tutorial's pancreas slide: current revision since v10, an older one (v8-v9).
 SLIDE = "1.3.6.1.4.1.5962.99.1.3380245274.1362068963.1639762817818.2.0"
@@ -32,6 +34,7 @@ FORMATS = ["s5cmd", "csv", "tsv", "json", "parquet"]
 PROVENANCE_KEYS = {
     "idc_version", "idc_index_data_version", "package_version", "query_name", "sql", "params", "sha256",
     "created", "manifest_created", "series", "size_MB", "licenses", "source_DOIs", "citations", "download",
+    "dicomweb_policy",
 }
 
 _POOL_SQL = """
@@ -71,6 +74,12 @@ def pool(catalog) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
+def pool_routes(pool, catalog):
+    """The coverage routes of the whole pool, computed once: a lookup for any cohort drawn from it."""
+    return route(Cohort.from_uids([r["SeriesInstanceUID"] for r in pool], catalog), "proxy")
+
+
+@pytest.fixture(scope="module")
 def outdir(tmp_path_factory):
     return tmp_path_factory.mktemp("manifests")
 
@@ -96,7 +105,7 @@ def _pairs(cohort: Cohort) -> set[tuple[str, str]]:
 
 @pytest.mark.parametrize("provider", ["aws", "gcs"])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_every_format_round_trips_random_cohorts(fmt, provider, pool, catalog, outdir):
+def test_every_format_round_trips_random_cohorts(fmt, provider, pool, pool_routes, catalog, outdir):
     path = outdir / f"roundtrip_{provider}.{fmt}"
 
     @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -104,7 +113,7 @@ def test_every_format_round_trips_random_cohorts(fmt, provider, pool, catalog, o
            pinned=st.booleans())
     def roundtrip(rows, pinned):
         cohort = _cohort(rows, pinned, catalog)
-        info = write_manifest(cohort, path, provider=provider, citations=False)
+        info = write_manifest(cohort, path, provider=provider, routes=pool_routes, citations=False)
         back = read_manifest(path, catalog)
         uuid = "crdc_series_uuid" if pinned else "default_uuid"
         expected = {(r["SeriesInstanceUID"], r[uuid]) for r in rows}
@@ -172,6 +181,23 @@ def test_a_manifest_of_an_older_release_reopens_with_that_revision(fmt, catalog,
     again = read_manifest(cohort.to_manifest(outdir / f"old_again.{fmt}", citations=False).path, catalog)
     assert _pairs(again) == {(SLIDE, SLIDE_V8_UUID)}
     assert again.result.column("source_release").to_pylist() == ["v8-v9"]
+
+
+def test_dicomweb_urls_follow_the_coverage_route_of_each_revision(catalog):
+    old = Cohort(pa.table({"SeriesInstanceUID": [SLIDE, SLIDE], "crdc_series_uuid": [SLIDE_V8_UUID, SLIDE_UUID]}),
+                 Provenance.make(catalog), catalog)
+    store_v9 = "https://healthcare.googleapis.com/v1/projects/nci-idc-data/locations/us-central1/datasets/idc/" \
+               "dicomStores/idc-store-v9/dicomWeb"
+    pinned = {r["crdc_series_uuid"]: r for r in manifest_table(old, routes=route(old, 9)).to_pylist()}
+    assert pinned[SLIDE_V8_UUID]["dicomweb_endpoint"] == "idc-store-v9"
+    assert pinned[SLIDE_V8_UUID]["dicomweb_series_url"].startswith(store_v9 + "/studies/")
+    assert pinned[SLIDE_V8_UUID]["viewer_url"] is None  # the IDC viewer shows the current release only
+    assert pinned[SLIDE_UUID]["dicomweb_series_url"] is None  # the v9 route is not this revision's
+    proxy = {r["crdc_series_uuid"]: r for r in manifest_table(old, routes=route(old, "proxy")).to_pylist()}
+    assert proxy[SLIDE_UUID]["dicomweb_series_url"] == idc_proxy().series_url(
+        "2.25.25332367070577326639024635995523878122", SLIDE)
+    assert proxy[SLIDE_UUID]["viewer_url"].startswith("https://viewer.imaging.datacommons.cancer.gov/slim/")
+    assert proxy[SLIDE_V8_UUID]["dicomweb_series_url"] is None
 
 
 def test_our_csv_reads_with_pandas_and_every_format_carries_provenance(catalog, outdir):
