@@ -366,6 +366,61 @@ def download_cmd(state: _State, manifest: str, dest: str, dry_run: bool) -> None
     download(plan)
 
 
+@cli.command("coverage")
+@click.argument("query")
+@param_option
+@click.option("--policy", "routing", type=click.Choice(["google", "proxy"]), default=None,
+              help="Prefer the Google store or the IDC proxy [default: google when Google credentials are set up].")
+@click.option("--pin", type=click.IntRange(min=1), metavar="N", help="Serve each series as it was in IDC release N.")
+@click.option("--url", help="Route everything to this DICOMweb root instead (e.g. a local Orthanc).")
+@click.option("--auth", default="none", show_default=True, metavar="KIND",
+              help="With --url: none, bearer[:ENV_VAR], basic[:USER_VAR:PASSWORD_VAR] or google.")
+@click.option("--newest-store", type=click.IntRange(min=1), metavar="N",
+              help="Newest Google store release [default: the index's release minus --lag].")
+@click.option("--lag", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Releases the newest Google store trails the index by.")
+@click.option("--discover", is_flag=True, help="Find the newest Google store by asking Google (needs credentials).")
+@click.option("--by", type=click.Choice(["endpoint", "collection", "reason", "series"]), default="endpoint",
+              show_default=True, help="What the output lists: a summary, or one row per series.")
+@click.option("--verify", is_flag=True, help="Ask each endpoint (QIDO) whether it has the routed series.")
+@click.option("--sample", type=click.IntRange(min=1), metavar="N", help="With --verify: check N random series only.")
+@click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 32), help="With --verify: requests at once.")
+@output_options
+@pass_state
+def coverage_cmd(state: _State, query: str, params: tuple[str, ...], routing: str | None, pin: int | None,
+                 url: str | None, auth: str, newest_store: int | None, lag: int, discover: bool, by: str,
+                 verify: bool, sample: int | None, workers: int, fmt: str | None, output: str | None) -> None:
+    """Which DICOMweb endpoint serves each series of QUERY (saved query, .sql file or manifest), and why.
+
+    \b
+    cohort coverage series_by_collection -p collection_id=tcga_paad --by reason
+    cohort coverage my.sql --pin 9 --by series -o routes.parquet
+    cohort coverage my.sql --url http://127.0.0.1:8042/dicom-web --verify
+    """
+    from .coverage import route
+    from .endpoints import auth_from_name, custom
+
+    if sum(x is not None for x in (routing, pin, url)) > 1:
+        raise click.UsageError("give only one of --policy, --pin and --url")
+    if url is None and auth != "none":
+        raise click.UsageError("--auth applies to --url")
+    if sample is not None and not verify:
+        raise click.UsageError("--sample applies to --verify")
+    policy = custom(url, auth_from_name(auth)) if url else (pin or routing)
+    report = route(load_cohort(state, query, parse_params(params)), policy, newest_google_store=newest_store,
+                   lag=lag, discover=discover)
+    click.echo(report.summary_text(), err=True)
+    if verify:
+        checked = report.verify(sample, workers=workers, rate=None if url else 10.0)
+        click.echo(checked.summary_text(), err=True)
+        for row in checked.mismatches().head(20).itertuples(index=False):
+            click.echo(f"  {row.status}: {row.SeriesInstanceUID} at {row.endpoint}"
+                       + (f" ({row.detail})" if row.detail else ""), err=True)
+    frames = {"endpoint": report.by_endpoint, "collection": report.by_collection, "reason": report.by_reason,
+              "series": report.to_pandas}
+    write_frame(frames[by](), fmt, output)
+
+
 def main() -> None:
     cli(prog_name="cohort")
 
