@@ -9,6 +9,7 @@ import logging
 
 from .catalog import Catalog
 from .cohort import Cohort, Counts, Provenance, default_catalog
+from .coverage import CoverageReport, Policy, route
 from .endpoints import Endpoint, EndpointKind, custom, google_store, idc_proxy
 from .errors import (
     CatalogError,
@@ -37,6 +38,7 @@ __all__ = [
     "CohortInputError",
     "Counts",
     "CoverageError",
+    "CoverageReport",
     "Endpoint",
     "EndpointError",
     "EndpointKind",
@@ -44,6 +46,7 @@ __all__ = [
     "ManifestError",
     "Parameter",
     "ParameterError",
+    "Policy",
     "Provenance",
     "QueryError",
     "QueryFileError",
@@ -57,4 +60,5 @@ __all__ = [
     "idc_proxy",
     "list_queries",
     "load_query",
+    "route",
 ]
