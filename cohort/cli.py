@@ -262,8 +262,9 @@ def fetch_cmd(state: _State, tables: tuple[str, ...]) -> None:
 @click.option("--url", help="DICOMweb root to ask for every series (default: route each series with --policy).")
 @click.option("--auth", default="none", show_default=True, metavar="KIND",
               help="With --url: none, bearer[:ENV_VAR], basic[:USER_VAR:PASSWORD_VAR] or google.")
-@click.option("--policy", "routing", type=click.Choice(["proxy", "google"]), default=None,
-              help="Routing policy when no --url is given (see coverage).")
+@click.option("--policy", "routing", default=None, metavar="POLICY",
+              help="Without --url: route each series by google, proxy or vN (pinned release) "
+                   "[default: google when Google credentials are set, else proxy].")
 @click.option("--workers", default=None, type=click.IntRange(1, 64), help="Concurrent requests [default: 8].")
 @click.option("--rate", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Requests a second over all workers, retries included [default: 10].")

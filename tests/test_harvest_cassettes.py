@@ -107,3 +107,17 @@ def test_replay_resume_skips_complete_series(tmp_path):
         again, _ = _harvest_all(ROOT, tmp_path)
     assert again.skipped == 3 and again.by_status == {} and again.instances == 0
     assert len(HarvestStore(tmp_path / "full").read_instances(["SOPInstanceUID"])) == 2
+
+
+def test_unavailable_series_are_logged_without_a_request(tmp_path, catalog):
+    """A cohort pinned to IDC v1 where none of its series existed yet: no request is made."""
+    from cohort import Cohort
+    from cohort.coverage import route
+
+    cohort = Cohort.from_query("series_by_collection", {"collection_id": "cmb_aml", "modality": "CT"}, catalog=catalog)
+    with _recorder().use_cassette(str(tmp_path / "none.yaml")):  # replay mode, empty: any request would fail
+        result = harvest(route(cohort, 1), tmp_path / "h", progress=False)
+    assert result.by_status == {"not_found": 40}
+    log = HarvestStore(tmp_path / "h").read_log().to_pylist()
+    assert {r["endpoint"] for r in log} == {"unavailable"}
+    assert all(r["error"].startswith("no endpoint serves this series: not in IDC v1") for r in log)

@@ -177,6 +177,15 @@ def test_catalog_views_join_index(idc_orthanc, tmp_path):
     assert catalog.sql("SELECT count(*) AS n FROM harvest_log").to_pylist()[0]["n"] == 40
 
 
+def test_harvest_a_coverage_report(idc_orthanc, tmp_path, catalog):
+    from cohort.coverage import route
+
+    report = route(catalog_cohort(catalog), custom(idc_orthanc.dicomweb_url, name="orthanc"))
+    result = harvest(report, tmp_path, rate=None, progress=False)
+    assert result.by_status == {"ok": 40} and result.instances == 40 * INSTANCES_PER_SERIES
+    assert set(HarvestStore(tmp_path).read_log(["endpoint"]).column(0).to_pylist()) == {"orthanc"}
+
+
 def catalog_cohort(catalog):
     from cohort import Cohort
 

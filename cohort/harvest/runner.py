@@ -61,6 +61,8 @@ class SeriesTask:
     series_uid: str
     endpoint: str | None
     url: str | None
+    #: Why the routing chose this endpoint, or why no endpoint serves the series.
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,12 +162,15 @@ def series_tasks(source: Any, endpoint: Endpoint | None = None,
         except ImportError:
             raise HarvestError("routing a cohort needs cohort.coverage; pass an endpoint instead "
                                "(e.g. endpoint=cohort.idc_proxy() or --url)") from None
-        source = route(source, routing) if routing else route(source)
+        source = route(source, routing)
     if hasattr(source, "routes") and hasattr(source, "endpoints"):
         if endpoint is not None:
             return series_tasks(source.routes, endpoint)
-        rows = source.routes.select(["StudyInstanceUID", "SeriesInstanceUID", "endpoint", "series_url"]).to_pylist()
-        tasks = [SeriesTask(r["StudyInstanceUID"], r["SeriesInstanceUID"], r["endpoint"], r["series_url"]) for r in rows]
+        routes = source.routes
+        reasons = routes.column("reason").to_pylist() if "reason" in routes.column_names else [None] * len(routes)
+        rows = routes.select(["StudyInstanceUID", "SeriesInstanceUID", "endpoint", "series_url"]).to_pylist()
+        tasks = [SeriesTask(r["StudyInstanceUID"], r["SeriesInstanceUID"], r["endpoint"], r["series_url"], reason)
+                 for r, reason in zip(rows, reasons)]
         return _distinct(tasks), dict(source.endpoints)
     if endpoint is None:
         raise HarvestError("no endpoint given: pass endpoint=cohort.custom(URL) or cohort.idc_proxy() "
@@ -309,11 +314,9 @@ class _Run:
             "url": None, "http_status": None, "attempts": 0, "instances": 0, "bytes": 0, "seconds": 0.0,
             "error": None, "run_id": self.run_id,
         }
-        if task.endpoint is None or task.url is None:
+        if task.url is None or task.endpoint not in self.endpoints:
             return _Outcome({**base, "status": "not_found", "finished_at": _now(),
-                             "error": "no endpoint in the routing serves this series"})
-        if task.endpoint not in self.endpoints:
-            raise HarvestError(f"series {task.series_uid} is routed to unknown endpoint {task.endpoint!r}")
+                             "error": f"no endpoint serves this series: {task.reason or 'not routed'}"})
         if self.light:
             url = task.url.rstrip("/") + "/instances"
             params = {"includefield": ",".join(c.tag for c in COLUMNS)}
