@@ -278,8 +278,8 @@ class _Run:
         self._rows.extend(outcome.rows)
         self._logs.append(outcome.log)
         self._buffered_bytes += outcome.json_bytes
-        errors = sum(n for s, n in self.statuses.items() if s not in FINAL_STATUSES)
-        bar.set_postfix(instances=self.instances, errors=errors, refresh=False)
+        others = {s: n for s, n in sorted(self.statuses.items()) if s != "ok"}  # not_found, http_error, ...
+        bar.set_postfix(instances=self.instances, **others, refresh=False)
         bar.update(1)
 
     def _due(self) -> bool:
