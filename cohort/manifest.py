@@ -67,7 +67,9 @@ class Provider(str, enum.Enum):
 
 ENDPOINT_URLS = {Provider.AWS: "https://s3.amazonaws.com", Provider.GCS: "https://storage.googleapis.com"}
 #: GCS bucket of each AWS bucket of the current release (idc-index's ``_replace_aws_with_gcp_buckets``).
-GCS_BUCKETS = {"idc-open-data": "idc-open-data", "idc-open-data-cr": "idc-open-cr", "idc-open-data-two": "idc-open-idc1"}
+GCS_BUCKETS = {
+    "idc-open-data": "idc-open-data", "idc-open-data-cr": "idc-open-cr", "idc-open-data-two": "idc-open-idc1",
+}
 #: GCS buckets of older Portal manifests, and the AWS bucket they mirror.
 LEGACY_GCS_BUCKETS = {"public-datasets-idc": "idc-open-data"}
 #: Buckets with the same name in AWS and GCS: a line in one of them says nothing about the provider.
@@ -360,8 +362,8 @@ def read_manifest(path: str | Path, catalog: Catalog | None = None) -> Cohort:
     CSV/TSV/JSON manifests, idc-index and Portal s5cmd manifests).
 
     The cohort's result has one row per manifest line: SeriesInstanceUID,
-    crdc_series_uuid, min_idc_version, max_idc_version, source_release (``"v8-v9"``),
-    in_current_release (of that revision) and manifest_line.
+    crdc_series_uuid, min_idc_version, max_idc_version, series_size_MB, source_release
+    (``"v8-v9"``), in_current_release (of that revision) and manifest_line.
     """
     path = Path(path)
     catalog = catalog or default_catalog()
@@ -379,6 +381,7 @@ def read_manifest(path: str | Path, catalog: Catalog | None = None) -> Cohort:
         "crdc_series_uuid": pa.array([r["crdc_series_uuid"] for r in rows], pa.string()),
         "min_idc_version": pa.array([r["min_idc_version"] for r in rows], pa.int64()),
         "max_idc_version": pa.array([r["max_idc_version"] for r in rows], pa.int64()),
+        "series_size_MB": pa.array([r["series_size_MB"] for r in rows], pa.float64()),
         "source_release": pa.array([_release(r) for r in rows], pa.string()),
         "in_current_release": pa.array([r["in_current_release"] for r in rows], pa.bool_()),
         "manifest_line": pa.array([r["line"] for r in rows], pa.int64()),
@@ -730,8 +733,7 @@ def plan_download(manifest: str | Path, dest: str | Path = ".", catalog: Catalog
     """Read and check a manifest, and size its download from the catalog (no download, no network)."""
     manifest = Path(manifest)
     cohort = read_manifest(manifest, catalog)
-    table = manifest_table(cohort, manifest_provider(cohort) or Provider.AWS)
-    size = round(sum(v or 0 for v in table.column("series_size_MB").to_pylist()), 2)
+    size = round(sum(v or 0 for v in cohort.result.column("series_size_MB").to_pylist()), 2)  # as idc-index sums
     return DownloadPlan(manifest, Path(dest), manifest_provider(cohort), len(cohort), size, cohort,
                         cohort.provenance.params["format"] == ManifestFormat.S5CMD.value)
 
