@@ -155,7 +155,7 @@ def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
         "ORDER BY finished_at DESC) = 1) "
         "SELECT status, status IN ('ok', 'empty', 'not_found') AS complete, count(*) AS series, "
         "sum(instances)::BIGINT AS instances, sum(bytes)::BIGINT AS bytes FROM last GROUP BY ALL ORDER BY series DESC"
-    ).fetch_arrow_table()
+    ).to_arrow_table()
 
 
 def new_run_id() -> str:
