@@ -149,9 +149,10 @@ def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
     store = HarvestStore(out_dir)
     if not store.parts(LOG):
         raise HarvestError(f"{out_dir} holds no harvest (no log/*.parquet): run `cohort harvest ... -o {out_dir}` first")
-    latest = store.read_log(["SeriesInstanceUID", "status", "instances", "bytes", "finished_at"])
-    return duckdb.connect().execute(
-        "WITH last AS (SELECT * FROM latest QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID "
+    con = duckdb.connect()
+    con.register("log", store.read_log(["SeriesInstanceUID", "status", "instances", "bytes", "finished_at"]))
+    return con.execute(
+        "WITH last AS (SELECT * FROM log QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID "
         "ORDER BY finished_at DESC) = 1) "
         "SELECT status, status IN ('ok', 'empty', 'not_found') AS complete, count(*) AS series, "
         "sum(instances)::BIGINT AS instances, sum(bytes)::BIGINT AS bytes FROM last GROUP BY ALL ORDER BY series DESC"
