@@ -55,7 +55,6 @@ from typing import TYPE_CHECKING, Any
 
 from .endpoints import (
     GOOGLE_STORE_BUCKETS,
-    GOOGLE_STORE_URL,
     Auth,
     Endpoint,
     google_credentials_available,
@@ -154,19 +153,18 @@ def default_policy() -> Policy:
 
 # -- routing --------------------------------------------------------------------
 _ROUTE_SQL = """
-WITH wanted_uids AS (SELECT SeriesInstanceUID FROM _uids),
-series AS (
+WITH series AS (
     -- one row per series: its newest revision, the release that made it and the last that has it
     SELECT SeriesInstanceUID, StudyInstanceUID, collection_id, aws_bucket, series_size_MB,
            series_init_idc_version AS first_version, series_revised_idc_version AS made,
            $current::INTEGER AS last, true AS in_current_release
-    FROM index WHERE SeriesInstanceUID IN (SELECT SeriesInstanceUID FROM wanted_uids)
+    FROM index WHERE SeriesInstanceUID IN (SELECT SeriesInstanceUID FROM _uids)
     UNION ALL
     SELECT SeriesInstanceUID, StudyInstanceUID, collection_id, aws_bucket, series_size_MB,
            min(min_idc_version) OVER (PARTITION BY SeriesInstanceUID), min_idc_version, max_idc_version, false
-    FROM prior_versions_index p
-    WHERE SeriesInstanceUID IN (SELECT SeriesInstanceUID FROM wanted_uids)
-      AND NOT EXISTS (SELECT 1 FROM index i WHERE i.SeriesInstanceUID = p.SeriesInstanceUID)
+    FROM (SELECT * FROM prior_versions_index p
+          WHERE NOT EXISTS (SELECT 1 FROM index i WHERE i.SeriesInstanceUID = p.SeriesInstanceUID))
+    JOIN _uids USING (SeriesInstanceUID)  -- a join, not IN, so that the small side is hashed
     QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID ORDER BY max_idc_version DESC) = 1
 ),
 at_pin AS (
@@ -174,7 +172,6 @@ at_pin AS (
     SELECT SeriesInstanceUID, aws_bucket, series_size_MB, min_idc_version AS made, max_idc_version AS last
     FROM prior_versions_index
     WHERE $pin IS NOT NULL AND $pin BETWEEN min_idc_version AND max_idc_version
-      AND SeriesInstanceUID IN (SELECT SeriesInstanceUID FROM wanted_uids)
 ),
 wanted AS (
     -- the revision the policy wants: the newest, or the one current in the pinned release
@@ -212,7 +209,7 @@ SELECT SeriesInstanceUID, StudyInstanceUID, collection_id, aws_bucket, series_si
     CASE WHEN endpoint = 'unavailable' THEN NULL
          WHEN $mode = 'endpoint' THEN $custom_url
          WHEN endpoint = 'idc-proxy' THEN $proxy_url
-         ELSE replace($store_url, '{version}', store::VARCHAR) END AS endpoint_url,
+         ELSE $store_urls[store] END AS endpoint_url,
     endpoint_url || '/studies/' || StudyInstanceUID || '/series/' || SeriesInstanceUID AS series_url,
     CASE WHEN $mode = 'endpoint' OR endpoint = 'unavailable' THEN NULL
          WHEN endpoint = 'idc-proxy' THEN $current::INTEGER
@@ -305,7 +302,8 @@ def route(
     params = {
         "current": current, "newest": newest, "first": first_google_store, "pin": pol.release,
         "mode": "pinned" if pol.kind is PolicyKind.PINNED else pol.kind.value,
-        "google_buckets": sorted(GOOGLE_STORE_BUCKETS), "store_url": GOOGLE_STORE_URL, "proxy_url": idc_proxy().url,
+        "google_buckets": sorted(GOOGLE_STORE_BUCKETS), "proxy_url": idc_proxy().url,
+        "store_urls": [google_store(n).url for n in range(1, current + 1)],  # $store_urls[n]: store vN
         "custom_name": custom_endpoint.name if custom_endpoint else None,
         "custom_url": custom_endpoint.url if custom_endpoint else None,
     }
