@@ -57,7 +57,8 @@ def test_prefer_google_whole_index_matches_independent_count(whole_index, index_
     assert routes["reason"].notna().all() and not routes["reason"].str.contains("None|NULL|nan").any()
     by_reason = routes["reason"].value_counts().to_dict()
     for bucket in ("idc-open-data-cr", "idc-open-data-two"):
-        assert by_reason[f"bucket {bucket} is not replicated to Google"] == (index_frame["aws_bucket"] == bucket).sum()
+        expected = (index_frame["aws_bucket"] == bucket).sum()
+        assert by_reason[f"bucket {bucket} is not replicated to Google"] == expected
     late = (index_frame["aws_bucket"] == GOOGLE_BUCKET) & (index_frame["series_revised_idc_version"] > newest)
     late_reasons = routes.loc[routes["reason"].str.contains(f"newest Google store is v{newest}"), "reason"]
     assert len(late_reasons) == late.sum()
