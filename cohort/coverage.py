@@ -187,8 +187,9 @@ wanted AS (
 decided AS (
     SELECT *,
         made IS NOT NULL AND is_newest AND in_current_release AS proxy_ok,
-        coalesce($pin, least(last, $newest)) AS store,
-        made IS NOT NULL AND list_contains($google_buckets, aws_bucket)
+        -- (least/greatest skip NULLs: $newest IS NULL, no Google store, is checked first)
+        coalesce($pin, CASE WHEN $newest IS NOT NULL THEN least(last, $newest) END) AS store,
+        made IS NOT NULL AND $newest IS NOT NULL AND list_contains($google_buckets, aws_bucket)
             AND store BETWEEN greatest(made, $first) AND least(last, $newest) AS google_ok,
         NOT list_contains($google_buckets, aws_bucket) AS not_replicated,
         CASE WHEN first_version = made THEN 'added' ELSE 'revised' END AS verb
@@ -292,10 +293,11 @@ def route(
             if lag < 0:
                 raise CoverageError(f"lag must be 0 or more releases, got {lag}")
             newest_google_store = current - lag
-    if newest_google_store > current:
+    if newest_google_store is not None and newest_google_store > current:
         raise CoverageError(f"newest Google store v{newest_google_store} is newer than the index (IDC v{current}); "
                             "update idc-index-data or give a store no newer than the index")
-    newest = newest_google_store if newest_google_store >= first_google_store else None
+    has_store = newest_google_store is not None and newest_google_store >= first_google_store
+    newest = newest_google_store if has_store else None
     if pol.release is not None and not 1 <= pol.release <= current:
         raise CoverageError(f"cannot pin release v{pol.release}: the index is IDC v{current}, so pin 1 to {current}")
     custom_endpoint = pol.endpoint

@@ -14,7 +14,7 @@ from pydicom.uid import generate_uid
 
 from cohort import Cohort, CoverageError, custom, idc_proxy
 from cohort.cli import cli
-from cohort.coverage import PREFER_GOOGLE, PREFER_PROXY, Policy, discover_newest_store, route
+from cohort.coverage import PREFER_GOOGLE, PREFER_PROXY, ROUTE_COLUMNS, Policy, discover_newest_store, route
 from cohort.endpoints import BasicAuth
 from cohort.retry import RetryPolicy
 
@@ -144,6 +144,7 @@ def test_explicit_endpoint_policy(catalog):
     orthanc = custom("http://127.0.0.1:8042/dicom-web", name="local")
     report = route(cohort, orthanc)
     routes = report.routes.to_pandas()
+    assert report.routes.column_names == list(ROUTE_COLUMNS)
     assert set(routes["endpoint"]) == {"local"} and report.endpoints == {"local": orthanc}
     assert routes["series_url"].str.startswith("http://127.0.0.1:8042/dicom-web/studies/").all()
     assert set(routes["reason"]) == {"explicit endpoint local"}
@@ -162,6 +163,17 @@ def test_bad_settings(catalog, kwargs, message):
     cohort = Cohort.from_uids([PANCREAS_SLIDE], catalog=catalog)
     with pytest.raises(CoverageError, match=message):
         route(cohort, **kwargs)
+
+
+def test_no_google_store_sends_everything_current_to_the_proxy(catalog):
+    cohort = Cohort.from_uids([PANCREAS_SLIDE], catalog=catalog)
+    report = route(cohort, "google", newest_google_store=3, first_google_store=4)
+    assert report.newest_google_store is None
+    assert report.routes.to_pylist()[0]["reason"] == "no Google store is available"
+    assert report.routes.to_pylist()[0]["endpoint"] == "idc-proxy"
+    pinned = route(cohort, 9, newest_google_store=24, first_google_store=10).routes.to_pylist()[0]
+    assert pinned["endpoint"] == "unavailable" and pinned["reason"] == (
+        "pinned to v9: Google stores start at v10, and the proxy serves only the current (v10) revision")
 
 
 def test_policy_parse():
