@@ -30,6 +30,18 @@ from .queries import Parameter, SavedQuery, list_queries, load_query
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+#: Imported on first use, to keep ``import cohort`` light (the harvester is ``cohort.harvest``).
+_LAZY = {"ManifestInfo": "manifest", "read_manifest": "manifest", "write_manifest": "manifest"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "Catalog",
     "CatalogError",
@@ -44,6 +56,7 @@ __all__ = [
     "EndpointKind",
     "HarvestError",
     "ManifestError",
+    "ManifestInfo",
     "Parameter",
     "ParameterError",
     "Policy",
@@ -60,5 +73,7 @@ __all__ = [
     "idc_proxy",
     "list_queries",
     "load_query",
+    "read_manifest",
     "route",
+    "write_manifest",
 ]
