@@ -210,8 +210,8 @@ SELECT SeriesInstanceUID, StudyInstanceUID, collection_id, aws_bucket, series_si
     CASE WHEN endpoint = 'unavailable' THEN NULL
          WHEN $mode = 'endpoint' THEN $custom_url
          WHEN endpoint = 'idc-proxy' THEN $proxy_url
-         ELSE $store_urls[store] END AS endpoint_url,
-    endpoint_url || '/studies/' || StudyInstanceUID || '/series/' || SeriesInstanceUID AS series_url,
+         ELSE $store_urls[store] END  -- the endpoint's URL; not a column of its own (1 M copies cost 0.25 s)
+        || '/studies/' || StudyInstanceUID || '/series/' || SeriesInstanceUID AS series_url,
     CASE WHEN $mode = 'endpoint' OR endpoint = 'unavailable' THEN NULL
          WHEN endpoint = 'idc-proxy' THEN $current::INTEGER
          ELSE store END AS served_version,
@@ -258,7 +258,7 @@ FROM routed
 
 ROUTE_COLUMNS = (
     "SeriesInstanceUID", "StudyInstanceUID", "collection_id", "aws_bucket", "series_size_MB", "in_current_release",
-    "revision_version", "endpoint", "endpoint_url", "series_url", "served_version", "proxy_differs", "reason",
+    "revision_version", "endpoint", "series_url", "served_version", "proxy_differs", "reason",
 )
 
 
@@ -371,8 +371,8 @@ class CoverageReport:
 
     #: One row per series: SeriesInstanceUID, StudyInstanceUID, collection_id, aws_bucket,
     #: series_size_MB, in_current_release, revision_version (release that made the wanted
-    #: revision), endpoint (name, or "unavailable"), endpoint_url, series_url, served_version
-    #: (release whose data the endpoint serves), proxy_differs, reason.
+    #: revision), endpoint (name, or "unavailable"; its URL is ``endpoints[name].url``), series_url,
+    #: served_version (release whose data the endpoint serves), proxy_differs, reason.
     routes: pa.Table = field(repr=False)
     #: Endpoint name -> :class:`~cohort.endpoints.Endpoint` (every name in ``routes`` but "unavailable").
     endpoints: Mapping[str, Endpoint]
@@ -399,7 +399,7 @@ class CoverageReport:
     @property
     def unavailable(self) -> int:
         """How many series no endpoint serves."""
-        return self.routes.column("endpoint_url").null_count
+        return self.routes.column("series_url").null_count
 
     def summary_text(self) -> str:
         """A few lines: the policy, and series and GB per endpoint."""
