@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from .errors import CatalogError, ParameterError, QueryError, ReadOnlyError, UnknownTableError
+from .errors import ParameterError, QueryError, ReadOnlyError, UnknownTableError
 from .tables import TableInfo, TableStore, idc_version
 
 if TYPE_CHECKING:

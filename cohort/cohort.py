@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .catalog import Catalog
-from .errors import CohortInputError, QueryError
+from .errors import CohortInputError
 from .queries import SavedQuery, load_query
 
 if TYPE_CHECKING:
