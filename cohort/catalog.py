@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from ._text import sql_list, sql_literal
 from .errors import ParameterError, QueryError, ReadOnlyError, UnknownTableError
 from .tables import TableInfo, TableStore, idc_version
 
@@ -68,9 +69,9 @@ class Catalog:
         con = duckdb.connect()
         # Literal lists, not bound parameters: binding makes duckdb import pandas (~0.3 s).
         paths = sorted({str(p) for name in self.store.tables for p in self.store.candidates(name)})
-        con.execute(f"SET allowed_paths = {_sql_list(paths)}")
+        con.execute(f"SET allowed_paths = {sql_list(paths)}")
         if self._extra_dirs:
-            con.execute(f"SET allowed_directories = {_sql_list([str(d) + os.sep for d in self._extra_dirs])}")
+            con.execute(f"SET allowed_directories = {sql_list([str(d) + os.sep for d in self._extra_dirs])}")
         for setting in (
             "SET enable_external_access = false",
             "SET autoinstall_known_extensions = false",
@@ -89,7 +90,7 @@ class Catalog:
     def _create_view(self, name: str) -> None:
         path = self.store.path(name)
         self._con.execute(
-            f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet({_sql_literal(str(path))})'
+            f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet({sql_literal(str(path))})'
         )
         self._views.add(name)
 
@@ -268,11 +269,3 @@ def _message(text: str) -> str:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
-
-
-def _sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _sql_list(values: Iterable[str]) -> str:
-    return "[" + ", ".join(_sql_literal(v) for v in values) + "]"

@@ -22,6 +22,8 @@ from pathlib import Path
 import platformdirs
 import requests
 
+from ._text import short_error
+
 log = logging.getLogger(__name__)
 
 #: Fedorov et al., "National Cancer Institute Imaging Data Commons", RadioGraphics 2023.
@@ -129,7 +131,7 @@ def cite(
                 items.append(Citation(doi, CitationStatus.SKIPPED, reason=offline_reason))
                 continue
             except requests.RequestException as exc:
-                items.append(Citation(doi, CitationStatus.SKIPPED, reason=_short(exc)))
+                items.append(Citation(doi, CitationStatus.SKIPPED, reason=short_error(exc, 200)))
                 continue
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_suffix(".part")
@@ -157,7 +159,3 @@ def _cache_file(cache: Path, doi: str, style: str) -> Path:
     key = hashlib.sha256(f"{style}\n{doi}".encode()).hexdigest()[:32]
     return cache / f"{key}.txt"
 
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]

@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ._text import skip_whitespace
 from .catalog import Catalog
 from .citations import Citations, cite
 from .cohort import Cohort, Provenance, default_catalog
@@ -531,7 +532,7 @@ def _parse_json(path: Path, text: str) -> tuple[list[_Ref], dict]:
         header = doc.get("provenance") or {}
         start = _member_start(text, "series")
     elif isinstance(doc, list):
-        start = _skip(text, 0)
+        start = skip_whitespace(text, 0)
     else:
         raise ManifestError('a JSON manifest is a list of series objects or {"provenance": ..., "series": [...]}',
                             path=str(path), line=1)
@@ -548,7 +549,7 @@ def _array_records(text: str, pos: int) -> Iterator[tuple[int, Any]]:
     decoder = json.JSONDecoder()
     pos += 1
     while True:
-        pos = _skip(text, pos, " \t\r\n,")
+        pos = skip_whitespace(text, pos, " \t\r\n,")
         if text[pos] == "]":
             return
         item, end = decoder.raw_decode(text, pos)
@@ -559,19 +560,13 @@ def _array_records(text: str, pos: int) -> Iterator[tuple[int, Any]]:
 def _member_start(text: str, key: str) -> int:
     """Where the value of the top-level object's ``key`` starts."""
     decoder = json.JSONDecoder()
-    pos = _skip(text, 0) + 1
+    pos = skip_whitespace(text, 0) + 1
     while True:
-        name, pos = decoder.raw_decode(text, _skip(text, pos, " \t\r\n,"))
-        pos = _skip(text, pos, " \t\r\n:")
+        name, pos = decoder.raw_decode(text, skip_whitespace(text, pos, " \t\r\n,"))
+        pos = skip_whitespace(text, pos, " \t\r\n:")
         if name == key:
             return pos
         _, pos = decoder.raw_decode(text, pos)
-
-
-def _skip(text: str, pos: int, chars: str = " \t\r\n") -> int:
-    while text[pos] in chars:
-        pos += 1
-    return pos
 
 
 def _json_lines(path: Path, text: str, error: json.JSONDecodeError) -> list[tuple[int, dict]]:

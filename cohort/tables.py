@@ -29,6 +29,7 @@ from pathlib import Path
 
 import platformdirs
 
+from ._text import short_error
 from .errors import TableUnavailableError, UnknownTableError
 
 #: idc-index's name for a table -> idc-index-data's file stem.
@@ -194,7 +195,7 @@ class TableStore:
             try:
                 return self._download(name, url)
             except (requests.RequestException, OSError, ValueError) as exc:
-                failures.append(f"{url}: {_short(exc)}")
+                failures.append(f"{url}: {short_error(exc)}")
         raise TableUnavailableError(
             f"table {name!r} could not be fetched; tried {'; '.join(failures)}. To work offline, {how_to}"
         )
@@ -221,7 +222,7 @@ class TableStore:
             try:
                 pq.read_metadata(tmp)
             except Exception as exc:  # pyarrow raises several types for a broken file
-                raise ValueError(f"not a readable Parquet file ({_short(exc)})") from None
+                raise ValueError(f"not a readable Parquet file ({short_error(exc)})") from None
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -241,12 +242,3 @@ class TableStore:
         words = r.text.split()
         return words[0].lower() if words and re.fullmatch(r"[0-9a-fA-F]{64}", words[0]) else None
 
-
-def _short(exc: BaseException) -> str:
-    """One line for an exception; for a failed connection, its root cause (``[Errno 111] Connection refused``)."""
-    text = str(exc)
-    cause = re.search(r"(\[Errno -?\d+\][^'\")]*|Read timed out|IncompleteRead\([^)]*\))", text)
-    if cause:
-        return f"{type(exc).__name__}: {cause.group(1).strip()}"
-    text = text.splitlines()[0] if text else type(exc).__name__
-    return text[:300]

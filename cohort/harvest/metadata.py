@@ -22,6 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from .._text import skip_whitespace
+
 _NUMERIC_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV", "FL", "FD", "IS", "DS"})
 _BULK_KEYS = ("BulkDataURI", "InlineBinary")
 
@@ -116,7 +118,7 @@ def split_body(body: bytes | str) -> list[tuple[dict[str, Any], str]]:
         return [(_decode(text, 0)[0], text)] if _decode(text, 0)[1] == len(text) else _not_array(text)
     if text[0] != "[":
         return _not_array(text)
-    items, pos = [], _skip(text, 1)
+    items, pos = [], skip_whitespace(text, 1)
     if text.startswith("]", pos):
         return _end(text, pos, items)
     while True:
@@ -125,9 +127,9 @@ def split_body(body: bytes | str) -> list[tuple[dict[str, Any], str]]:
             raise MalformedMetadata(f"item {len(items)} of the array is a JSON {type(instance).__name__}, "
                                     "not an object")
         items.append((instance, text[pos:end]))
-        pos = _skip(text, end)
+        pos = skip_whitespace(text, end)
         if text.startswith(",", pos):
-            pos = _skip(text, pos + 1)
+            pos = skip_whitespace(text, pos + 1)
         elif text.startswith("]", pos):
             return _end(text, pos, items)
         else:
@@ -164,14 +166,8 @@ def _not_array(text: str) -> list:
     raise MalformedMetadata(f"expected a JSON array of instances, got a JSON {type(data).__name__}")
 
 
-def _skip(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in " \t\r\n":
-        pos += 1
-    return pos
-
-
 def _end(text: str, pos: int, items: list) -> list:
-    if _skip(text, pos + 1) != len(text):
+    if skip_whitespace(text, pos + 1) != len(text):
         raise MalformedMetadata(f"extra text after the JSON array at char {pos + 1} of {len(text)}")
     return items
 

@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from .._text import sql_literal
 from ..catalog import Catalog
 from ..errors import HarvestError
 from .metadata import ROW_SCHEMA
@@ -181,8 +182,8 @@ def open_harvest(catalog: Catalog, out_dir: str | os.PathLike) -> None:
     if not store.parts(LOG):
         raise HarvestError(f"{out_dir} holds no harvest (no log/*.parquet): run `cohort harvest ... -o {out_dir}` first")
     root = store.root.resolve()
-    log_glob = _sql_literal(str(root / LOG / "*.parquet"))
-    instances_glob = _sql_literal(str(root / INSTANCES / "*.parquet"))
+    log_glob = sql_literal(str(root / LOG / "*.parquet"))
+    instances_glob = sql_literal(str(root / INSTANCES / "*.parquet"))
     catalog.add_view("harvest_log", f"SELECT * FROM read_parquet({log_glob})", allow_dir=root)
     catalog.add_view(
         "harvest_instances",
@@ -194,7 +195,3 @@ def open_harvest(catalog: Catalog, out_dir: str | os.PathLike) -> None:
         "SELECT * FROM harvest_log QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID "
         "ORDER BY finished_at DESC, status IN ('ok', 'empty', 'not_found') DESC) = 1",
     )
-
-
-def _sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
