@@ -154,7 +154,7 @@ def load_cohort(state: _State, source: str, params: dict[str, Any]) -> Cohort:
     """A cohort from a saved query name, a .sql file, or a manifest file."""
     path = Path(source)
     if path.is_file() and path.suffix != ".sql":
-        from .manifest import read_manifest  # noqa: PLC0415 - optional until the manifest module lands
+        from .manifest import read_manifest  # noqa: PLC0415 - imports pyarrow; only for manifests
 
         if params:
             raise click.UsageError("-p/--param applies to queries, not to manifests")

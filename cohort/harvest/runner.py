@@ -34,6 +34,7 @@ from typing import Any
 import pyarrow as pa
 import requests
 
+from ..coverage import route
 from ..endpoints import Endpoint
 from ..errors import HarvestError
 from ..retry import Attempted, RateLimiter, RetryPolicy, call
@@ -157,11 +158,6 @@ def series_tasks(source: Any, endpoint: Endpoint | None = None,
                  routing: str | None = None) -> tuple[list[SeriesTask], dict[str, Endpoint]]:
     """The distinct series of ``source`` with their endpoint and series URL (see :func:`harvest`)."""
     if endpoint is None and hasattr(source, "series_uids") and hasattr(source, "to_arrow"):
-        try:
-            from ..coverage import route
-        except ImportError:
-            raise HarvestError("routing a cohort needs cohort.coverage; pass an endpoint instead "
-                               "(e.g. endpoint=cohort.idc_proxy() or --url)") from None
         source = route(source, routing)
     if hasattr(source, "routes") and hasattr(source, "endpoints"):
         if endpoint is not None:
