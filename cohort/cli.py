@@ -6,10 +6,11 @@ a one-line message and exit code 1 here, in one place; ``-v`` shows tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,8 @@ def write_frame(df, fmt: str | None, output: str | None, max_rows: int = 50) -> 
     if fmt == "parquet":
         if not output:
             raise click.UsageError("--format parquet needs -o PATH")
-        df.to_parquet(output, index=False)
+        with _writing(output):
+            df.to_parquet(output, index=False)
         click.echo(f"wrote {len(df):,} rows to {output}", err=True)
         return
     if fmt == "table":
@@ -130,10 +132,20 @@ def write_frame(df, fmt: str | None, output: str | None, max_rows: int = 50) -> 
     else:
         text = df.to_json(orient="records", indent=1, date_format="iso")
     if output:
-        Path(output).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        with _writing(output):
+            Path(output).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
         click.echo(f"wrote {len(df):,} rows to {output}", err=True)
     else:
         click.echo(text)
+
+
+@contextlib.contextmanager
+def _writing(output: str) -> Iterator[None]:
+    """An output file that cannot be written is a one-line usage error, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise click.FileError(output, hint=f"{exc.strerror or exc}; check that its directory exists and is writable") from None
 
 
 def _lists_as_json(df):

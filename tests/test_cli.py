@@ -125,6 +125,16 @@ def test_errors_are_one_line_and_exit_1(args, message):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_an_output_file_that_cannot_be_written_is_one_line(tmp_path, suffix):
+    target = tmp_path / "missing-dir" / f"out.{suffix}"
+    r = run("sql", "SELECT 1 AS a", "-o", str(target))
+    assert r.exit_code == 1
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"Error: Could not open file '{target}'")
+    assert "directory exists" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_a_query_file_that_writes_is_refused(tmp_path):
     path = tmp_path / "w.sql"
     path.write_text("-- name: w\nCOPY (SELECT 1) TO 'x.csv'\n")
