@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from ._text import sql_list, sql_literal
-from .errors import ParameterError, QueryError, ReadOnlyError, UnknownTableError
+from .errors import ParameterError, QueryError, ReadOnlyError, TableUnavailableError, UnknownTableError
 from .tables import TableInfo, TableStore, idc_version
 
 if TYPE_CHECKING:
@@ -89,9 +89,15 @@ class Catalog:
 
     def _create_view(self, name: str) -> None:
         path = self.store.path(name)
-        self._con.execute(
-            f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet({sql_literal(str(path))})'
-        )
+        try:
+            self._con.execute(
+                f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet({sql_literal(str(path))})'
+            )
+        except duckdb.Error as exc:  # a truncated or foreign file where the table should be
+            raise TableUnavailableError(
+                f"table {name!r}: {path} is not a readable Parquet file ({_first_line(str(exc))}); "
+                f"delete or replace it (`cohort fetch {name}` downloads it again once it is gone)"
+            ) from None
         self._views.add(name)
 
     def add_view(self, name: str, select_sql: str, allow_dir: str | os.PathLike | None = None) -> None:

@@ -181,3 +181,14 @@ def test_catalog_is_cheap_and_loads_nothing_into_pandas():
 def test_table_names_are_case_insensitive_as_in_duckdb(fixture_catalog):
     n = fixture_catalog.sql("SELECT count(*) AS n FROM SM_INDEX JOIN Index USING (SeriesInstanceUID)")
     assert n.column("n")[0].as_py() == 30
+
+
+def test_a_broken_table_file_is_a_catalog_error_naming_it(tmp_path):
+    from cohort import TableUnavailableError
+
+    (tmp_path / "sm_index.parquet").write_bytes(b"not parquet")
+    with pytest.raises(TableUnavailableError) as info:
+        Catalog(index_dir=tmp_path, cache_dir=tmp_path / "cache", download=False)
+    message = str(info.value)
+    assert f"{tmp_path / 'sm_index.parquet'} is not a readable Parquet file" in message
+    assert "delete or replace it" in message
