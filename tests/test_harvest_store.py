@@ -56,3 +56,14 @@ def test_other_schema_and_empty_directory_are_clear_errors(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(HarvestError, match="is a file"):
         HarvestStore(tmp_path / "file").open()
+
+
+def test_unusable_directory_and_unreadable_part_are_harvest_errors(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(HarvestError, match="cannot use .* as a harvest directory"):
+        HarvestStore(afile / "out").open()
+    (tmp_path / "h" / "log").mkdir(parents=True)
+    (tmp_path / "h" / "log" / part_name("r", 0)).write_bytes(b"junk")
+    with pytest.raises(HarvestError, match="is not a readable Parquet part"):
+        HarvestStore(tmp_path / "h").open()

@@ -83,15 +83,24 @@ class HarvestStore:
         """Create the directories, drop leftovers of a killed run, check existing parts' schemas."""
         if self.root.exists() and not self.root.is_dir():
             raise HarvestError(f"harvest output {self.root} is a file; give a directory (it is created if missing)")
-        for sub in (self.instances_dir, self.log_dir):
-            sub.mkdir(parents=True, exist_ok=True)
-            for tmp in sub.glob("*.tmp"):
-                tmp.unlink()
-        for orphan in self.orphans():
-            orphan.unlink()
+        try:
+            for sub in (self.instances_dir, self.log_dir):
+                sub.mkdir(parents=True, exist_ok=True)
+                for tmp in sub.glob("*.tmp"):
+                    tmp.unlink()
+            for orphan in self.orphans():
+                orphan.unlink()
+        except OSError as exc:
+            raise HarvestError(f"cannot use {self.root} as a harvest directory ({exc.strerror or exc}); "
+                               "give a directory you can write to") from None
         for sub, schema in ((self.instances_dir, INSTANCE_SCHEMA), (self.log_dir, LOG_SCHEMA)):
             first = next(iter(sorted(sub.glob("*.parquet"))), None)
-            if first is not None and not pq.read_schema(first).equals(schema, check_metadata=False):
+            try:
+                found = pq.read_schema(first) if first is not None else None
+            except (pa.ArrowException, OSError) as exc:
+                raise HarvestError(f"{first} is not a readable Parquet part ({exc}); "
+                                   "move it away, or harvest into a new directory") from None
+            if found is not None and not found.equals(schema, check_metadata=False):
                 raise HarvestError(
                     f"{first} has another schema than this version of idc-cohort writes; "
                     "harvest into a new directory (or move the old one away)"
