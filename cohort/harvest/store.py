@@ -69,6 +69,8 @@ LOG_SCHEMA = pa.schema([
 ])
 
 INSTANCES, LOG = "instances", "log"
+#: FINAL_STATUSES as a SQL list, for the views and the status report.
+_FINAL_SQL = "(" + ", ".join(sql_literal(s) for s in sorted(FINAL_STATUSES)) + ")"
 
 
 class HarvestStore:
@@ -156,17 +158,22 @@ def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
     """Series, instances and bytes per status, counting each series' latest outcome (``cohort harvest-status``)."""
     import duckdb
 
-    store = HarvestStore(out_dir)
-    if not store.parts(LOG):
-        raise HarvestError(f"{out_dir} holds no harvest (no log/*.parquet): run `cohort harvest ... -o {out_dir}` first")
+    store = _existing(out_dir)
     con = duckdb.connect()
     con.register("log", store.read_log(["SeriesInstanceUID", "status", "instances", "bytes", "finished_at"]))
     return con.execute(
         "WITH last AS (SELECT * FROM log QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID "
         "ORDER BY finished_at DESC) = 1) "
-        "SELECT status, status IN ('ok', 'empty', 'not_found') AS complete, count(*) AS series, "
+        f"SELECT status, status IN {_FINAL_SQL} AS complete, count(*) AS series, "
         "sum(instances)::BIGINT AS instances, sum(bytes)::BIGINT AS bytes FROM last GROUP BY ALL ORDER BY series DESC"
     ).to_arrow_table()
+
+
+def _existing(out_dir: str | os.PathLike) -> HarvestStore:
+    store = HarvestStore(out_dir)
+    if not store.parts(LOG):
+        raise HarvestError(f"{out_dir} holds no harvest (no log/*.parquet): run `cohort harvest ... -o {out_dir}` first")
+    return store
 
 
 def new_run_id() -> str:
@@ -187,9 +194,7 @@ def open_harvest(catalog: Catalog, out_dir: str | os.PathLike) -> None:
     outcome) and ``harvest_series`` (the latest outcome per series); join
     them with ``index`` on SeriesInstanceUID.
     """
-    store = HarvestStore(out_dir)
-    if not store.parts(LOG):
-        raise HarvestError(f"{out_dir} holds no harvest (no log/*.parquet): run `cohort harvest ... -o {out_dir}` first")
+    store = _existing(out_dir)
     root = store.root.resolve()
     log_glob = sql_literal(str(root / LOG / "*.parquet"))
     instances_glob = sql_literal(str(root / INSTANCES / "*.parquet"))
@@ -202,5 +207,5 @@ def open_harvest(catalog: Catalog, out_dir: str | os.PathLike) -> None:
     catalog.add_view(
         "harvest_series",
         "SELECT * FROM harvest_log QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID "
-        "ORDER BY finished_at DESC, status IN ('ok', 'empty', 'not_found') DESC) = 1",
+        f"ORDER BY finished_at DESC, status IN {_FINAL_SQL} DESC) = 1",
     )
