@@ -116,6 +116,7 @@ class Cohort:
         self.result = result
         self.provenance = provenance
         self._series: pa.Table | None = None
+        self._uids: dict[str, None] | None = None
 
     # -- constructors -----------------------------------------------------
     @classmethod
@@ -182,13 +183,19 @@ class Cohort:
     @property
     def series_uids(self) -> list[str]:
         """The distinct SeriesInstanceUIDs, in query order."""
-        return list(dict.fromkeys(self.result.column(UID_COLUMN).to_pylist()))
+        return list(self._distinct_uids())
+
+    def _distinct_uids(self) -> dict[str, None]:
+        """The distinct UIDs (an ordered dict used as a set), computed once: ``len`` and ``in`` are O(1)."""
+        if self._uids is None:
+            self._uids = dict.fromkeys(self.result.column(UID_COLUMN).to_pylist())
+        return self._uids
 
     def __len__(self) -> int:
-        return len(self.series_uids)
+        return len(self._distinct_uids())
 
     def __contains__(self, uid: object) -> bool:
-        return uid in set(self.series_uids)
+        return uid in self._distinct_uids()
 
     def _uids_table(self) -> pa.Table:
         return uid_table(self.series_uids)
