@@ -407,15 +407,18 @@ def _release(row: dict) -> str:
 
 
 def _parse(path: Path) -> tuple[ManifestFormat, list[_Ref], dict, list[tuple[int, Provider]]]:
-    with path.open("rb") as f:
-        magic = f.read(4)
-    if magic == b"PAR1":
-        refs, header = _parse_parquet(path)
-        return ManifestFormat.PARQUET, refs, header, []
     try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+        if magic == b"PAR1":
+            refs, header = _parse_parquet(path)
+            return ManifestFormat.PARQUET, refs, header, []
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ManifestError(f"not a text manifest (not UTF-8 at byte {exc.start}) and not Parquet",
+                            path=str(path)) from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read the manifest ({exc.strerror or exc}); check its permissions",
                             path=str(path)) from None
     lines = text.splitlines()
     first = next((ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
@@ -595,7 +598,11 @@ def _parse_parquet(path: Path) -> tuple[list[_Ref], dict]:
     except (pa.ArrowException, OSError) as exc:
         raise ManifestError(f"unreadable Parquet: {exc}", path=str(path)) from None
     meta = table.schema.metadata or {}
-    header = json.loads(meta[PARQUET_KEY]) if PARQUET_KEY in meta else {}
+    try:
+        header = json.loads(meta[PARQUET_KEY]) if PARQUET_KEY in meta else {}
+    except ValueError as exc:
+        raise ManifestError(f"the Parquet metadata {PARQUET_KEY.decode()} is not JSON ({exc}); "
+                            "remove that key or re-export the manifest", path=str(path)) from None
     wanted = [c for c in ("SeriesInstanceUID", "crdc_series_uuid", "series_uuid", "aws_url", "gcs_url",
                           "series_aws_url") if c in table.column_names]
     if not set(wanted) & set(_ID_COLUMNS):

@@ -364,3 +364,11 @@ def test_download_hands_idc_index_an_s5cmd_manifest_it_accepts(catalog, outdir, 
     tmp_manifest.unlink()
     assert not s5cmd.exists()
     assert size == pytest.approx(plan.size_MB, abs=0.01) and endpoint == "https://s3.amazonaws.com"
+
+
+def test_parquet_manifest_with_broken_provenance_metadata_is_a_manifest_error(tmp_path, catalog):
+    path = tmp_path / "m.parquet"
+    table = pa.table({"SeriesInstanceUID": ["1.2.3"]}).replace_schema_metadata({PARQUET_KEY: b"{not json"})
+    pq.write_table(table, path)
+    with pytest.raises(ManifestError, match=r"m\.parquet: the Parquet metadata idc_cohort\.provenance is not JSON"):
+        read_manifest(path, catalog)
