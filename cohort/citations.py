@@ -133,10 +133,13 @@ def cite(
             except requests.RequestException as exc:
                 items.append(Citation(doi, CitationStatus.SKIPPED, reason=short_error(exc, 200)))
                 continue
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".part")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, cached)
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(".part")
+                tmp.write_text(text, encoding="utf-8")
+                os.replace(tmp, cached)
+            except OSError as exc:  # the citation is still good; it is only not kept for next time
+                log.warning("citation of %s not cached in %s: %s", doi, cache, exc.strerror or exc)
             items.append(Citation(doi, CitationStatus.FETCHED, text))
     return Citations(tuple(items), style)
 

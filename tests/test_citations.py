@@ -110,3 +110,11 @@ def test_manifests_carry_the_citations(resolver, tmp_path, catalog):
     doc = json.loads(write_manifest(cohort, tmp_path / "c.json", citations=citations).path.read_text("utf-8"))
     items = doc["provenance"]["citations"]["items"]
     assert [i["text"] for i in items] == [REFERENCES[IDC_DOI], REFERENCES["10.5281/zenodo.12689972"]]
+
+
+def test_an_unwritable_cache_still_gives_the_fetched_citations(resolver, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    result = cite(["10.5281/zenodo.12689972"], resolver=resolver, cache_dir=blocker / "cache")
+    assert [c.status for c in result.items] == [CitationStatus.FETCHED, CitationStatus.FETCHED]
+    assert all(c.text for c in result.items)
