@@ -17,6 +17,7 @@ they are never formatted into the SQL text.
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import hashlib
 import json
 import os
@@ -266,8 +267,6 @@ def load_query(name_or_path: str | os.PathLike) -> SavedQuery:
         if candidate.is_file():
             return SavedQuery.from_file(candidate)
     names = [q.name for q in list_queries()]
-    import difflib
-
     close = difflib.get_close_matches(text, names, n=3)
     raise QueryFileError(
         f"no saved query named {text!r}"

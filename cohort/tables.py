@@ -28,6 +28,7 @@ from importlib.metadata import version as _dist_version
 from pathlib import Path
 
 import platformdirs
+import requests
 
 from ._text import short_error
 from .errors import TableUnavailableError, UnknownTableError
@@ -178,8 +179,6 @@ class TableStore:
 
     def fetch(self, name: str) -> Path:
         """Download an optional table into the cache; the first URL that yields a valid file wins."""
-        import requests  # noqa: PLC0415 - only needed for a download
-
         urls = self.release_urls(name)
         how_to = (
             f"put {name}.parquet (idc-index-data {self.version}) in a directory and pass it as "
@@ -202,8 +201,7 @@ class TableStore:
 
     def _download(self, name: str, url: str) -> Path:
         """Fetch one URL into a temporary file; only a complete, verified file is renamed into the cache."""
-        import pyarrow.parquet as pq  # noqa: PLC0415
-        import requests  # noqa: PLC0415
+        import pyarrow.parquet as pq  # noqa: PLC0415 - keeps `import cohort` free of pyarrow
 
         self.cache.mkdir(parents=True, exist_ok=True)
         target = self.cache / f"{name}.parquet"
@@ -231,8 +229,6 @@ class TableStore:
 
     def _sidecar_sha256(self, url: str) -> str | None:
         """The sha256 in ``<url>.sha256`` when the server has one (the mirror does)."""
-        import requests  # noqa: PLC0415
-
         try:
             r = requests.get(url + ".sha256", timeout=self.timeout)
         except requests.RequestException:

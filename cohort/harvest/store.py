@@ -25,10 +25,12 @@ one table.
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import uuid
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -156,8 +158,6 @@ class HarvestStore:
 
 def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
     """Series, instances and bytes per status, counting each series' latest outcome (``cohort harvest-status``)."""
-    import duckdb
-
     store = _existing(out_dir)
     con = duckdb.connect()
     con.register("log", store.read_log(["SeriesInstanceUID", "status", "instances", "bytes", "finished_at"]))
@@ -178,8 +178,6 @@ def _existing(out_dir: str | os.PathLike) -> HarvestStore:
 
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time and 6 random hex digits."""
-    import datetime as _dt
-
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
