@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,16 +41,6 @@ def realdata() -> Path:
     return REALDATA
 
 
-def _require_orthanc() -> None:
-    """Skip when Orthanc is not installed; on CI (CI set) that is a failure instead."""
-    from tests.support.orthanc import SKIP_REASON, find_orthanc
-
-    if find_orthanc() is None:
-        if os.environ.get("CI"):
-            pytest.fail(SKIP_REASON)
-        pytest.skip(SKIP_REASON)
-
-
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory):
     """One Orthanc for the session, loaded with generated data and (when present) ../shared/realdata.
@@ -59,9 +48,10 @@ def orthanc(tmp_path_factory):
     ``.url`` (REST root), ``.dicomweb_url``, ``.series`` (``tests.support.data.SeriesRecord``: UIDs,
     Modality, n_instances, paths, sop_instance_uids, source), ``.skipped`` ((path, reason) not loaded).
     """
-    _require_orthanc()
     from tests.support import data
-    from tests.support.orthanc import Orthanc
+    from tests.support.orthanc import Orthanc, require_orthanc
+
+    require_orthanc()
 
     out = tmp_path_factory.mktemp("orthanc_data")
     records = data.wsi_series(out) + data.sm_series(out) + data.ct_mr_series(out)
@@ -76,8 +66,9 @@ def orthanc(tmp_path_factory):
 def orthanc_factory():
     """``orthanc_factory(users=None)`` starts an empty Orthanc (basic auth when ``users`` is given);
     every server it started stops at the end of the module (module scope so module fixtures can use it)."""
-    _require_orthanc()
-    from tests.support.orthanc import Orthanc
+    from tests.support.orthanc import Orthanc, require_orthanc
+
+    require_orthanc()
 
     servers = []
 

@@ -127,10 +127,9 @@ def test_fault_injection_then_rerun_completes(orthanc, tmp_path):
 def idc_orthanc(tmp_path_factory, catalog):
     """An Orthanc holding the 40 CT series of QUERY, under their real IDC UIDs (pixels from pydicom's CT_small)."""
     from tests.support.data import bulk_series
-    from tests.support.orthanc import SKIP_REASON, Orthanc, find_orthanc
+    from tests.support.orthanc import Orthanc, require_orthanc
 
-    if find_orthanc() is None:
-        pytest.skip(SKIP_REASON)
+    require_orthanc()
     rows = catalog.sql(
         "SELECT StudyInstanceUID, SeriesInstanceUID FROM index "
         "WHERE collection_id = 'cmb_aml' AND Modality = 'CT'").to_pylist()

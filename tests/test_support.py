@@ -217,8 +217,7 @@ def test_orthanc_retries_on_a_busy_port(monkeypatch):
 
     from tests.support import orthanc as module
 
-    if module.find_orthanc() is None:
-        pytest.skip(module.SKIP_REASON)
+    module.require_orthanc()
     with socket.socket() as busy:
         busy.bind(("0.0.0.0", 0))
         busy.listen()
