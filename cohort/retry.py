@@ -32,13 +32,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
 
 from .errors import HarvestError
-
-T = TypeVar("T")
 
 #: HTTP statuses retried by default: rate limited and transient server errors.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
