@@ -148,8 +148,8 @@ def write_manifest(
     if not isinstance(citations, Citations):
         citations = cite(dois, fetch=bool(citations))
     provenance = _provenance(cohort, table, fmt, provider, path, citations, routes)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         if fmt is ManifestFormat.S5CMD:
             _write_s5cmd(path, table, provider, provenance)
         elif fmt in (ManifestFormat.CSV, ManifestFormat.TSV):

@@ -372,3 +372,11 @@ def test_parquet_manifest_with_broken_provenance_metadata_is_a_manifest_error(tm
     pq.write_table(table, path)
     with pytest.raises(ManifestError, match=r"m\.parquet: the Parquet metadata idc_cohort\.provenance is not JSON"):
         read_manifest(path, catalog)
+
+
+def test_a_manifest_path_that_cannot_be_created_is_a_manifest_error(tmp_path, catalog):
+    cohort = Cohort.from_sql("SELECT SeriesInstanceUID FROM index ORDER BY SeriesInstanceUID LIMIT 1", catalog=catalog)
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    with pytest.raises(ManifestError, match="cannot write the manifest"):
+        write_manifest(cohort, blocker / "sub" / "m.s5cmd", citations=False)
