@@ -67,3 +67,13 @@ def test_unusable_directory_and_unreadable_part_are_harvest_errors(tmp_path):
     (tmp_path / "h" / "log" / part_name("r", 0)).write_bytes(b"junk")
     with pytest.raises(HarvestError, match="is not a readable Parquet part"):
         HarvestStore(tmp_path / "h").open()
+
+
+def test_a_part_that_cannot_be_written_is_a_harvest_error(tmp_path):
+    import shutil
+
+    store = HarvestStore(tmp_path / "h").open()
+    shutil.rmtree(store.log_dir)
+    store.log_dir.write_text("not a directory")
+    with pytest.raises(HarvestError, match="cannot write part .* run the same command again to resume"):
+        store.write(part_name("r", 0), *_batch("1.2.1", ["1.2.1.1"]))

@@ -143,8 +143,12 @@ class HarvestStore:
         """Write one pair of parts: instances, then the log that makes them count."""
         if log.num_rows == 0:
             return
-        self._write_atomic(self.instances_dir / name, instances.cast(INSTANCE_SCHEMA))
-        self._write_atomic(self.log_dir / name, log.cast(LOG_SCHEMA))
+        try:
+            self._write_atomic(self.instances_dir / name, instances.cast(INSTANCE_SCHEMA))
+            self._write_atomic(self.log_dir / name, log.cast(LOG_SCHEMA))
+        except OSError as exc:  # disk full, directory removed: the series of this batch are harvested again
+            raise HarvestError(f"cannot write part {name} in {self.root} ({exc.strerror or exc}); free space "
+                               "or fix the directory and run the same command again to resume") from None
 
     @staticmethod
     def _write_atomic(path: Path, table: pa.Table) -> None:
