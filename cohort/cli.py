@@ -108,6 +108,24 @@ def output_options(f: Callable) -> Callable:
     return f
 
 
+def auth_option(f: Callable) -> Callable:
+    return click.option(
+        "--auth", default="none", show_default=True, metavar="KIND",
+        help="With --url: none, bearer[:ENV_VAR], basic[:USER_VAR:PASSWORD_VAR] or google.",
+    )(f)
+
+
+def url_endpoint(url: str | None, auth: str):
+    """The ``--url``/``--auth`` endpoint, or None without --url (then --auth must be left at none)."""
+    from .endpoints import auth_from_name, custom  # noqa: PLC0415 - only for commands that talk DICOMweb
+
+    if url is None:
+        if auth != "none":
+            raise click.UsageError("--auth applies to --url")
+        return None
+    return custom(url, auth_from_name(auth))
+
+
 def write_frame(df, fmt: str | None, output: str | None, max_rows: int = 50) -> None:
     """Print or save a pandas DataFrame in one of FORMATS."""
     if fmt is None:
@@ -272,8 +290,7 @@ def fetch_cmd(state: _State, tables: tuple[str, ...]) -> None:
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Harvest directory (created; rerun with the same one to resume).")
 @click.option("--url", help="DICOMweb root to ask for every series (default: route each series with --policy).")
-@click.option("--auth", default="none", show_default=True, metavar="KIND",
-              help="With --url: none, bearer[:ENV_VAR], basic[:USER_VAR:PASSWORD_VAR] or google.")
+@auth_option
 @click.option("--policy", "routing", default=None, metavar="POLICY",
               help="Without --url: route each series by google, proxy or vN (pinned release) "
                    "[default: google when Google credentials are set, else proxy].")
@@ -302,15 +319,12 @@ def harvest_cmd(state: _State, query: str, params: tuple[str, ...], out_dir: str
     cohort harvest series_by_collection -p collection_id=tcga_paad -p modality=SM -o paad/
     cohort harvest my.sql -o out/ --url http://127.0.0.1:8042/dicom-web --workers 16 --no-rate-limit
     """
-    from .endpoints import auth_from_name, custom
     from .harvest import DEFAULT_RATE, DEFAULT_WORKERS, harvest
     from .retry import RetryPolicy
 
-    if url is None and auth != "none":
-        raise click.UsageError("--auth applies to --url")
     if no_rate_limit and rate is not None:
         raise click.UsageError("give either --rate or --no-rate-limit")
-    endpoint = custom(url, auth_from_name(auth)) if url else None
+    endpoint = url_endpoint(url, auth)
     result = harvest(
         load_cohort(state, query, parse_params(params)), out_dir, endpoint,
         workers=workers or DEFAULT_WORKERS, rate=None if no_rate_limit else (rate or DEFAULT_RATE),
@@ -386,8 +400,7 @@ def download_cmd(state: _State, manifest: str, dest: str, dry_run: bool) -> None
               help="Prefer the Google store or the IDC proxy [default: google when Google credentials are set up].")
 @click.option("--pin", type=click.IntRange(min=1), metavar="N", help="Serve each series as it was in IDC release N.")
 @click.option("--url", help="Route everything to this DICOMweb root instead (e.g. a local Orthanc).")
-@click.option("--auth", default="none", show_default=True, metavar="KIND",
-              help="With --url: none, bearer[:ENV_VAR], basic[:USER_VAR:PASSWORD_VAR] or google.")
+@auth_option
 @click.option("--newest-store", type=click.IntRange(min=1), metavar="N",
               help="Newest Google store release [default: the index's release minus --lag].")
 @click.option("--lag", default=1, show_default=True, type=click.IntRange(min=0),
@@ -411,15 +424,12 @@ def coverage_cmd(state: _State, query: str, params: tuple[str, ...], routing: st
     cohort coverage my.sql --url http://127.0.0.1:8042/dicom-web --verify
     """
     from .coverage import route
-    from .endpoints import auth_from_name, custom
 
     if sum(x is not None for x in (routing, pin, url)) > 1:
         raise click.UsageError("give only one of --policy, --pin and --url")
-    if url is None and auth != "none":
-        raise click.UsageError("--auth applies to --url")
     if sample is not None and not verify:
         raise click.UsageError("--sample applies to --verify")
-    policy = custom(url, auth_from_name(auth)) if url else (pin or routing)
+    policy = url_endpoint(url, auth) or pin or routing
     report = route(load_cohort(state, query, parse_params(params)), policy, newest_google_store=newest_store,
                    lag=lag, discover=discover)
     click.echo(report.summary_text(), err=True)
