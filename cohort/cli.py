@@ -322,6 +322,8 @@ def harvest_cmd(state: _State, query: str, params: tuple[str, ...], out_dir: str
     from .harvest import DEFAULT_RATE, DEFAULT_WORKERS, harvest
     from .retry import RetryPolicy
 
+    if url is not None and routing is not None:
+        raise click.UsageError("give either --url or --policy")
     if no_rate_limit and rate is not None:
         raise click.UsageError("give either --rate or --no-rate-limit")
     endpoint = url_endpoint(url, auth)

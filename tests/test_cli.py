@@ -158,3 +158,17 @@ def test_parquet_to_stdout_is_a_usage_error():
     r = run(*PAAD_SM, "-f", "parquet")
     assert r.exit_code == 2
     assert "--format parquet needs -o PATH" in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["harvest", "q", "-o", "out", "--url", "http://127.0.0.1:1/dicom-web", "--policy", "proxy"],
+     "give either --url or --policy"),
+    (["harvest", "q", "-o", "out", "--auth", "bearer"], "--auth applies to --url"),
+    (["coverage", "q", "--auth", "bearer"], "--auth applies to --url"),
+])
+def test_dicomweb_options_that_contradict_are_usage_errors(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run(*args)
+    assert r.exit_code == 2
+    assert message in r.stderr
+    assert not (tmp_path / "out").exists()
