@@ -166,19 +166,6 @@ class Cohort:
                                params={"n_series": len(wanted), "uids_sha256": listed})
         return cls(table, prov, catalog)
 
-    @classmethod
-    def from_manifest(cls, path: Any, catalog: Catalog | None = None) -> Cohort:
-        """The cohort an s5cmd, CSV, TSV, JSON or Parquet manifest lists (see :mod:`cohort.manifest`)."""
-        from .manifest import read_manifest  # noqa: PLC0415 - manifest imports this module
-
-        return read_manifest(path, catalog)
-
-    def to_manifest(self, path: Any, format: str | None = None, provider: str = "aws", **kwargs: Any):
-        """Write this cohort as a manifest; returns a ``ManifestInfo`` (see :func:`cohort.manifest.write_manifest`)."""
-        from .manifest import write_manifest  # noqa: PLC0415 - manifest imports this module
-
-        return write_manifest(self, path, format=format, provider=provider, **kwargs)
-
     # -- contents ---------------------------------------------------------
     @property
     def series_uids(self) -> list[str]:

@@ -173,12 +173,12 @@ def test_idc_index_parser_accepts_our_s5cmd_manifests(provider, pool, catalog, o
 def test_a_manifest_of_an_older_release_reopens_with_that_revision(fmt, catalog, outdir):
     old = outdir / "old.s5cmd"
     old.write_text(f"# written against IDC v9\ncp s3://idc-open-data/{SLIDE_V8_UUID}/* .\n")
-    cohort = Cohort.from_manifest(old, catalog)
+    cohort = read_manifest(old, catalog)
     row = cohort.result.to_pylist()[0]
     assert (row["SeriesInstanceUID"], row["crdc_series_uuid"], row["source_release"]) == (SLIDE, SLIDE_V8_UUID, "v8-v9")
     assert row["in_current_release"] is False and row["manifest_line"] == 2
     assert cohort.to_arrow().column("in_current_release").to_pylist() == [True]  # the series itself lives on
-    again = read_manifest(cohort.to_manifest(outdir / f"old_again.{fmt}", citations=False).path, catalog)
+    again = read_manifest(write_manifest(cohort, outdir / f"old_again.{fmt}", citations=False).path, catalog)
     assert _pairs(again) == {(SLIDE, SLIDE_V8_UUID)}
     assert again.result.column("source_release").to_pylist() == ["v8-v9"]
 
