@@ -14,12 +14,16 @@ round trip; loopback alone would measure Orthanc's CPU, not the harvester):
   there each series is 10x bigger, and a series' whole metadata must be in memory
   at once, so its peak is expected to be higher. Their throughput is bounded by
   Orthanc's CPU here, not by the harvester.
+- SINGLE = one series of 2,000 and one of 8,000 instances (issue 9): a series'
+  response is streamed and written in bounded parts, so its peak RSS must not
+  grow with the series' size: <= 300 MB at 8,000 and < 20% growth from 2,000.
 
 Each harvest runs in its own subprocess so that peak RSS is its own.
 Targets (issue 5): ours >= 10x the anchor, >= 80% of the latency bound, and
-peak RSS on LARGE < 1.2x peak RSS on SMALL.
+peak RSS on LARGE < 1.2x peak RSS on SMALL; (issue 9) SINGLE as above.
 
-    python bench/bench_harvest.py [--series 200] [--latency 0.1] [--workers 16]
+    python bench/bench_harvest.py [--series 200] [--latency 0.1] [--workers 16] [--single 2000,8000]
+    python bench/bench_harvest.py --only-single     # just the single-series memory case
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=10, help="instances per series of the small RSS cohort")
     parser.add_argument("--big", type=int, default=100, help="instances per series of the big-series cohort")
     parser.add_argument("--no-big", action="store_true", help="skip the big-series cohort")
+    parser.add_argument("--single", default="2000,8000",
+                        help="instances of the single-series memory cases, comma-separated ('' to skip)")
+    parser.add_argument("--only-single", action="store_true", help="run only the single-series memory cases")
     parser.add_argument("--latency", type=float, default=0.1, help="seconds the proxy adds to each request")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--child", choices=["ours", "sequential"])
@@ -96,8 +103,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-harvest-") as tmp, Orthanc() as orthanc:
         work = Path(tmp)
         cohorts = {}
-        plan = [("fast", args.series, args.fast), ("small", args.series, args.small),
-                ("large", 10 * args.series, args.small)] + ([] if args.no_big else [("big", args.series, args.big)])
+        singles = [int(n) for n in args.single.split(",") if n.strip()]
+        plan = [] if args.only_single else [
+            ("fast", args.series, args.fast), ("small", args.series, args.small),
+            ("large", 10 * args.series, args.small)] + ([] if args.no_big else [("big", args.series, args.big)])
+        plan += [(f"single-{n}", 1, n) for n in singles]
         for name, n_series, per_series in plan:
             t = time.monotonic()
             generated = bulk_series(n_series, per_series, work / name, with_pixels=False)
@@ -107,15 +117,36 @@ def main() -> None:
                   file=sys.stderr)
         with FaultProxy(orthanc.url, latency=args.latency) as proxy:
             url = proxy.dicomweb_url
-            runs = {
+            runs = {} if args.only_single else {
                 "sequential dicomweb-client, fast": run_child("sequential", url, cohorts["fast"], 1, work),
                 f"ours ({args.workers} workers), fast": run_child("ours", url, cohorts["fast"], args.workers, work),
                 "ours, small": run_child("ours", url, cohorts["small"], args.workers, work),
                 "ours, large (10x the series)": run_child("ours", url, cohorts["large"], args.workers, work),
             }
-            if not args.no_big:
+            if not args.no_big and not args.only_single:
                 runs["ours, big (10x the series size)"] = run_child("ours", url, cohorts["big"], args.workers, work)
+            single = {n: run_child("ours", url, cohorts[f"single-{n}"], args.workers, work) for n in singles}
+    print("\n".join(_report(args, runs) + _single_report(single)))
+    print(f"load average: {Path('/proc/loadavg').read_text().split()[:3]}")
 
+
+def _single_report(single: dict[int, dict]) -> list[str]:
+    """Peak RSS of one series of each size, and its growth from the smallest to the largest."""
+    if not single:
+        return []
+    lines = [f"ours, one series of {n:>6,} instances: {r['seconds']:6.2f} s, peak RSS {r['peak_rss_mb']:4.0f} MB"
+             for n, r in single.items()]
+    low, high = min(single), max(single)
+    if low != high:
+        growth = single[high]["peak_rss_mb"] / single[low]["peak_rss_mb"] - 1
+        lines.append(f"peak RSS one series of {high:,} vs {low:,} instances: {single[high]['peak_rss_mb']:.0f} MB "
+                     f"(target <= 300 MB), growth {100 * growth:+.0f}% (target < 20%)")
+    return lines
+
+
+def _report(args: argparse.Namespace, runs: dict[str, dict]) -> list[str]:
+    if not runs:
+        return []
     seq, ours, small, large = list(runs.values())[:4]
     rtt = seq["seconds"] / seq["series"]
     bound = args.workers / rtt
@@ -136,7 +167,7 @@ def main() -> None:
     if not args.no_big:
         big = runs["ours, big (10x the series size)"]
         lines.append(f"peak RSS with 10x bigger series: {big['peak_rss_mb'] / small['peak_rss_mb']:.2f}x (no target)")
-    print("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":

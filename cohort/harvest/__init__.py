@@ -14,8 +14,16 @@ directory), :mod:`.runner` (concurrent, polite runs).
 
 from .metadata import COLUMNS, MalformedMetadata, instance_row
 from .runner import DEFAULT_RATE, DEFAULT_WORKERS, HarvestResult, SeriesTask, harvest, series_tasks
-from .store import (FINAL_STATUSES, INSTANCE_SCHEMA, LOG_SCHEMA, STATUSES, HarvestStore, harvest_status,
-                    open_harvest, repair_harvest)
+from .store import (
+    FINAL_STATUSES,
+    INSTANCE_SCHEMA,
+    LOG_SCHEMA,
+    STATUSES,
+    HarvestStore,
+    harvest_status,
+    open_harvest,
+    repair_harvest,
+)
 from .stream import iter_instances, parse_body
 
 __all__ = [

@@ -22,7 +22,6 @@ from typing import Any
 
 import pyarrow as pa
 
-
 _NUMERIC_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV", "FL", "FD", "IS", "DS"})
 _BULK_KEYS = ("BulkDataURI", "InlineBinary")
 

@@ -359,7 +359,7 @@ class _Run:
             with self.parsing:  # a body waits in the socket, not in memory, until it can be parsed
                 parsed.clear()
                 if response.status_code != 200:
-                    response.content  # an error's body, for its message; a body cut short raises, and is retried
+                    _ = response.content  # an error's body, for its message; a body cut short raises, and is retried
                     return response
                 parsed.append(self._stream(task, response, streamed))  # cut short: raises, and is retried
             return response
@@ -379,7 +379,8 @@ class _Run:
             self.store.discard(p for s in parsed if isinstance(s, _Streamed) for p in s.parts)
         return outcome
 
-    def _stream(self, task: SeriesTask, response: requests.Response, streamed: list[int]) -> _Streamed | MalformedMetadata:
+    def _stream(self, task: SeriesTask, response: requests.Response,
+                streamed: list[int]) -> _Streamed | MalformedMetadata:
         """Parse a 200 response as it arrives; write a part each time the rows reach a batch.
 
         Parts written before an error are deleted (they were never committed); a body cut

@@ -55,7 +55,7 @@ import pyarrow.parquet as pq
 
 from .._text import sql_list, sql_literal
 from ..errors import HarvestError
-from .lock import LOCK_NAME, DirectoryLock
+from .lock import DirectoryLock
 from .metadata import ROW_SCHEMA
 
 if TYPE_CHECKING:
