@@ -366,8 +366,7 @@ def harvest_status_cmd(out_dir: str, fmt: str | None, output: str | None, repair
     if repair:
         moved = repair_harvest(out_dir)
         if moved:
-            where = moved[0].parents[2] if len(moved[0].parents) > 2 else moved[0].parent
-            click.echo(f"repaired: moved {len(moved)} file(s) into {where}; "
+            click.echo(f"repaired: moved {len(moved)} file(s) into {moved[0].parents[1]}; "
                        "run the same `cohort harvest` again to fetch their series again", err=True)
         else:
             click.echo("nothing to repair: every committed part is intact", err=True)
