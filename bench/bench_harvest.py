@@ -119,7 +119,8 @@ def single_series_body(n: int, path: Path) -> tuple[str, str]:
     with open(path, "w") as fh:
         fh.write("[")
         for i in range(n):
-            fh.write(("," if i else "") + template.replace("9.9.9.9", f"{series}.{i + 1}").replace("999999", str(i + 1)))
+            instance = template.replace("9.9.9.9", f"{series}.{i + 1}").replace("999999", str(i + 1))
+            fh.write(("," if i else "") + instance)
         fh.write("]")
     return study, series
 
@@ -167,8 +168,8 @@ def main() -> None:
                   file=sys.stderr)
         server = _StaticSeries(bodies)
         try:
-            single = {n: {kind: run_child(kind, server.url, single_pairs[n], 1, work) for kind in ("sequential", "ours")}
-                      for n in singles}
+            single = {n: {kind: run_child(kind, server.url, single_pairs[n], 1, work)
+                          for kind in ("sequential", "ours")} for n in singles}
         finally:
             server.close()
         runs = {} if args.only_single else cohort_runs(args, work)
