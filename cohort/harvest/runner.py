@@ -18,8 +18,9 @@ commit makes every part of those series count. So memory is bounded by the
 batch size and the number of series being parsed, not by the cohort nor by the
 size of one series, and a series cut short (a body truncated mid-stream,
 Ctrl-C, ``kill -9``) never counts half.
-Ctrl-C stops submitting, lets in-flight requests end, writes what is complete
-and returns a result marked ``interrupted``. Resume is by rerunning into the
+Ctrl-C stops submitting, drops the series whose responses are still streaming
+in (they are not outcomes), writes what is complete and returns a result marked
+``interrupted``. Resume is by rerunning into the
 same directory: series already complete are skipped.
 """
 
