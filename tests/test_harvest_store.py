@@ -256,3 +256,23 @@ def test_glob_characters_in_the_directory_name(tmp_path, name):
     result = _cli("sql", "--harvest", root, "-f", "csv", "SELECT count(*) AS n FROM harvest_log")
     assert result.exit_code == 0, result.output
     assert result.output.split() == ["n", "3"]
+
+
+def test_unchanged_parts_are_not_hashed_again_but_repair_hashes_all(tmp_path):
+    commits = _three_commits(tmp_path)
+    HarvestStore(tmp_path).check()
+    remembered = json.loads((tmp_path / "verified.json").read_text())
+    assert set(remembered) == {p.path for c in commits for p in c.parts}
+    # a byte changed with size and mtime put back: only a full check (repair's) can see it
+    path = tmp_path / commits[0].parts[0].path
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with open(path, "r+b") as fh:  # same inode
+        fh.write(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert HarvestStore(tmp_path).problems() == []
+    assert [str(p) for p in HarvestStore(tmp_path).problems(full=True)] == [
+        f"{commits[0].parts[0].path}: altered: its sha256 differs from the committed one"]
+    assert HarvestStore(tmp_path).repair()
+    assert HarvestStore(tmp_path).completed() == {"1.2.3"}

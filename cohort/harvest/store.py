@@ -7,6 +7,7 @@ Layout::
     DIR/log/part-<run>-<n>.parquet         one row per series attempt outcome (LOG_SCHEMA)
     DIR/commits/part-<run>-<n>.json        a commit: the parts it makes count, with rows, size and sha256
     DIR/quarantine/...                     parts moved away by :meth:`HarvestStore.repair`
+    DIR/verified.json                      size, mtime, inode of each part when its sha256 last matched
 
 Every file is written to a ``.tmp`` name, flushed to disk and renamed into
 place. A commit record is written last, after every part it lists (the
@@ -25,12 +26,13 @@ warning. A rerun skips complete series and asks again for the others, so no
 instance is counted twice.
 
 Integrity is checked, not assumed: :meth:`HarvestStore.problems` compares each
-committed part with its record (present, same size, same sha256, Parquet of
-the right schema). ``harvest``, ``harvest-status`` and ``open_harvest`` stop
-with a :class:`~cohort.errors.HarvestError` naming the bad parts;
-:meth:`HarvestStore.repair` (``cohort harvest-status DIR --repair``) moves
-each bad commit (its record and all its parts) into ``quarantine/`` and the
-next run asks for its series again.
+committed part with its record (present, same size, same sha256; the sha256 is
+computed again only for a part whose size, mtime or inode changed since it last
+matched, and always by repair). ``harvest``, ``harvest-status`` and
+``open_harvest`` stop with a :class:`~cohort.errors.HarvestError` naming the bad
+parts; :meth:`HarvestStore.repair` (``cohort harvest-status DIR --repair``)
+moves each bad commit (its record and all its parts) into ``quarantine/`` and
+the next run asks for its series again.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ LOG_SCHEMA = pa.schema([
 ])
 
 INSTANCES, LOG, COMMITS, QUARANTINE = "instances", "log", "commits", "quarantine"
+#: Size, mtime and inode of each part when its sha256 last matched (so unchanged parts are not hashed again).
+VERIFIED = "verified.json"
 _SCHEMAS = {INSTANCES: INSTANCE_SCHEMA, LOG: LOG_SCHEMA}
 #: The names this harvester writes (run ids from :func:`new_run_id`); nothing else is ever deleted.
 _OWN_NAME = re.compile(r"part-\d{8}T\d{6}-[0-9a-f]{6}-\d{5,}\.(parquet|json)(\.tmp)?")
@@ -229,18 +233,36 @@ class HarvestStore:
         """The committed parts of ``kind`` (``"instances"`` or ``"log"``), in commit order."""
         return [self.root / p.path for c in self.commits() for p in c.parts if p.kind == kind]
 
-    def problems(self) -> list[Problem]:
-        """Every committed part that is missing, truncated or altered, and every unreadable commit record."""
-        found = []
+    def problems(self, full: bool = False) -> list[Problem]:
+        """Every committed part that is missing, truncated or altered, and every unreadable commit record.
+
+        A part's sha256 is computed again when its size, mtime or inode changed since it last
+        matched (``DIR/verified.json`` remembers them), or always with ``full``.
+        """
+        cache_path = self.root / VERIFIED
+        try:
+            cache = json.loads(cache_path.read_text()) if not full else {}
+        except (OSError, ValueError):
+            cache = {}
+        verified, found = {}, []
         for path in self._commit_files():
             commit = self._read_commit(path)
             if not isinstance(commit, Commit):
                 found.append(Problem(path.stem, f"{COMMITS}/{path.name}", commit))
                 continue
             for part in commit.parts:
-                what = _check_part(self.root / part.path, part)
+                what, seen = _check_part(self.root / part.path, part, cache.get(part.path))
                 if what:
                     found.append(Problem(commit.name, part.path, what))
+                else:
+                    verified[part.path] = seen
+        if verified != cache:
+            try:  # a speed-up only: a directory we may not write to is checked in full each time
+                tmp = cache_path.with_name(f"{VERIFIED}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(verified))
+                os.replace(tmp, cache_path)
+            except OSError:
+                pass
         return found
 
     def check(self) -> None:
@@ -373,7 +395,7 @@ class HarvestStore:
         if own:
             self._lock = DirectoryLock(self.root, new_run_id()).acquire()
         try:
-            bad = {p.commit for p in self.problems()}
+            bad = {p.commit for p in self.problems(full=True)}
             if not bad:
                 return []
             dest = self.root / QUARANTINE / _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -454,26 +476,33 @@ def open_harvest(catalog: Catalog, out_dir: str | os.PathLike) -> None:
     )
 
 
-def _check_part(path: Path, part: Part) -> str | None:
-    """What is wrong with a committed part, or None."""
+def _check_part(path: Path, part: Part, last: list | None) -> tuple[str | None, list]:
+    """What is wrong with a committed part (None: nothing), and its [size, mtime_ns, inode, sha256] if intact.
+
+    ``last`` is what it was when it last matched: unchanged, the sha256 is not computed again.
+    """
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
-        return "missing"
+        return "missing", []
     except OSError as exc:
-        return f"cannot be read ({exc.strerror})"
-    if size != part.bytes:
-        return f"{'truncated' if size < part.bytes else 'grown'}: {size:,} bytes, committed {part.bytes:,}"
+        return f"cannot be read ({exc.strerror})", []
+    if st.st_size != part.bytes:
+        size = st.st_size
+        return f"{'truncated' if size < part.bytes else 'grown'}: {size:,} bytes, committed {part.bytes:,}", []
+    seen = [st.st_size, st.st_mtime_ns, st.st_ino, part.sha256]
+    if last == seen:
+        return None, seen
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
     except OSError as exc:
-        return f"cannot be read ({exc.strerror})"
+        return f"cannot be read ({exc.strerror})", []
     if digest.hexdigest() != part.sha256:
-        return "altered: its sha256 differs from the committed one"
-    return None
+        return "altered: its sha256 differs from the committed one", []
+    return None, seen
 
 
 def _fsync_dir(path: Path) -> None:
