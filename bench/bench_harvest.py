@@ -14,12 +14,22 @@ round trip; loopback alone would measure Orthanc's CPU, not the harvester):
   there each series is 10x bigger, and a series' whole metadata must be in memory
   at once, so its peak is expected to be higher. Their throughput is bounded by
   Orthanc's CPU here, not by the harvester.
+- SINGLE = one series of 2,000 and one of 8,000 instances (issue 9): a series'
+  response is streamed and written in bounded parts, so its peak RSS must not
+  grow with the series' size: <= 300 MB at 8,000 and < 20% growth from 2,000.
+  The anchor is dicomweb-client's ``retrieve_series_metadata`` of the same series
+  (the whole body in memory). The body is CT_small's header as pydicom writes it in
+  DICOM JSON (``Dataset.to_json_dict``), one per instance with its own SOP UID,
+  served from a file by a local HTTP server: loading 8,000 files into Orthanc takes
+  8 minutes here and its answer for such a series over 30 s, which would measure
+  Orthanc.
 
 Each harvest runs in its own subprocess so that peak RSS is its own.
 Targets (issue 5): ours >= 10x the anchor, >= 80% of the latency bound, and
-peak RSS on LARGE < 1.2x peak RSS on SMALL.
+peak RSS on LARGE < 1.2x peak RSS on SMALL; (issue 9) SINGLE as above.
 
-    python bench/bench_harvest.py [--series 200] [--latency 0.1] [--workers 16]
+    python bench/bench_harvest.py [--series 200] [--latency 0.1] [--workers 16] [--single 2000,8000]
+    python bench/bench_harvest.py --only-single     # just the single-series memory case
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +72,59 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds, "series": ok, "instances": instances, "peak_rss_mb": peak}))
 
 
+class _StaticSeries:
+    """A loopback HTTP server answering ``.../series/SE/metadata`` with a file's bytes, streamed."""
+
+    def __init__(self, bodies: dict[str, Path]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                series = self.path.rstrip("/").split("/")[-2] if self.path.endswith("/metadata") else None
+                body = bodies.get(series or "")
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(body.stat().st_size))
+                self.end_headers()
+                with open(body, "rb") as fh:
+                    shutil.copyfileobj(fh, self.wfile, 1 << 20)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/dicom-web"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def single_series_body(n: int, path: Path) -> tuple[str, str]:
+    """Write the DICOM JSON metadata of one n-instance series (CT_small's header) to ``path``."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.PixelData
+    study, series = generate_uid(), generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.InstanceNumber = study, series, "9.9.9.9", 999999
+    template = json.dumps(ds.to_json_dict())
+    with open(path, "w") as fh:
+        fh.write("[")
+        for i in range(n):
+            instance = template.replace("9.9.9.9", f"{series}.{i + 1}").replace("999999", str(i + 1))
+            fh.write(("," if i else "") + instance)
+        fh.write("]")
+    return study, series
+
+
 def run_child(kind: str, url: str, pairs: list, workers: int, work: Path) -> dict:
     pairs_file = work / f"pairs-{len(pairs)}-{time.monotonic_ns()}.json"
     pairs_file.write_text(json.dumps(pairs))
@@ -78,6 +142,9 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=10, help="instances per series of the small RSS cohort")
     parser.add_argument("--big", type=int, default=100, help="instances per series of the big-series cohort")
     parser.add_argument("--no-big", action="store_true", help="skip the big-series cohort")
+    parser.add_argument("--single", default="2000,8000",
+                        help="instances of the single-series memory cases, comma-separated ('' to skip)")
+    parser.add_argument("--only-single", action="store_true", help="run only the single-series memory cases")
     parser.add_argument("--latency", type=float, default=0.1, help="seconds the proxy adds to each request")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--child", choices=["ours", "sequential"])
@@ -89,12 +156,34 @@ def main() -> None:
         child(args)
         return
 
+    singles = [int(n) for n in args.single.split(",") if n.strip()]
+    with tempfile.TemporaryDirectory(prefix="bench-harvest-") as tmp:
+        work = Path(tmp)
+        bodies = {}
+        single_pairs = {}
+        for n in singles:
+            study, series = single_series_body(n, work / f"single-{n}.json")
+            bodies[series], single_pairs[n] = work / f"single-{n}.json", [[study, series]]
+            print(f"wrote one series of {n:,} instances: {bodies[series].stat().st_size / 1e6:.0f} MB of DICOM JSON",
+                  file=sys.stderr)
+        server = _StaticSeries(bodies)
+        try:
+            single = {n: {kind: run_child(kind, server.url, single_pairs[n], 1, work)
+                          for kind in ("sequential", "ours")} for n in singles}
+        finally:
+            server.close()
+        runs = {} if args.only_single else cohort_runs(args, work)
+    print("\n".join(_report(args, runs) + _single_report(single)))
+    print(f"load average: {Path('/proc/loadavg').read_text().split()[:3]}")
+
+
+def cohort_runs(args: argparse.Namespace, work: Path) -> dict[str, dict]:
+    """The cohort cases (FAST, SMALL, LARGE, BIG) against Orthanc behind the latency proxy."""
     from tests.support.data import bulk_series
     from tests.support.orthanc import Orthanc
     from tests.support.proxy import FaultProxy
 
-    with tempfile.TemporaryDirectory(prefix="bench-harvest-") as tmp, Orthanc() as orthanc:
-        work = Path(tmp)
+    with Orthanc() as orthanc:
         cohorts = {}
         plan = [("fast", args.series, args.fast), ("small", args.series, args.small),
                 ("large", 10 * args.series, args.small)] + ([] if args.no_big else [("big", args.series, args.big)])
@@ -115,7 +204,27 @@ def main() -> None:
             }
             if not args.no_big:
                 runs["ours, big (10x the series size)"] = run_child("ours", url, cohorts["big"], args.workers, work)
+    return runs
 
+
+def _single_report(single: dict[int, dict[str, dict]]) -> list[str]:
+    """Peak RSS of one series of each size, ours and the anchor's, and ours' growth from smallest to largest."""
+    if not single:
+        return []
+    lines = [f"one series of {n:>6,} instances: ours {r['ours']['seconds']:6.2f} s, peak RSS "
+             f"{r['ours']['peak_rss_mb']:4.0f} MB; dicomweb-client (whole body) {r['sequential']['seconds']:6.2f} s, "
+             f"peak RSS {r['sequential']['peak_rss_mb']:4.0f} MB" for n, r in single.items()]
+    low, high = min(single), max(single)
+    if low != high:
+        peak_low, peak_high = single[low]["ours"]["peak_rss_mb"], single[high]["ours"]["peak_rss_mb"]
+        lines.append(f"peak RSS one series of {high:,} vs {low:,} instances: {peak_high:.0f} MB "
+                     f"(target <= 300 MB), growth {100 * (peak_high / peak_low - 1):+.0f}% (target < 20%)")
+    return lines
+
+
+def _report(args: argparse.Namespace, runs: dict[str, dict]) -> list[str]:
+    if not runs:
+        return []
     seq, ours, small, large = list(runs.values())[:4]
     rtt = seq["seconds"] / seq["series"]
     bound = args.workers / rtt
@@ -136,7 +245,7 @@ def main() -> None:
     if not args.no_big:
         big = runs["ours, big (10x the series size)"]
         lines.append(f"peak RSS with 10x bigger series: {big['peak_rss_mb'] / small['peak_rss_mb']:.2f}x (no target)")
-    print("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":

@@ -79,6 +79,17 @@ def cli(state: _State, verbose: int, index_dir: str | None) -> None:
             level=logging.DEBUG if verbose > 1 else logging.INFO,
             format="%(levelname)s %(name)s: %(message)s",
         )
+    else:  # the harvester's warnings (a lock taken over, a file left alone) are for the user to see
+        harvest_log = logging.getLogger("cohort.harvest")
+        if not any(isinstance(h, _EchoWarnings) for h in harvest_log.handlers):
+            harvest_log.addHandler(_EchoWarnings(logging.WARNING))
+
+
+class _EchoWarnings(logging.Handler):
+    """Library warnings as ``Warning: ...`` lines on stderr (found at each message: the CLI runner swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"Warning: {record.getMessage()}", err=True)
 
 
 # -- shared options -----------------------------------------------------------
@@ -341,10 +352,24 @@ def harvest_cmd(state: _State, query: str, params: tuple[str, ...], out_dir: str
 @cli.command("harvest-status")
 @click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
 @output_options
-def harvest_status_cmd(out_dir: str, fmt: str | None, output: str | None) -> None:
-    """Series, instances and bytes per status in a harvest directory (each series' latest outcome)."""
-    from .harvest import harvest_status
+@click.option("--repair", is_flag=True,
+              help="Move damaged parts (missing, truncated, altered) into DIR/quarantine/; the next harvest "
+                   "asks for their series again. Nothing is deleted.")
+def harvest_status_cmd(out_dir: str, fmt: str | None, output: str | None, repair: bool) -> None:
+    """Series, instances and bytes per status in a harvest directory (each series' latest outcome).
 
+    Every committed part is checked first (size and sha256); a damaged one is named, and
+    --repair quarantines it.
+    """
+    from .harvest import harvest_status, repair_harvest
+
+    if repair:
+        moved = repair_harvest(out_dir)
+        if moved:
+            click.echo(f"repaired: moved {len(moved)} file(s) into {moved[0].parents[1]}; "
+                       "run the same `cohort harvest` again to fetch their series again", err=True)
+        else:
+            click.echo("nothing to repair: every committed part is intact", err=True)
     write_frame(harvest_status(out_dir).to_pandas(), fmt, output)
 
 

@@ -13,7 +13,8 @@ import pyarrow as pa
 import pytest
 
 from cohort.harvest import INSTANCE_SCHEMA, MalformedMetadata, instance_row, parse_body
-from cohort.harvest.metadata import ROW_SCHEMA, split_body
+from cohort.harvest.metadata import ROW_SCHEMA
+from cohort.harvest.stream import split_body
 
 
 def _load(realdata, rel):

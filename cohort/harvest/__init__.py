@@ -6,13 +6,25 @@
     >>> open_harvest(cohort.catalog, "harvest/")
     >>> cohort.catalog.df("SELECT Modality, count(*) FROM harvest_instances GROUP BY 1")
 
-Modules: :mod:`.metadata` (DICOM JSON → typed row), :mod:`.store` (the Parquet
-directory and its resume invariant), :mod:`.runner` (concurrent, polite runs).
+Modules: :mod:`.metadata` (DICOM JSON → typed row), :mod:`.stream` (a metadata
+body read one instance at a time), :mod:`.store` (the Parquet directory, its
+commit records, integrity checks and repair), :mod:`.lock` (one writer per
+directory), :mod:`.runner` (concurrent, polite runs).
 """
 
-from .metadata import COLUMNS, MalformedMetadata, instance_row, parse_body
+from .metadata import COLUMNS, MalformedMetadata, instance_row
 from .runner import DEFAULT_RATE, DEFAULT_WORKERS, HarvestResult, SeriesTask, harvest, series_tasks
-from .store import FINAL_STATUSES, INSTANCE_SCHEMA, LOG_SCHEMA, STATUSES, HarvestStore, harvest_status, open_harvest
+from .store import (
+    FINAL_STATUSES,
+    INSTANCE_SCHEMA,
+    LOG_SCHEMA,
+    STATUSES,
+    HarvestStore,
+    harvest_status,
+    open_harvest,
+    repair_harvest,
+)
+from .stream import iter_instances, parse_body
 
 __all__ = [
     "COLUMNS",
@@ -29,7 +41,9 @@ __all__ = [
     "harvest",
     "harvest_status",
     "instance_row",
+    "iter_instances",
     "open_harvest",
     "parse_body",
+    "repair_harvest",
     "series_tasks",
 ]

@@ -8,9 +8,9 @@ written to the row's ``issues`` list (``"00280010 Rows: US value as string"``),
 and the whole instance is kept as JSON text so that nothing is lost.
 BulkDataURIs are kept as URIs and never followed.
 
-A body that is not a JSON array of objects, or an instance without a
-SOPInstanceUID, makes the whole series :class:`MalformedMetadata`: rows of a
-series are all written or none are.
+A body that is not a JSON array of objects (read by :mod:`.stream`), or an
+instance without a SOPInstanceUID, makes the whole series
+:class:`MalformedMetadata`: rows of a series are all counted or none are.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-
-from .._text import skip_whitespace
 
 _NUMERIC_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV", "FL", "FD", "IS", "DS"})
 _BULK_KEYS = ("BulkDataURI", "InlineBinary")
@@ -97,79 +95,6 @@ DERIVED_FIELDS: tuple[pa.Field, ...] = (
 
 #: The schema of one parsed instance (the store adds endpoint and run columns).
 ROW_SCHEMA = pa.schema([pa.field(c.keyword, c.type) for c in COLUMNS] + list(DERIVED_FIELDS))
-
-
-def parse_body(body: bytes | str) -> list[dict[str, Any]]:
-    """The instances of a DICOM JSON metadata body (an array; a lone object is accepted)."""
-    return [instance for instance, _ in split_body(body)]
-
-
-def split_body(body: bytes | str) -> list[tuple[dict[str, Any], str]]:
-    """Each instance of a metadata body with its own JSON text, exactly as the server sent it."""
-    if isinstance(body, bytes):
-        try:
-            body = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise MalformedMetadata(f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    text = body.strip()
-    if not text:
-        return []
-    if text[0] == "{":
-        return [(_decode(text, 0)[0], text)] if _decode(text, 0)[1] == len(text) else _not_array(text)
-    if text[0] != "[":
-        return _not_array(text)
-    items, pos = [], skip_whitespace(text, 1)
-    if text.startswith("]", pos):
-        return _end(text, pos, items)
-    while True:
-        instance, end = _decode(text, pos)
-        if not isinstance(instance, dict):
-            raise MalformedMetadata(f"item {len(items)} of the array is a JSON {type(instance).__name__}, "
-                                    "not an object")
-        items.append((instance, text[pos:end]))
-        pos = skip_whitespace(text, end)
-        if text.startswith(",", pos):
-            pos = skip_whitespace(text, pos + 1)
-        elif text.startswith("]", pos):
-            return _end(text, pos, items)
-        else:
-            _decode_error(text, pos)
-
-
-_DECODER = json.JSONDecoder()
-
-
-def _decode(text: str, pos: int) -> tuple[Any, int]:
-    try:
-        return _DECODER.raw_decode(text, pos)
-    except json.JSONDecodeError:
-        _decode_error(text, pos)
-        raise  # unreachable: _decode_error raises
-
-
-def _decode_error(text: str, pos: int) -> None:
-    """Raise MalformedMetadata for the first JSON error in ``text`` (truncated or invalid)."""
-    try:
-        json.loads(text)
-    except json.JSONDecodeError as exc:
-        cut = text.startswith(("[", "{")) and (exc.pos >= len(text) - 1 or not text.endswith(("]", "}")))
-        raise MalformedMetadata(f"{'truncated body' if cut else 'invalid JSON'}: {exc.msg} at line {exc.lineno} "
-                                f"column {exc.colno} (char {exc.pos} of {len(text)})") from None
-    raise MalformedMetadata(f"unexpected text at char {pos} of {len(text)}")
-
-
-def _not_array(text: str) -> list:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        _decode_error(text, 0)
-    raise MalformedMetadata(f"expected a JSON array of instances, got a JSON {type(data).__name__}")
-
-
-def _end(text: str, pos: int, items: list) -> list:
-    if skip_whitespace(text, pos + 1) != len(text):
-        raise MalformedMetadata(f"extra text after the JSON array at char {pos + 1} of {len(text)}")
-    return items
 
 
 def instance_row(instance: dict[str, Any], study_uid: str | None = None,

@@ -9,11 +9,18 @@ through ``DICOMwebClient``, so that there is one retry layer (ours: Retry-After,
 jitter, connection errors, stoppable), a shared rate limit, and the bytes and
 a truncated body of each response are seen.
 
-Workers (threads, one requests session each) fetch and parse series; the main
-thread writes finished series in batches (:mod:`.store`), so memory is bounded
-by the batch size and the number of series in flight, not by the cohort.
-Ctrl-C stops submitting, lets in-flight requests end, writes what is complete
-and returns a result marked ``interrupted``. Resume is by rerunning into the
+Workers (threads, one requests session each) fetch series and parse each
+response as it streams in (:mod:`.stream`), one instance at a time; a series
+bigger than a batch has its instances written in bounded parts as they come
+(not yet counted). The main thread gathers finished series and commits them in
+batches (:mod:`.store`): the small series' rows, then the log part whose
+commit makes every part of those series count. So memory is bounded by the
+batch size and the number of series being parsed, not by the cohort nor by the
+size of one series, and a series cut short (a body truncated mid-stream,
+Ctrl-C, ``kill -9``) never counts half.
+Ctrl-C stops submitting, drops the series whose responses are still streaming
+in (they are not outcomes), writes what is complete and returns a result marked
+``interrupted``. Resume is by rerunning into the
 same directory: series already complete are skipped.
 """
 
@@ -38,8 +45,9 @@ from ..coverage import route
 from ..endpoints import Endpoint
 from ..errors import HarvestError
 from ..retry import Attempted, RateLimiter, RetryPolicy, call
-from .metadata import COLUMNS, MalformedMetadata, instance_row, split_body
-from .store import FINAL_STATUSES, INSTANCE_SCHEMA, LOG_SCHEMA, STATUSES, HarvestStore, new_run_id, part_name
+from .metadata import COLUMNS, MalformedMetadata, instance_row
+from .store import FINAL_STATUSES, INSTANCE_SCHEMA, INSTANCES, LOG_SCHEMA, STATUSES, HarvestStore, Part
+from .stream import iter_instances
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +55,11 @@ log = logging.getLogger(__name__)
 DEFAULT_RATE = 10.0
 DEFAULT_WORKERS = 8
 _ACCEPT_JSON = {"Accept": "application/dicom+json, application/json"}
-#: Finished series are written once their instances' JSON text reaches this many bytes (bounds memory).
+#: Finished series are written once their instances' JSON text reaches this many bytes (bounds memory);
+#: a series streaming in writes a part each time its rows reach this many bytes (or ``flush_instances``).
 FLUSH_BYTES = 8 * 2**20
+#: Bytes read from the socket at a time while a response streams in.
+CHUNK_BYTES = 256 * 2**10
 #: Series parsed at once. Parsing holds the GIL, so more would not be faster; fewer parsed
 #: series in memory keep the peak RSS independent of the number of workers and series size.
 PARSING = 2
@@ -107,10 +118,26 @@ class HarvestResult:
 
 
 @dataclass
+class _Streamed:
+    """A 200 response read to its end: its last rows (not written yet) and the parts written before them."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    parts: list[Part] = field(default_factory=list)
+    instances: int = 0
+    json_bytes: int = 0
+
+
+@dataclass
 class _Outcome:
     log: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     json_bytes: int = 0
+    #: Instances parts already written for this series (a big one); committed with its log row.
+    parts: list[Part] = field(default_factory=list)
+
+
+class _Stopped(Exception):
+    """Ctrl-C while a response was streaming in: the series is not an outcome (its parts are discarded)."""
 
 
 def harvest(
@@ -140,13 +167,14 @@ def harvest(
     if workers < 1:
         raise HarvestError(f"workers must be at least 1, got {workers}")
     tasks, endpoints = series_tasks(source, endpoint, routing)
-    store = HarvestStore(out_dir).open()
-    done = store.completed()
-    todo = [t for t in tasks if t.series_uid not in done]
-    run = _Run(store, endpoints, policy, RateLimiter(rate, burst=max(1, workers)), light,
-               flush_instances, flush_seconds)
-    log.info("harvest %s: %d series, %d already complete, run %s", out_dir, len(tasks), len(tasks) - len(todo), run.run_id)
-    run.execute(todo, workers, progress)
+    with HarvestStore(out_dir).open() as store:  # one writer per directory, every committed part checked
+        done = store.completed()
+        todo = [t for t in tasks if t.series_uid not in done]
+        run = _Run(store, endpoints, policy, RateLimiter(rate, burst=max(1, workers)), light,
+                   flush_instances, flush_seconds)
+        log.info("harvest %s: %d series, %d already complete, run %s", out_dir, len(tasks), len(tasks) - len(todo),
+                 run.run_id)
+        run.execute(todo, workers, progress)
     return HarvestResult(
         out_dir=Path(out_dir), run_id=run.run_id, series=len(tasks), skipped=len(tasks) - len(todo),
         by_status=dict(run.statuses), instances=run.instances, bytes=run.bytes,
@@ -212,7 +240,8 @@ class _Run:
                  limiter: RateLimiter, light: bool, flush_instances: int, flush_seconds: float) -> None:
         self.store, self.endpoints, self.policy, self.limiter, self.light = store, endpoints, policy, limiter, light
         self.flush_instances, self.flush_seconds = flush_instances, flush_seconds
-        self.run_id = new_run_id()
+        assert store.run_id is not None, "the store must be open"
+        self.run_id = store.run_id
         self.stop = threading.Event()
         self.parsing = threading.Semaphore(PARSING)
         self.local = threading.local()
@@ -222,6 +251,7 @@ class _Run:
         self.started = time.monotonic()
         self._rows: list[dict[str, Any]] = []
         self._logs: list[dict[str, Any]] = []
+        self._parts: list[Part] = []
         self._buffered_bytes = 0
         self._last_flush = time.monotonic()
 
@@ -269,10 +299,11 @@ class _Run:
             return
         status = outcome.log["status"]
         self.statuses[status] += 1
-        self.instances += len(outcome.rows)
+        self.instances += outcome.log["instances"] or 0
         self.bytes += outcome.log["bytes"] or 0
         self._rows.extend(outcome.rows)
         self._logs.append(outcome.log)
+        self._parts.extend(outcome.parts)
         self._buffered_bytes += outcome.json_bytes
         others = {s: n for s, n in sorted(self.statuses.items()) if s != "ok"}  # not_found, http_error, ...
         bar.set_postfix(instances=self.instances, **others, refresh=False)
@@ -286,14 +317,15 @@ class _Run:
         )
 
     def flush(self) -> None:
+        """Commit the finished series: their buffered rows' part, then the log part (see :mod:`.store`)."""
         if not self._logs:
             return
-        instances = pa.Table.from_pylist(self._rows, schema=INSTANCE_SCHEMA)
-        logs = pa.Table.from_pylist(self._logs, schema=LOG_SCHEMA)
-        self.store.write(part_name(self.run_id, self.parts), instances, logs)
+        parts = list(self._parts)
+        if self._rows or not parts:
+            parts.append(self.store.write_part(INSTANCES, pa.Table.from_pylist(self._rows, schema=INSTANCE_SCHEMA)))
+        self.store.commit(pa.Table.from_pylist(self._logs, schema=LOG_SCHEMA), parts)
         self.parts += 1
-        self._rows, self._logs, self._buffered_bytes = [], [], 0
-        del instances, logs
+        self._rows, self._logs, self._parts, self._buffered_bytes = [], [], [], 0
         pa.default_memory_pool().release_unused()  # hand Arrow's cached buffers back between batches
         self._last_flush = time.monotonic()
 
@@ -319,40 +351,80 @@ class _Run:
         else:
             url, params = task.url.rstrip("/") + "/metadata", None
         session = self._session(task.endpoint)
-        parsed: list[list[dict[str, Any]] | MalformedMetadata] = []  # of the last attempt answered 200
+        parsed: list[_Streamed | MalformedMetadata] = []  # of the last attempt answered 200
+        streamed = [0]  # body bytes read by streaming, over all attempts
 
         def attempt() -> requests.Response:
             response = session.get(url, headers=_ACCEPT_JSON, params=params, timeout=self.policy.timeout,
                                    stream=True)
             with self.parsing:  # a body waits in the socket, not in memory, until it can be parsed
-                body = response.content  # a body cut short raises here, and is retried
                 parsed.clear()
-                if response.status_code == 200:
-                    parsed.append(self._parse(task, body))
+                if response.status_code != 200:
+                    _ = response.content  # an error's body, for its message; a body cut short raises, and is retried
+                    return response
+                parsed.append(self._stream(task, response, streamed))  # cut short: raises, and is retried
             return response
 
-        result = call(attempt, policy=self.policy, limiter=self.limiter, stop=self.stop)
-        if result.stopped:
-            return None
-        base.update(url=url, attempts=result.attempts, bytes=result.bytes, seconds=round(result.seconds, 4),
-                    http_status=result.response.status_code if result.response is not None else None)
-        return self._classify(result, parsed[0] if parsed else [], base)
-
-    def _parse(self, task: SeriesTask, body: bytes) -> list[dict[str, Any]] | MalformedMetadata:
         try:
-            instances = split_body(body)
-            now, run_id = _now(), self.run_id
-            return [{**instance_row(i, task.study_uid, task.series_uid, text), "endpoint": task.endpoint,
-                     "run_id": run_id, "harvested_at": now} for i, text in instances]
-        except MalformedMetadata as exc:
-            return exc
+            result = call(attempt, policy=self.policy, limiter=self.limiter, stop=self.stop)
+        except _Stopped:
+            return None
+        if result.stopped:
+            self.store.discard(p for s in parsed if isinstance(s, _Streamed) for p in s.parts)
+            return None
+        base.update(url=url, attempts=result.attempts, bytes=result.bytes + streamed[0],
+                    seconds=round(result.seconds, 4),
+                    http_status=result.response.status_code if result.response is not None else None)
+        outcome = self._classify(result, parsed[0] if parsed else _Streamed(), base)
+        if outcome.log["status"] != "ok":  # parts of a series that does not count
+            self.store.discard(p for s in parsed if isinstance(s, _Streamed) for p in s.parts)
+        return outcome
 
-    def _classify(self, result: Attempted, rows: list[dict[str, Any]] | MalformedMetadata,
+    def _stream(self, task: SeriesTask, response: requests.Response,
+                streamed: list[int]) -> _Streamed | MalformedMetadata:
+        """Parse a 200 response as it arrives; write a part each time the rows reach a batch.
+
+        Parts written before an error are deleted (they were never committed); a body cut
+        short raises its requests exception (retried by :func:`cohort.retry.call`).
+        """
+        out, now = _Streamed(), _now()
+
+        def chunks() -> Iterator[bytes]:
+            for chunk in response.iter_content(CHUNK_BYTES):
+                streamed[0] += len(chunk)
+                yield chunk
+
+        try:
+            for instance, text in iter_instances(chunks()):
+                out.rows.append({**instance_row(instance, task.study_uid, task.series_uid, text),
+                                 "endpoint": task.endpoint, "run_id": self.run_id, "harvested_at": now})
+                out.instances += 1
+                out.json_bytes += len(text)
+                if len(out.rows) >= self.flush_instances or out.json_bytes >= FLUSH_BYTES:
+                    batch = pa.Table.from_pylist(out.rows, schema=INSTANCE_SCHEMA)
+                    out.rows.clear()
+                    out.parts.append(self.store.write_part(INSTANCES, batch))
+                    out.json_bytes = 0
+                    del batch
+                if self.stop.is_set():
+                    raise _Stopped
+        except MalformedMetadata as exc:
+            self.store.discard(out.parts)
+            return exc
+        except BaseException:
+            self.store.discard(out.parts)
+            raise
+        finally:
+            response.close()
+        response._content = b""  # read by streaming (cohort.retry.call counts the bytes of .content)
+        return out
+
+    def _classify(self, result: Attempted, streamed: _Streamed | MalformedMetadata,
                   base: dict[str, Any]) -> _Outcome:
-        def outcome(status: str, error: str | None = None, rows: list | None = None) -> _Outcome:
-            rows = rows or []
-            return _Outcome({**base, "status": status, "error": error, "instances": len(rows), "finished_at": _now()},
-                            rows, sum(len(r["json"]) for r in rows))
+        def outcome(status: str, error: str | None = None, rows: _Streamed | None = None) -> _Outcome:
+            rows = rows or _Streamed()
+            return _Outcome({**base, "status": status, "error": error, "instances": rows.instances,
+                             "finished_at": _now()}, rows.rows, rows.json_bytes, rows.parts)
 
         if result.error is not None:
             error = f"{type(result.error).__name__}: {result.error}"
@@ -369,9 +441,9 @@ class _Run:
             return outcome("empty")
         if not response.ok:
             return outcome("http_error", f"HTTP {response.status_code}: {_snippet(response)}")
-        if isinstance(rows, MalformedMetadata):
-            return outcome("malformed", str(rows))
-        return outcome("ok" if rows else "empty", rows=rows)
+        if isinstance(streamed, MalformedMetadata):
+            return outcome("malformed", str(streamed))
+        return outcome("ok" if streamed.instances else "empty", rows=streamed)
 
 
 def _now() -> _dt.datetime:

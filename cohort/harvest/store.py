@@ -1,45 +1,69 @@
-"""A harvest directory: Parquet parts of instances and log, written so that a kill never duplicates a row.
+"""A harvest directory: Parquet parts that count only once committed, checked on every open.
 
 Layout::
 
+    DIR/harvest.lock                       the writer's lock (:mod:`.lock`): one run at a time
     DIR/instances/part-<run>-<n>.parquet   one row per instance (INSTANCE_SCHEMA)
     DIR/log/part-<run>-<n>.parquet         one row per series attempt outcome (LOG_SCHEMA)
+    DIR/commits/part-<run>-<n>.json        a commit: the parts it makes count, with rows, size and sha256
+    DIR/quarantine/...                     parts moved away by :meth:`HarvestStore.repair`
+    DIR/verified.json                      size, mtime, inode of each part when its sha256 last matched
 
-Each flush writes one pair of parts with the same name: the instances part
-first, then the log part, each to a ``.tmp`` file renamed into place (an
-atomic rename on one file system). The invariant:
+Every file is written to a ``.tmp`` name, flushed to disk and renamed into
+place. A commit record is written last, after every part it lists (the
+instances parts of its series, then its log part) is durable. The invariant:
 
-    an instances part counts only when the log part of the same name exists.
+    a part counts only when a commit record lists it; a series is complete
+    when a counted log row gives it a final status (:data:`FINAL_STATUSES`).
 
-So after ``kill -9`` between the two renames, the lone instances part is an
-orphan: :meth:`HarvestStore.open` deletes it (and stray ``.tmp`` files) before
-a run, and :func:`open_harvest`'s views ignore it. A series is *complete* when
-some log row gives it a final status (:data:`FINAL_STATUSES`: ok, empty,
-not_found); a rerun skips complete series and harvests the others again, so a
-series' instances are in exactly one counted part.
+So a series counts only when all its instances and its log row are on disk:
+a big series is written in several instances parts as its response streams
+in, and its log row is committed after the last of them. A run killed at any
+moment leaves parts that no commit lists; readers never see them (they read
+the committed file list, never a glob), and the next run deletes them, and
+only them: files not named like the harvester's own are left alone with a
+warning. A rerun skips complete series and asks again for the others, so no
+instance is counted twice.
 
-Every part has the same explicit schema, whatever the batch holds (empty
-parts included), so DuckDB, pandas, polars and pyarrow read the directory as
-one table.
+Integrity is checked, not assumed: :meth:`HarvestStore.problems` compares each
+committed part with its record (present, same size, same sha256; the sha256 is
+computed again only for a part whose size, mtime or inode changed since it last
+matched, and always by repair). ``harvest``, ``harvest-status`` and
+``open_harvest`` stop with a :class:`~cohort.errors.HarvestError` naming the bad
+parts; :meth:`HarvestStore.repair` (``cohort harvest-status DIR --repair``)
+moves each bad commit (its record and all its parts) into ``quarantine/`` and
+the next run asks for its series again.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
+import logging
 import os
+import re
+import threading
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .._text import sql_literal
-from ..catalog import Catalog
+from .._text import sql_list, sql_literal
 from ..errors import HarvestError
+from .lock import DirectoryLock
 from .metadata import ROW_SCHEMA
+
+if TYPE_CHECKING:
+    from ..catalog import Catalog
+
+log = logging.getLogger(__name__)
 
 #: A series with one of these statuses is complete: a rerun does not ask for it again.
 FINAL_STATUSES = frozenset({"ok", "empty", "not_found"})
@@ -70,98 +94,336 @@ LOG_SCHEMA = pa.schema([
     pa.field("finished_at", _TS),
 ])
 
-INSTANCES, LOG = "instances", "log"
+INSTANCES, LOG, COMMITS, QUARANTINE = "instances", "log", "commits", "quarantine"
+#: Size, mtime and inode of each part when its sha256 last matched (so unchanged parts are not hashed again).
+VERIFIED = "verified.json"
+_SCHEMAS = {INSTANCES: INSTANCE_SCHEMA, LOG: LOG_SCHEMA}
+#: The names this harvester writes (run ids from :func:`new_run_id`); nothing else is ever deleted.
+_OWN_NAME = re.compile(r"part-\d{8}T\d{6}-[0-9a-f]{6}-\d{5,}\.(parquet|json)(\.tmp)?")
+_COMMIT_FORMAT = 1
 #: FINAL_STATUSES as a SQL list, for the views and the status report.
 _FINAL_SQL = "(" + ", ".join(sql_literal(s) for s in sorted(FINAL_STATUSES)) + ")"
 
 
+@dataclass(frozen=True)
+class Part:
+    """One written part: its path relative to the harvest directory, rows, size and sha256."""
+
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+
+    @property
+    def kind(self) -> str:
+        return self.path.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A commit record: the parts that count together (instances parts, then the log part)."""
+
+    name: str
+    parts: tuple[Part, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A committed part (or commit record) that is not what its commit says."""
+
+    commit: str
+    path: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.what}"
+
+
 class HarvestStore:
-    """Writes and reads one harvest directory (see the module docstring for the invariant)."""
+    """Writes and reads one harvest directory (see the module docstring for the invariant).
+
+    Reading needs no lock; writing needs :meth:`open` (which takes the directory's lock)
+    and ends with :meth:`close` (or use the store as a context manager).
+    """
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
         self.root = Path(out_dir)
         self.instances_dir = self.root / INSTANCES
         self.log_dir = self.root / LOG
+        self.commits_dir = self.root / COMMITS
+        self.run_id: str | None = None
+        self._lock: DirectoryLock | None = None
+        self._counter = 0
+        self._counter_lock = threading.Lock()
+        self._commits: list[Commit] | None = None
 
-    def open(self) -> HarvestStore:
-        """Create the directories, drop leftovers of a killed run, check existing parts' schemas."""
+    # -- opening for a run ------------------------------------------------------
+    def open(self, run_id: str | None = None) -> HarvestStore:
+        """Lock the directory, check every committed part, then delete what no commit lists (ours only)."""
         if self.root.exists() and not self.root.is_dir():
             raise HarvestError(f"harvest output {self.root} is a file; give a directory (it is created if missing)")
+        self._refuse_legacy()
         try:
-            for sub in (self.instances_dir, self.log_dir):
+            for sub in (self.instances_dir, self.log_dir, self.commits_dir):
                 sub.mkdir(parents=True, exist_ok=True)
-                for tmp in sub.glob("*.tmp"):
-                    tmp.unlink()
-            for orphan in self.orphans():
-                orphan.unlink()
         except OSError as exc:
             raise HarvestError(f"cannot use {self.root} as a harvest directory ({exc.strerror or exc}); "
                                "give a directory you can write to") from None
-        for sub, schema in ((self.instances_dir, INSTANCE_SCHEMA), (self.log_dir, LOG_SCHEMA)):
-            first = next(iter(sorted(sub.glob("*.parquet"))), None)
-            try:
-                found = pq.read_schema(first) if first is not None else None
-            except (pa.ArrowException, OSError) as exc:
-                raise HarvestError(f"{first} is not a readable Parquet part ({exc}); "
-                                   "move it away, or harvest into a new directory") from None
-            if found is not None and not found.equals(schema, check_metadata=False):
-                raise HarvestError(
-                    f"{first} has another schema than this version of idc-cohort writes; "
-                    "harvest into a new directory (or move the old one away)"
-                )
+        self.run_id = run_id or new_run_id()
+        self._lock = DirectoryLock(self.root, self.run_id).acquire()
+        try:
+            self.check()
+            self._clean()
+        except BaseException:
+            self.close()
+            raise
         return self
 
-    def orphans(self) -> list[Path]:
-        """Instances parts whose log part is missing (a run killed between the two renames)."""
-        logged = {p.name for p in self.log_dir.glob("*.parquet")}
-        return sorted(p for p in self.instances_dir.glob("*.parquet") if p.name not in logged)
+    def close(self) -> None:
+        """Release the directory's lock."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> HarvestStore:
+        return self if self._lock is not None else self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _clean(self) -> None:
+        """Delete our own files that no commit lists (a killed run's); warn about anyone else's."""
+        listed = {part.path for commit in self.commits() for part in commit.parts}
+        listed |= {f"{COMMITS}/{c.name}.json" for c in self.commits()}
+        for sub in (INSTANCES, LOG, COMMITS):
+            for path in sorted((self.root / sub).iterdir()):
+                rel = f"{sub}/{path.name}"
+                if rel in listed:
+                    continue
+                if _OWN_NAME.fullmatch(path.name) and path.is_file():
+                    path.unlink()
+                else:
+                    log.warning("%s is not a part this harvester wrote: left alone (and not read); "
+                                "move it out of %s", path, self.root / sub)
+
+    # -- reading ----------------------------------------------------------------
+    def commits(self) -> list[Commit]:
+        """The commit records, oldest first (unreadable ones are :meth:`problems`, not listed)."""
+        if self._commits is None:
+            self._commits = [c for c in (self._read_commit(p) for p in self._commit_files()) if isinstance(c, Commit)]
+        return self._commits
+
+    def _commit_files(self) -> list[Path]:
+        if not self.commits_dir.is_dir():
+            return []
+        return sorted(p for p in self.commits_dir.glob("*.json") if _OWN_NAME.fullmatch(p.name))
+
+    def _read_commit(self, path: Path) -> Commit | str:
+        """The commit record at ``path``, or what is wrong with it."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            parts = tuple(Part(p["path"], int(p["rows"]), int(p["bytes"]), str(p["sha256"])) for p in data["parts"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return f"unreadable commit record ({type(exc).__name__}: {exc})"
+        if data.get("format") != _COMMIT_FORMAT:
+            return f"commit record of another format ({data.get('format')!r}); harvest into a new directory"
+        return Commit(path.stem, parts)
 
     def parts(self, kind: str) -> list[Path]:
-        return sorted((self.root / kind).glob("*.parquet"))
+        """The committed parts of ``kind`` (``"instances"`` or ``"log"``), in commit order."""
+        return [self.root / p.path for c in self.commits() for p in c.parts if p.kind == kind]
+
+    def problems(self, full: bool = False) -> list[Problem]:
+        """Every committed part that is missing, truncated or altered, and every unreadable commit record.
+
+        A part's sha256 is computed again when its size, mtime or inode changed since it last
+        matched (``DIR/verified.json`` remembers them), or always with ``full``.
+        """
+        cache_path = self.root / VERIFIED
+        try:
+            cache = json.loads(cache_path.read_text()) if not full else {}
+        except (OSError, ValueError):
+            cache = {}
+        verified, found = {}, []
+        for path in self._commit_files():
+            commit = self._read_commit(path)
+            if not isinstance(commit, Commit):
+                found.append(Problem(path.stem, f"{COMMITS}/{path.name}", commit))
+                continue
+            for part in commit.parts:
+                what, seen = _check_part(self.root / part.path, part, cache.get(part.path))
+                if what:
+                    found.append(Problem(commit.name, part.path, what))
+                else:
+                    verified[part.path] = seen
+        if verified != cache:
+            try:  # a speed-up only: a directory we may not write to is checked in full each time
+                tmp = cache_path.with_name(f"{VERIFIED}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(verified))
+                os.replace(tmp, cache_path)
+            except OSError:
+                pass
+        return found
+
+    def check(self) -> None:
+        """Raise a HarvestError naming each bad part (see :meth:`problems`); check the parts' schemas."""
+        self._commits = None
+        self._refuse_legacy()
+        bad = self.problems()
+        if bad:
+            shown = "; ".join(str(p) for p in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise HarvestError(
+                f"{self.root} has {len(bad)} damaged part(s): {shown}. Run `cohort harvest-status {self.root} "
+                "--repair` to move them into quarantine/; the next harvest fetches their series again"
+            )
+        for kind, schema in _SCHEMAS.items():
+            first = next(iter(self.parts(kind)), None)
+            if first is not None and not pq.read_schema(first).equals(schema, check_metadata=False):
+                raise HarvestError(f"{first} has another schema than this version of idc-cohort writes; "
+                                   "harvest into a new directory (or move the old one away)")
+
+    def _refuse_legacy(self) -> None:
+        if not self.commits_dir.exists() and self.log_dir.is_dir() and any(self.log_dir.glob("*.parquet")):
+            raise HarvestError(f"{self.root} has log parts but no commits/: it was written by an older idc-cohort; "
+                               "harvest into a new directory (or move the old one away)")
 
     def completed(self) -> set[str]:
-        """SeriesInstanceUIDs that some log row gives a final status."""
-        log = self.read_log(columns=["SeriesInstanceUID", "status"])
-        mask = pc.is_in(log.column("status"), pa.array(sorted(FINAL_STATUSES)))
-        return set(log.filter(mask).column("SeriesInstanceUID").to_pylist())
+        """SeriesInstanceUIDs that some counted log row gives a final status."""
+        log_ = self.read_log(columns=["SeriesInstanceUID", "status"])
+        mask = pc.is_in(log_.column("status"), pa.array(sorted(FINAL_STATUSES)))
+        return set(log_.filter(mask).column("SeriesInstanceUID").to_pylist())
+
+    def final_statuses(self) -> dict[str, tuple[str, str | None]]:
+        """SeriesInstanceUID -> (status, endpoint) of each series' latest counted outcome.
+
+        For deciding what to ask again (``--retry STATUS``, a series not found at another endpoint).
+        """
+        table = self.read_log(columns=["SeriesInstanceUID", "status", "endpoint", "finished_at"])
+        latest: dict[str, tuple[str, str | None]] = {}
+        order = pc.sort_indices(table, [("finished_at", "ascending")])
+        for row in table.take(order).select(["SeriesInstanceUID", "status", "endpoint"]).to_pylist():
+            latest[row["SeriesInstanceUID"]] = (row["status"], row["endpoint"])
+        return latest
 
     def read_log(self, columns: list[str] | None = None) -> pa.Table:
-        parts = self.parts(LOG)
-        if not parts:
-            return LOG_SCHEMA.empty_table().select(columns or LOG_SCHEMA.names)
-        return ds.dataset(parts, schema=LOG_SCHEMA, format="parquet").to_table(columns=columns)
+        return self._read(LOG, LOG_SCHEMA, columns)
 
     def read_instances(self, columns: list[str] | None = None) -> pa.Table:
-        """Counted instances (orphan parts left out)."""
-        orphans = set(self.orphans())
-        parts = [p for p in self.parts(INSTANCES) if p not in orphans]
-        if not parts:
-            return INSTANCE_SCHEMA.empty_table().select(columns or INSTANCE_SCHEMA.names)
-        return ds.dataset(parts, schema=INSTANCE_SCHEMA, format="parquet").to_table(columns=columns)
+        """Counted instances (parts no commit lists are left out)."""
+        return self._read(INSTANCES, INSTANCE_SCHEMA, columns)
 
-    def write(self, name: str, instances: pa.Table, log: pa.Table) -> None:
-        """Write one pair of parts: instances, then the log that makes them count."""
-        if log.num_rows == 0:
-            return
+    def _read(self, kind: str, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
+        parts = self.parts(kind)
+        if not parts:
+            return schema.empty_table().select(columns or schema.names)
         try:
-            self._write_atomic(self.instances_dir / name, instances.cast(INSTANCE_SCHEMA))
-            self._write_atomic(self.log_dir / name, log.cast(LOG_SCHEMA))
+            return ds.dataset(parts, schema=schema, format="parquet").to_table(columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            raise HarvestError(f"cannot read the {kind} parts of {self.root} ({exc}); run `cohort harvest-status "
+                               f"{self.root}` to find the damaged part") from None
+
+    # -- writing ----------------------------------------------------------------
+    def write_part(self, kind: str, table: pa.Table) -> Part:
+        """Write one part (not yet counted: :meth:`commit` makes it count). Safe from several threads."""
+        if self._lock is None or self.run_id is None:
+            raise HarvestError(f"{self.root} is not open for writing: call HarvestStore.open() first")
+        with self._counter_lock:
+            name = part_name(self.run_id, self._counter)
+            self._counter += 1
+        sink = pa.BufferOutputStream()
+        try:
+            pq.write_table(table.cast(_SCHEMAS[kind]), sink, compression="zstd")
+        except (pa.ArrowException, ValueError) as exc:
+            raise HarvestError(f"cannot encode part {name} ({exc}): this is a bug, please report it") from None
+        data = sink.getvalue().to_pybytes()
+        self._write_atomic(self.root / kind / name, data)
+        return Part(f"{kind}/{name}", table.num_rows, len(data), hashlib.sha256(data).hexdigest())
+
+    def commit(self, log_table: pa.Table, instance_parts: Iterable[Part] = ()) -> Commit | None:
+        """Make ``instance_parts`` and the log rows count: log part, then the commit record, each durable."""
+        if log_table.num_rows == 0:
+            return None
+        # at least one instances part a commit, empty or not: readers always have a file of each kind
+        instance_parts = list(instance_parts) or [self.write_part(INSTANCES, INSTANCE_SCHEMA.empty_table())]
+        log_part = self.write_part(LOG, log_table)
+        _fsync_dir(self.instances_dir)
+        _fsync_dir(self.log_dir)
+        record = {
+            "format": _COMMIT_FORMAT, "run_id": self.run_id, "series": log_table.num_rows,
+            "committed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "parts": [vars(p) for p in [*instance_parts, log_part]],
+        }
+        name = Path(log_part.path).stem
+        self._write_atomic(self.commits_dir / f"{name}.json", json.dumps(record, indent=1).encode())
+        _fsync_dir(self.commits_dir)
+        commit = Commit(name, (*instance_parts, log_part))
+        if self._commits is not None:
+            self._commits.append(commit)
+        return commit
+
+    def write(self, instances: pa.Table, log_table: pa.Table) -> Commit | None:
+        """Write and commit one batch: its instances part, then its log part."""
+        if log_table.num_rows == 0:
+            return None
+        return self.commit(log_table, [self.write_part(INSTANCES, instances)])
+
+    def discard(self, parts: Iterable[Part]) -> None:
+        """Delete parts that will never be committed (a series whose response failed half-way)."""
+        for part in parts:
+            (self.root / part.path).unlink(missing_ok=True)
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
         except OSError as exc:  # disk full, directory removed: the series of this batch are harvested again
-            raise HarvestError(f"cannot write part {name} in {self.root} ({exc.strerror or exc}); free space "
+            raise HarvestError(f"cannot write {path.name} in {self.root} ({exc.strerror or exc}); free space "
                                "or fix the directory and run the same command again to resume") from None
 
-    @staticmethod
-    def _write_atomic(path: Path, table: pa.Table) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+    # -- repair -----------------------------------------------------------------
+    def repair(self) -> list[Path]:
+        """Move each commit with a bad part (its record and every part it lists) into quarantine/.
+
+        Nothing is deleted. Returns the moved files' new paths; the next run asks for their series again.
+        Takes the directory's lock (no harvest may run meanwhile).
+        """
+        own = self._lock is None
+        if own:
+            self._lock = DirectoryLock(self.root, new_run_id()).acquire()
+        try:
+            bad = {p.commit for p in self.problems(full=True)}
+            if not bad:
+                return []
+            dest = self.root / QUARANTINE / _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+            moved = []
+            for name in sorted(bad):
+                record = self.commits_dir / f"{name}.json"
+                commit = self._read_commit(record)
+                paths = [p.path for p in commit.parts] if isinstance(commit, Commit) else [f"{LOG}/{name}.parquet"]
+                for rel in [f"{COMMITS}/{name}.json", *paths]:  # the record first: its parts stop counting at once
+                    src = self.root / rel
+                    if src.exists():
+                        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(src, dest / rel)
+                        moved.append(dest / rel)
+            self._commits = None
+            return moved
+        finally:
+            if own:
+                self.close()
 
 
 def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
-    """Series, instances and bytes per status, counting each series' latest outcome (``cohort harvest-status``)."""
+    """Series, instances and bytes per status, counting each series' latest outcome (``cohort harvest-status``).
+
+    Raises a HarvestError naming the damaged parts, if any (repair with :meth:`HarvestStore.repair`).
+    """
+    import duckdb
+
     store = _existing(out_dir)
     con = duckdb.connect()
     con.register("log", store.read_log(["SeriesInstanceUID", "status", "instances", "bytes", "finished_at"]))
@@ -173,11 +435,82 @@ def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
     ).to_arrow_table()
 
 
+def repair_harvest(out_dir: str | os.PathLike) -> list[Path]:
+    """Quarantine the damaged commits of a harvest directory (see :meth:`HarvestStore.repair`)."""
+    root = Path(out_dir)
+    if not (root / COMMITS).is_dir():
+        raise HarvestError(f"{out_dir} holds no harvest (no commits/): nothing to repair")
+    return HarvestStore(root).repair()
+
+
 def _existing(out_dir: str | os.PathLike) -> HarvestStore:
     store = HarvestStore(out_dir)
+    store.check()
     if not store.parts(LOG):
-        raise HarvestError(f"{out_dir} holds no harvest (no log/*.parquet): run `cohort harvest ... -o {out_dir}` first")
+        raise HarvestError(f"{out_dir} holds no harvest (no committed log part): "
+                           f"run `cohort harvest ... -o {out_dir}` first")
     return store
+
+
+def open_harvest(catalog: Catalog, out_dir: str | os.PathLike) -> None:
+    """Add a harvest directory's tables to ``catalog`` as views (after checking every committed part).
+
+    ``harvest_instances`` (counted instances), ``harvest_log`` (every attempt
+    outcome) and ``harvest_series`` (the latest outcome per series); join
+    them with ``index`` on SeriesInstanceUID. The views read the committed
+    parts by name (no glob, so any directory name works); parts committed
+    after this call are not in them: call it again to see them.
+    """
+    store = _existing(out_dir)
+    root = store.root.resolve()
+
+    def files(kind: str) -> str:
+        return sql_list(str(p.resolve()) for p in store.parts(kind))
+
+    catalog.add_view("harvest_log", f"SELECT * FROM read_parquet({files(LOG)})", allow_dir=root)
+    catalog.add_view("harvest_instances", f"SELECT * FROM read_parquet({files(INSTANCES)})")
+    catalog.add_view(
+        "harvest_series",
+        "SELECT * FROM harvest_log QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID "
+        f"ORDER BY finished_at DESC, status IN {_FINAL_SQL} DESC) = 1",
+    )
+
+
+def _check_part(path: Path, part: Part, last: list | None) -> tuple[str | None, list]:
+    """What is wrong with a committed part (None: nothing), and its [size, mtime_ns, inode, sha256] if intact.
+
+    ``last`` is what it was when it last matched: unchanged, the sha256 is not computed again.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "missing", []
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})", []
+    if st.st_size != part.bytes:
+        size = st.st_size
+        return f"{'truncated' if size < part.bytes else 'grown'}: {size:,} bytes, committed {part.bytes:,}", []
+    seen = [st.st_size, st.st_mtime_ns, st.st_ino, part.sha256]
+    if last == seen:
+        return None, seen
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})", []
+    if digest.hexdigest() != part.sha256:
+        return "altered: its sha256 differs from the committed one", []
+    return None, seen
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def new_run_id() -> str:
@@ -188,26 +521,3 @@ def new_run_id() -> str:
 def part_name(run_id: str, n: int) -> str:
     return f"part-{run_id}-{n:05d}.parquet"
 
-
-def open_harvest(catalog: Catalog, out_dir: str | os.PathLike) -> None:
-    """Add a harvest directory's tables to ``catalog`` as views.
-
-    ``harvest_instances`` (counted instances), ``harvest_log`` (every attempt
-    outcome) and ``harvest_series`` (the latest outcome per series); join
-    them with ``index`` on SeriesInstanceUID.
-    """
-    store = _existing(out_dir)
-    root = store.root.resolve()
-    log_glob = sql_literal(str(root / LOG / "*.parquet"))
-    instances_glob = sql_literal(str(root / INSTANCES / "*.parquet"))
-    catalog.add_view("harvest_log", f"SELECT * FROM read_parquet({log_glob})", allow_dir=root)
-    catalog.add_view(
-        "harvest_instances",
-        f"SELECT * EXCLUDE (filename) FROM read_parquet({instances_glob}, filename = true) "
-        f"WHERE parse_filename(filename) IN (SELECT parse_filename(filename) FROM read_parquet({log_glob}, filename = true))",
-    )
-    catalog.add_view(
-        "harvest_series",
-        "SELECT * FROM harvest_log QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID "
-        f"ORDER BY finished_at DESC, status IN {_FINAL_SQL} DESC) = 1",
-    )
