@@ -148,3 +148,28 @@ def test_a_body_cut_mid_stream_is_retried_without_counting_half_a_series(orthanc
     assert sum(n - 1 for n in log) == 3  # each cut body was asked again
     assert sorted(p.name for p in (tmp_path / "instances").iterdir()) == \
         sorted(p.name for p in HarvestStore(tmp_path).parts("instances"))  # the cut attempts' parts are gone
+
+
+def test_ctrl_c_right_after_a_commit_does_not_commit_its_series_again(orthanc, three_instance_series, tmp_path,
+                                                                       monkeypatch):
+    import os
+    import signal
+
+    pairs, expected = three_instance_series
+    real, sent = _Store.commit, []
+
+    def commit(self, *args, **kwargs):
+        done = real(self, *args, **kwargs)
+        if not sent:  # Ctrl-C lands between the commit and the emptying of the runner's buffers
+            sent.append(signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return done
+
+    monkeypatch.setattr(_Store, "commit", commit)
+    # one series: its commit is the flush inside the run's loop, followed by the flush after an interrupt
+    result = _run(pairs[:1], tmp_path, orthanc.dicomweb_url)
+    assert sent and result.interrupted
+    assert _check_counted(tmp_path, expected) == {pairs[0][1]}  # committed once, not twice
+    monkeypatch.undo()
+    rerun = _run(pairs, tmp_path, orthanc.dicomweb_url)
+    assert rerun.skipped == 1 and _check_counted(tmp_path, expected) == set(expected)

@@ -26,9 +26,11 @@ same directory: series already complete are skipped.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -320,12 +322,16 @@ class _Run:
         """Commit the finished series: their buffered rows' part, then the log part (see :mod:`.store`)."""
         if not self._logs:
             return
-        parts = list(self._parts)
-        if self._rows or not parts:
-            parts.append(self.store.write_part(INSTANCES, pa.Table.from_pylist(self._rows, schema=INSTANCE_SCHEMA)))
-        self.store.commit(pa.Table.from_pylist(self._logs, schema=LOG_SCHEMA), parts)
-        self.parts += 1
-        self._rows, self._logs, self._parts, self._buffered_bytes = [], [], [], 0
+        # Ctrl-C waits until the commit and the emptying of the buffers are both done: between the two,
+        # the flush that follows an interrupt would commit the same series a second time
+        with _interrupt_deferred():
+            parts = list(self._parts)
+            if self._rows or not parts:
+                table = pa.Table.from_pylist(self._rows, schema=INSTANCE_SCHEMA)
+                parts.append(self.store.write_part(INSTANCES, table))
+            self.store.commit(pa.Table.from_pylist(self._logs, schema=LOG_SCHEMA), parts)
+            self.parts += 1
+            self._rows, self._logs, self._parts, self._buffered_bytes = [], [], [], 0
         pa.default_memory_pool().release_unused()  # hand Arrow's cached buffers back between batches
         self._last_flush = time.monotonic()
 
@@ -444,6 +450,25 @@ class _Run:
         if isinstance(streamed, MalformedMetadata):
             return outcome("malformed", str(streamed))
         return outcome("ok" if streamed.instances else "empty", rows=streamed)
+
+
+@contextlib.contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until its end (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are only delivered to the main thread
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
 
 
 def _now() -> _dt.datetime:

@@ -355,7 +355,10 @@ class HarvestStore:
         }
         name = Path(log_part.path).stem
         self._write_atomic(self.commits_dir / f"{name}.json", json.dumps(record, indent=1).encode())
-        _fsync_dir(self.commits_dir)
+        try:  # the commit is in place: a failure to sync its directory must not make the caller commit again
+            _fsync_dir(self.commits_dir)
+        except OSError as exc:
+            log.warning("cannot sync %s (%s): the last commit may be lost by a power cut", self.commits_dir, exc)
         commit = Commit(name, (*instance_parts, log_part))
         if self._commits is not None:
             self._commits.append(commit)
