@@ -18,15 +18,19 @@ from dicomweb_client.protocol import DICOMClient
 from PIL import Image
 
 from cohort import Cohort, PixelError, custom
+from click.testing import CliRunner
+
+from cohort.cli import cli
 from cohort.coverage import route
 from cohort.pixels import RoutedClient, contact_sheet, fetch_thumbnails, open_slide
 from cohort.retry import RetryPolicy
+from tests.support.browser import require_chromium, screenshot
 from tests.support.proxy import FaultProxy
 from tests.support.slides import GoogleStandIn, dicomizer_slide, slide_image, sm_slide
 
 pytestmark = pytest.mark.orthanc
 N_SLIDES = 20
-SERIES_IN_PATH = re.compile(r"/studies/[0-9.]+/series/([0-9.]+)")
+SERIES_IN_PATH = re.compile(r"(?:/studies/[0-9.]+/series/|[?&](?:SeriesInstanceUID|0020000E)=)([0-9.]+)")
 
 
 def mean_abs_diff(a, b) -> float:
@@ -41,13 +45,24 @@ def sm_rows(fixture_catalog):
         "SELECT i.StudyInstanceUID, i.SeriesInstanceUID, i.collection_id, i.PatientID, i.aws_bucket, "
         "s.primaryAnatomicStructure_CodeMeaning AS organ, s.ObjectiveLensPower AS power "
         "FROM sm_index s JOIN index i USING (SeriesInstanceUID) ORDER BY i.SeriesInstanceUID").to_pylist()
-    assert len(rows) >= N_SLIDES + 2
+    assert len(rows) >= N_SLIDES + 3
     return rows
 
 
 @pytest.fixture(scope="module")
-def two_servers(orthanc_factory, sm_rows, tmp_path_factory, fixture_catalog):
-    """(client, cohort, {uid: source image}, {uid: 'A'|'B'}, proxies, with_thumbnail uids)."""
+def dicomizer_image() -> np.ndarray:
+    y, x = np.mgrid[0:700, 0:1000]
+    return np.stack([x * 255 // 1000, y * 255 // 700, 128 + 100 * np.sin(x / 40.0) * np.cos(y / 30.0)],
+                    axis=-1).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def two_servers(orthanc_factory, sm_rows, tmp_path_factory, fixture_catalog, dicomizer_image):
+    """(client, cohort, {uid: source image}, {uid: 'A'|'B'}, proxies, with_thumbnail uids, servers, reports).
+
+    Server B also holds an OrthancWSIDicomizer pyramid of ``dicomizer_image`` as series sm_rows[N_SLIDES]
+    (routed to B, not among the 20 slides of ``cohort``).
+    """
     from tests.support.data import records_from_files
 
     out = tmp_path_factory.mktemp("slides")
@@ -63,16 +78,20 @@ def two_servers(orthanc_factory, sm_rows, tmp_path_factory, fixture_catalog):
             with_thumbnail.add(uid)
         files[side[uid]] += sm_slide(out, images[uid], row["StudyInstanceUID"], uid, thumbnail=thumb,
                                      patient=row["PatientID"])
+    extra = sm_rows[N_SLIDES]
+    files["B"] += dicomizer_slide(out, dicomizer_image, extra["StudyInstanceUID"], extra["SeriesInstanceUID"])
     for name, server in zip("AB", servers):
         loaded = server.load(records_from_files(files[name]))
-        assert {r.SeriesInstanceUID for r in loaded} == {u for u, s in side.items() if s == name}
+        expected = {u for u, s in side.items() if s == name} | ({extra["SeriesInstanceUID"]} if name == "B" else set())
+        assert {r.SeriesInstanceUID for r in loaded} == expected
         assert not server.skipped
     proxies = {name: FaultProxy(server.url).start() for name, server in zip("AB", servers)}
-    reports = [route(Cohort.from_uids([u for u, s in side.items() if s == name], catalog=fixture_catalog),
+    reports = [route(Cohort.from_uids([u for u, s in side.items() if s == name]
+                                      + ([extra["SeriesInstanceUID"]] if name == "B" else []), catalog=fixture_catalog),
                      custom(proxies[name].dicomweb_url, name=f"server-{name}")) for name in "AB"]
     client = RoutedClient(reports, rate=None)
     cohort = Cohort.from_uids(list(images), catalog=fixture_catalog)
-    yield client, cohort, images, side, proxies, with_thumbnail, servers
+    yield client, cohort, images, side, proxies, with_thumbnail, servers, reports
     for proxy in proxies.values():
         proxy.stop()
 
@@ -89,16 +108,16 @@ def expected_thumbnail(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def test_routed_client_satisfies_the_protocol_and_routes_each_series(two_servers):
-    client, cohort, images, side, proxies, _, _ = two_servers
+    client, cohort, images, side, proxies, _, _, _ = two_servers
     assert isinstance(client, DICOMClient)
     a = [u for u in images if side[u] == "A"][0]
     b = [u for u in images if side[u] == "B"][0]
     study = {u: client.route_of(u).study_uid for u in (a, b)}
     before = {name: len(p.log) for name, p in proxies.items()}
     # one search naming series of both servers (as wsidicom asks for a slide's series) is split by route
-    found = client.search_for_instances(study[a], search_filters={"SeriesInstanceUID": [a, b]}) if \
-        study[a] == study[b] else client.search_for_instances(study[a], a) + client.search_for_instances(study[b], b)
+    found = client.search_for_instances(search_filters={"SeriesInstanceUID": [a, b]})
     assert {i["0020000E"]["Value"][0] for i in found} == {a, b}
+    assert len(found) == len(client.search_for_instances(study[a], a)) + len(client.search_for_instances(study[b], b))
     metadata = client.retrieve_series_metadata(study[b], b)
     assert {m["0020000E"]["Value"][0] for m in metadata} == {b}
     assert series_seen(proxies["A"])[before["A"]:] == [a] * (len(proxies["A"].log) - before["A"])
@@ -111,7 +130,7 @@ def test_routed_client_satisfies_the_protocol_and_routes_each_series(two_servers
 
 
 def test_contact_sheet_of_20_slides_matches_the_source_images(two_servers, tmp_path):
-    client, cohort, images, side, proxies, with_thumbnail, _ = two_servers
+    client, cohort, images, side, proxies, with_thumbnail, _, _ = two_servers
     for proxy in proxies.values():
         proxy.log.clear()
     sheet = contact_sheet(cohort, client, size=96, cache_dir=tmp_path / "cache", columns=5)
@@ -152,12 +171,12 @@ def test_contact_sheet_of_20_slides_matches_the_source_images(two_servers, tmp_p
 
 
 def test_interrupted_fetch_resumes_without_fetching_a_frame_twice(two_servers, tmp_path):
-    client, cohort, images, side, _, with_thumbnail, servers = two_servers
+    client, cohort, images, side, _, with_thumbnail, servers, reports = two_servers
     uids = [u for u in images if side[u] == "A"]
     # 6th frame GET answers 503 once; no retries: that slide fails, the others are cached
     with FaultProxy(servers[0].url, schedule={"/frames/": ["pass"] * 5 + ["503"]}) as proxy:
-        report = route(Cohort.from_uids(uids, catalog=cohort.catalog), custom(proxy.dicomweb_url, name="a"))
-        flaky = RoutedClient(report, rate=None, policy=RetryPolicy(max_attempts=1))
+        flaky = RoutedClient(reports, endpoints={"server-A": custom(proxy.dicomweb_url, name="server-A")},
+                             rate=None, policy=RetryPolicy(max_attempts=1))
         first = fetch_thumbnails(flaky, uids, cache_dir=tmp_path, size=96, workers=4)
         failed = [t for t in first if t.error]
         assert len(failed) == 1 and "HTTP 503" in failed[0].error
@@ -172,42 +191,40 @@ def test_interrupted_fetch_resumes_without_fetching_a_frame_twice(two_servers, t
 
 
 def test_retries_are_ours_and_not_multiplied(two_servers):
-    _, cohort, images, side, _, _, servers = two_servers
+    _, cohort, images, side, _, _, servers, reports = two_servers
     uid = [u for u in images if side[u] == "A"][1]
     with FaultProxy(servers[0].url, schedule={"/metadata": ["503", "429"]}, retry_after=0) as proxy:
-        client = RoutedClient(route(Cohort.from_uids([uid], catalog=cohort.catalog), custom(proxy.dicomweb_url)),
+        client = RoutedClient(reports, endpoints={"server-A": custom(proxy.dicomweb_url, name="server-A")},
                               rate=None, policy=RetryPolicy(max_attempts=3, backoff_base=0.01))
         assert client.retrieve_series_metadata(client.route_of(uid).study_uid, uid)
         assert [k for _, _, k in proxy.log] == ["503", "429", "pass"]
     with FaultProxy(servers[0].url, schedule={"/metadata": ["503"] * 5}) as proxy:
-        client = RoutedClient(route(Cohort.from_uids([uid], catalog=cohort.catalog), custom(proxy.dicomweb_url)),
+        client = RoutedClient(reports, endpoints={"server-A": custom(proxy.dicomweb_url, name="server-A")},
                               rate=None, policy=RetryPolicy(max_attempts=2, backoff_base=0.01))
         with pytest.raises(requests.HTTPError) as info:
             client.retrieve_series_metadata(client.route_of(uid).study_uid, uid)
         assert info.value.response.status_code == 503 and len(proxy.log) == 2
 
 
-def test_open_slide_reads_a_region_equal_to_the_source(two_servers, sm_rows, tmp_path, fixture_catalog):
-    _, _, _, _, _, _, servers = two_servers
-    row = sm_rows[N_SLIDES]
-    y, x = np.mgrid[0:700, 0:1000]
-    image = np.stack([x * 255 // 1000, y * 255 // 700, 128 + 100 * np.sin(x / 40.0) * np.cos(y / 30.0)],
-                     axis=-1).astype(np.uint8)
-    servers[1].upload_many(dicomizer_slide(tmp_path, image, row["StudyInstanceUID"], row["SeriesInstanceUID"]))
-    cohort = Cohort.from_uids([row["SeriesInstanceUID"]], catalog=fixture_catalog)
-    client = RoutedClient(route(cohort, custom(servers[1].dicomweb_url, name="b")), rate=None)
-    slide = cohort.open_slide(row["SeriesInstanceUID"], client=client)
+def test_open_slide_reads_a_region_equal_to_the_source(two_servers, sm_rows, fixture_catalog, dicomizer_image):
+    client, _, _, _, proxies, _, _, _ = two_servers
+    uid = sm_rows[N_SLIDES]["SeriesInstanceUID"]
+    proxies["B"].log.clear()
+    cohort = Cohort.from_uids([uid], catalog=fixture_catalog)
+    slide = cohort.open_slide(uid, client=client)
     assert (slide.size.width, slide.size.height) == (1000, 700)
     region = np.asarray(slide.read_region((230, 170), 0, (300, 200)).convert("RGB"))  # crosses tile edges
-    assert mean_abs_diff(region, image[170:370, 230:530]) < 3
+    assert mean_abs_diff(region, dicomizer_image[170:370, 230:530]) < 3
     other = np.asarray(slide.read_region((0, 0), 0, (300, 200)).convert("RGB"))
-    assert mean_abs_diff(other, image[170:370, 230:530]) > 20
+    assert mean_abs_diff(other, dicomizer_image[170:370, 230:530]) > 20
+    # wsidicom's requests (search, metadata, frames) all went to server B, for this series
+    assert proxies["B"].log and set(series_seen(proxies["B"])) == {uid}
     with pytest.raises(PixelError, match="not in the routed cohort"):
-        open_slide(client, sm_rows[0]["SeriesInstanceUID"])
+        open_slide(client, sm_rows[N_SLIDES + 1]["SeriesInstanceUID"])
 
 
 def test_missing_wsidicom_names_the_extra(two_servers, monkeypatch):
-    client, _, images, _, _, _, _ = two_servers
+    client, _, images, _, _, _, _, _ = two_servers
     monkeypatch.setitem(sys.modules, "wsidicom", None)
     with pytest.raises(PixelError, match=r"idc-cohort\[wsi\]"):
         open_slide(client, next(iter(images)))
@@ -215,14 +232,15 @@ def test_missing_wsidicom_names_the_extra(two_servers, monkeypatch):
 
 def test_google_route_through_a_stand_in_that_requires_a_bearer_token(two_servers, sm_rows, tmp_path,
                                                                      fixture_catalog, monkeypatch):
-    _, _, _, _, _, _, servers = two_servers
-    row = next(r for r in sm_rows[N_SLIDES + 1:] if r["aws_bucket"] == "idc-open-data")
+    _, _, _, _, _, _, servers, reports = two_servers
+    row = next(r for r in sm_rows[N_SLIDES + 2:] if r["aws_bucket"] == "idc-open-data")
     uid = row["SeriesInstanceUID"]
     image = slide_image(99)
     servers[0].upload_many(sm_slide(tmp_path, image, row["StudyInstanceUID"], uid))
     with GoogleStandIn(servers[0].dicomweb_url) as standin:
         monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(standin.credentials_file(tmp_path / "sa.json")))
-        report = route(Cohort.from_uids([uid], catalog=fixture_catalog), "google", newest_google_store=24)
+        cohort = Cohort.from_uids([uid], catalog=fixture_catalog)
+        report = route(cohort, "google", newest_google_store=24)
         assert report.routes.column("endpoint").to_pylist() == ["idc-store-v24"]
         store = report.endpoints["idc-store-v24"]
         client = RoutedClient(report, endpoints={store.name: replace(store, url=standin.dicomweb_url)}, rate=None)
@@ -232,6 +250,42 @@ def test_google_route_through_a_stand_in_that_requires_a_bearer_token(two_server
         assert standin.tokens_issued >= 1 and standin.log and all(ok for _, ok in standin.log)
         # the stand-in really refuses a request without the token
         assert requests.get(f"{standin.dicomweb_url}/studies", timeout=10).status_code == 401
-        sheet = contact_sheet(Cohort.from_uids([uid], catalog=fixture_catalog), client, size=96,
-                              cache_dir=tmp_path / "cache")
+        sheet = contact_sheet(cohort, client, size=96, cache_dir=tmp_path / "cache")
         assert sheet.tiles[0].link.startswith("https://viewer.imaging.datacommons.cancer.gov/slim/studies/")
+
+
+def test_cli_thumbnails_page_checked_in_a_real_browser(two_servers, index_dir, tmp_path):
+    require_chromium()
+    _, _, images, side, proxies, _, _, _ = two_servers
+    uids = [u for u in images if side[u] == "A"]
+    sql = tmp_path / "slides.sql"
+    sql.write_text("SELECT SeriesInstanceUID FROM index WHERE SeriesInstanceUID IN ("
+                   + ", ".join(f"'{u}'" for u in uids) + ")\n")
+    page, png = tmp_path / "sheet.html", tmp_path / "sheet.png"
+    args = ["--index-dir", str(index_dir), "thumbnails", str(sql), "--url", proxies["A"].dicomweb_url,
+            "--no-rate-limit", "--size", "96", "--columns", "4", "--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(cli, [*args, "-o", str(page), "-o", str(png)])
+    assert result.exit_code == 0, result.output
+    assert f"{len(uids)} slides, 0 without thumbnail" in result.stderr
+    text = page.read_text()
+    order = re.findall(r'data-series="([0-9.]+)"', text)
+    assert sorted(order) == sorted(uids)
+    sheet = Image.open(png).convert("RGB")
+    shot = Image.open(screenshot(page, tmp_path / "shot.png", *sheet.size)).convert("RGB")
+    assert shot.size == sheet.size
+    # every tile's image is where the PNG has it, and is that slide's image: the browser loaded them all
+    columns, size, gap, label = 4, 96, 12, 44
+    for i, uid in enumerate(order):
+        expected = expected_thumbnail(images[uid], size)
+        h, w = expected.shape[:2]
+        x = gap + (i % columns) * (size + gap) + (size - w) // 2
+        y = gap + (i // columns) * (size + label + gap) + (size - h) // 2
+        box = (x, y, x + w, y + h)
+        assert mean_abs_diff(shot.crop(box), expected) < 4, (i, uid)
+        assert mean_abs_diff(sheet.crop(box), expected) < 4, (i, uid)
+    # a slide the server does not have: the sheet is written with an empty tile, and the exit code says so
+    b_uid = next(u for u in images if side[u] == "B")
+    sql.write_text(sql.read_text().replace(")\n", f", '{b_uid}')\n"))
+    result = CliRunner().invoke(cli, [*args, "-o", str(page)])
+    assert result.exit_code == 1 and f"{len(uids) + 1} slides, 1 without thumbnail" in result.stderr
+    assert b_uid in result.stderr and 'class="missing"' in page.read_text()
