@@ -6,7 +6,8 @@
 * ``dicomizer_slide(out_dir, image, study, series, ...)``: a JPEG pyramid from OrthancWSIDicomizer.
 * ``GoogleStandIn``: a local stand-in for a Google Healthcare store: an OAuth token endpoint for a
   service account (so real google-auth gets a real token), and DICOMweb forwarded to an Orthanc
-  only with ``Authorization: Bearer <that token>`` (401 otherwise).
+  only with ``Authorization: Bearer <that token>`` (401 otherwise); or, with ``header=(name, value)``,
+  only with that header (an API-key server such as the SIIM hackathon's).
 """
 
 from __future__ import annotations
@@ -112,9 +113,11 @@ class GoogleStandIn:
     this server. ``log`` lists (path, authorised) per DICOMweb request; ``tokens_issued`` counts grants.
     """
 
-    def __init__(self, upstream_dicomweb: str) -> None:
+    def __init__(self, upstream_dicomweb: str, header: tuple[str, str] | None = None) -> None:
         self.upstream = upstream_dicomweb.rstrip("/")
         self.token = "standin-" + secrets.token_hex(16)
+        #: the (name, value) a request must carry; default the bearer token this server issues
+        self.header = header
         self.log: list[tuple[str, bool]] = []
         self.tokens_issued = 0
         self._server: ThreadingHTTPServer | None = None
@@ -170,7 +173,8 @@ class GoogleStandIn:
                 self._send(200, body.encode(), {"Content-Type": "application/json"})
 
             def do_GET(self) -> None:
-                authorised = self.headers.get("Authorization") == f"Bearer {standin.token}"
+                name, value = standin.header or ("Authorization", f"Bearer {standin.token}")
+                authorised = self.headers.get(name) == value
                 standin.log.append((self.path, authorised))
                 if not self.path.startswith("/dicomWeb/"):
                     self._send(404, b"", {})
