@@ -423,13 +423,13 @@ class RoutedClient:
         route = self.route_of(series_uid)
         route.url  # noqa: B018 - raises for an unavailable series
         try:
-            from ez_wsi_dicomweb import dicomweb_credential_factory as factories
+            from ez_wsi_dicomweb import credential_factory as factories
         except ImportError:
             raise PixelError("ez_wsi_credential_factory needs ez-wsi-dicomweb: pip install ez-wsi-dicomweb "
                              "(or use ez_wsi_path() with your own credential factory)") from None
         auth = route.endpoint.auth
         if isinstance(auth, GoogleAuth) or route.endpoint.kind is EndpointKind.GOOGLE:
-            return factories.CredentialFactory(list(getattr(auth, "scopes", ())) or None)
+            return factories.CredentialFactory(scopes=list(getattr(auth, "scopes", ())) or None)
         if isinstance(auth, BearerTokenAuth):
             import os
 
