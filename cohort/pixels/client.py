@@ -170,6 +170,8 @@ class RoutedClient:
             if r.endpoint is not None:
                 self.endpoints.setdefault(r.endpoint.name, r.endpoint)
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._sessions: dict[str, requests.Session] = {}
         self._by_study: dict[str, list[SeriesRoute]] = {}
         for r in self.routes.values():
             self._by_study.setdefault(r.study_uid, []).append(r)
@@ -194,18 +196,32 @@ class RoutedClient:
             raise PixelError(f"series {series_uid} is not in the routed cohort ({len(self.routes):,} series); "
                              "add it to the cohort, or route it (coverage route) and build the client again") from None
 
+    def session_for(self, endpoint: Endpoint) -> requests.Session:
+        """The one session of ``endpoint``, shared by all threads (one login, one connection pool)."""
+        with self._lock:
+            session = self._sessions.get(endpoint.name)
+            if session is None:
+                session = self._sessions[endpoint.name] = polite_session(endpoint, self.policy, self.limiter)
+            return session
+
     def client_for(self, endpoint: Endpoint) -> DICOMwebClient:
-        """This thread's dicomweb-client for ``endpoint`` (its retries off; ours in the session)."""
+        """This thread's dicomweb-client for ``endpoint`` (its retries off; ours in the shared session)."""
         clients = self._local.__dict__.setdefault("clients", {})
         client = clients.get(endpoint.name)
         if client is None:
             from dicomweb_client.api import DICOMwebClient
 
-            client = DICOMwebClient(endpoint.url, session=polite_session(endpoint, self.policy, self.limiter),
-                                    timeout=self.policy.timeout)
+            client = DICOMwebClient(endpoint.url, session=self.session_for(endpoint), timeout=self.policy.timeout)
             client.set_http_retry_params(retry=False)
             clients[endpoint.name] = client
         return client
+
+    def close(self) -> None:
+        """Close the endpoints' sessions (they are made again when needed)."""
+        with self._lock:
+            sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            session.close()
 
     def _series_client(self, series_uid: str) -> DICOMwebClient:
         route = self.route_of(series_uid)
