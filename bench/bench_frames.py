@@ -73,11 +73,11 @@ def child(args: argparse.Namespace) -> None:
         def run() -> list[bytes]:
             return [bytes(plain.retrieve_instance_frames(args.study, args.series, args.sop, [n],
                                                          media_types=media)[0]) for n in numbers]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     frames = run()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     digest = hashlib.sha256(b"".join(frames)).hexdigest()
-    print(json.dumps({"seconds": seconds, "sha256": digest, "sizes": [len(f) for f in frames]}))
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "sha256": digest, "sizes": [len(f) for f in frames]}))
 
 
 def run_child(kind: str, args: argparse.Namespace, url: str, study: str, series: str, sop: str, frames: int) -> dict:
@@ -124,10 +124,17 @@ def main() -> None:
         sop, n_frames = level0["00080018"]["Value"][0], int(level0["00280008"]["Value"][0])
         # the proxy in this process; each way of fetching in a child process of its own (no shared GIL)
         with FaultProxy(orthanc.url, latency=args.latency) as proxy:
+            import psutil
+
+            server = psutil.Process(orthanc.process.pid)
             best: dict[str, dict] = {}
             for _ in range(args.repeat):
                 for kind in ("sequential", "ours"):
+                    before = (sum(server.cpu_times()[:2]), time.process_time())
                     result = run_child(kind, args, proxy.dicomweb_url, study, series, sop, n_frames)
+                    # CPU seconds of Orthanc and of the proxy (this process) during the run (setup included)
+                    result["orthanc_cpu"] = sum(server.cpu_times()[:2]) - before[0]
+                    result["proxy_cpu"] = time.process_time() - before[1]
                     if kind not in best or result["seconds"] < best[kind]["seconds"]:
                         best[kind] = result
     if best["sequential"]["sha256"] != best["ours"]["sha256"]:
@@ -146,6 +153,11 @@ def main() -> None:
           f"proxy's {args.latency * 1000:.0f} ms) vs Azure's 60-70 ms for a 60 KB tile")
     print(f"ours, {args.workers} workers             : {ours:6.2f} s = {rate_ours:6.1f} frames/s; "
           f"{ours / n_frames * 1000:.1f} ms a tile")
+    o = best["ours"]
+    cpu_frame = (o["cpu"] + o["proxy_cpu"] + o["orthanc_cpu"]) / n_frames
+    print(f"CPU a frame in ours' run: client {o['cpu'] / n_frames * 1000:.1f} ms, proxy {o['proxy_cpu'] / n_frames * 1000:.1f}"
+          f" ms, Orthanc {o['orthanc_cpu'] / n_frames * 1000:.1f} ms: {os.cpu_count()} idle CPUs could do at most "
+          f"{os.cpu_count() / cpu_frame:.0f} frames/s")
     print(f"throughput ratio ours/sequential: {rate_ours / rate_seq:.1f}x (target >= 10x)")
     print(f"latency bound {args.workers} / {per_tile * 1000:.0f} ms = {bound:.1f} frames/s; ours = "
           f"{100 * rate_ours / bound:.0f}% of it (target >= 80%)")
