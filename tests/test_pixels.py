@@ -122,6 +122,17 @@ def test_routed_client_satisfies_the_protocol_and_routes_each_series(two_servers
     assert {m["0020000E"]["Value"][0] for m in metadata} == {b}
     assert series_seen(proxies["A"])[before["A"]:] == [a] * (len(proxies["A"].log) - before["A"])
     assert set(series_seen(proxies["B"])[before["B"]:]) == {b}
+    # searches without a study: one request a study of the cohort, answers limited to the cohort
+    routed = set(client.routes)
+    assert {s["0020000E"]["Value"][0] for s in client.search_for_series()} == routed
+    studies = {r.study_uid for r in client.routes.values()}
+    assert {s["0020000D"]["Value"][0] for s in client.search_for_studies()} == studies
+    assert len(client.search_for_studies(limit=3)) == 3
+    assert {i["0020000E"]["Value"][0] for i in client.search_for_instances(study[a])} == \
+        {u for u in routed if client.route_of(u).study_uid == study[a]}
+    assert client.retrieve_study_metadata(study[b]) == [
+        m for u in routed if client.route_of(u).study_uid == study[b]
+        for m in client.retrieve_series_metadata(study[b], u)]
     # outside the cohort, and writes: clear errors
     with pytest.raises(PixelError, match="is not in the routed cohort"):
         client.retrieve_series_metadata(study[a], "1.2.3.4")

@@ -228,17 +228,28 @@ class RoutedClient:
         route.url  # noqa: B018 - raises for an unavailable series
         return self.client_for(route.endpoint)
 
-    def _study_routes(self, study_uid: str | None) -> list[SeriesRoute]:
-        routes = list(self.routes.values()) if study_uid is None else self._by_study.get(str(study_uid), [])
-        if study_uid is not None and not routes:
+    def _study_routes(self, study_uid: str) -> list[SeriesRoute]:
+        routes = self._by_study.get(str(study_uid), [])
+        if not routes:
             raise PixelError(f"study {study_uid} has no series in the routed cohort; add its series to the cohort")
         return [r for r in routes if r.endpoint is not None]
 
-    def _fan_out(self, routes: Iterable[SeriesRoute], ask: Callable[[DICOMwebClient], list]) -> list:
-        names: dict[str, Endpoint] = {}
-        for r in routes:
-            names.setdefault(r.endpoint.name, r.endpoint)
-        return [item for endpoint in names.values() for item in ask(self.client_for(endpoint))]
+    def _per_study(self, study_uid: str | None, ask: Callable[[DICOMwebClient, str], list]) -> list:
+        """``ask(client, study)`` at each endpoint serving the study (each of the cohort's studies when
+        None: one request a study, never a search of the whole archive), answers limited to the cohort."""
+        studies = [str(study_uid)] if study_uid is not None else list(self._by_study)
+        out, seen = [], set()
+        for study in studies:
+            routes = self._study_routes(study)
+            uids = {r.series_uid for r in routes}
+            endpoints = {r.endpoint.name: r.endpoint for r in routes}
+            for endpoint in endpoints.values():
+                for item in ask(self.client_for(endpoint), study):
+                    key = (_uid_of(item, "0020000E"), _uid_of(item, "00080018"))
+                    if key[0] in uids and key not in seen:
+                        seen.add(key)
+                        out.append(item)
+        return out
 
     @staticmethod
     def _page(items: list, limit: int | None, offset: int | None) -> list:
@@ -248,26 +259,25 @@ class RoutedClient:
     # -- QIDO ----------------------------------------------------------------------
     def search_for_studies(self, fuzzymatching=None, limit=None, offset=None, fields=None, search_filters=None,
                            get_remaining=False) -> list[dict[str, dict]]:
-        studies = _uid_values(search_filters, STUDY_UID_KEYS)
-        wanted = set(studies[1]) if studies else set(self._by_study)
-        routes = [r for uid in wanted for r in self._by_study.get(uid, []) if r.endpoint is not None]
-        found = self._fan_out(routes, lambda c: c.search_for_studies(
-            fuzzymatching=fuzzymatching, fields=fields, search_filters=search_filters, get_remaining=True))
-        seen, out = set(), []
-        for item in found:
-            uid = _uid_of(item, "0020000D")
-            if uid in wanted and uid not in seen:
-                seen.add(uid)
-                out.append(item)
+        given = _uid_values(search_filters, STUDY_UID_KEYS)
+        key = given[0] if given else "StudyInstanceUID"
+        studies = [u for u in (given[1] if given else self._by_study) if u in self._by_study]
+        out = []
+        for study in studies:  # one request a study of the cohort, at an endpoint that serves it
+            routes = [r for r in self._by_study[study] if r.endpoint is not None]
+            if not routes:
+                continue
+            filters = {**(search_filters or {}), key: study}
+            found = self.client_for(routes[0].endpoint).search_for_studies(
+                fuzzymatching=fuzzymatching, fields=fields, search_filters=filters, get_remaining=True)
+            out += [item for item in found if _uid_of(item, "0020000D") == study][:1]
         return self._page(out, limit, offset)
 
     def search_for_series(self, study_instance_uid=None, fuzzymatching=None, limit=None, offset=None, fields=None,
                           search_filters=None, get_remaining=False) -> list[dict[str, dict]]:
-        routes = self._study_routes(study_instance_uid)
-        found = self._fan_out(routes, lambda c: c.search_for_series(
-            study_instance_uid, fuzzymatching=fuzzymatching, fields=fields, search_filters=search_filters,
-            get_remaining=True))
-        return self._page(self._in_cohort(found, routes), limit, offset)
+        found = self._per_study(study_instance_uid, lambda c, study: c.search_for_series(
+            study, fuzzymatching=fuzzymatching, fields=fields, search_filters=search_filters, get_remaining=True))
+        return self._page(found, limit, offset)
 
     def search_for_instances(self, study_instance_uid=None, series_instance_uid=None, fuzzymatching=None,
                              limit=None, offset=None, fields=None, search_filters=None,
@@ -278,11 +288,10 @@ class RoutedClient:
                 fields=fields, search_filters=search_filters, get_remaining=get_remaining)
         by_filter = _uid_values(search_filters, SERIES_UID_KEYS)
         if by_filter is None:
-            routes = self._study_routes(study_instance_uid)
-            found = self._fan_out(routes, lambda c: c.search_for_instances(
-                study_instance_uid, fuzzymatching=fuzzymatching, fields=fields, search_filters=search_filters,
+            found = self._per_study(study_instance_uid, lambda c, study: c.search_for_instances(
+                study, fuzzymatching=fuzzymatching, fields=fields, search_filters=search_filters,
                 get_remaining=True))
-            return self._page(self._in_cohort(found, routes), limit, offset)
+            return self._page(found, limit, offset)
         key, uids = by_filter
         groups: dict[str, list[str]] = {}
         for uid in uids:
@@ -296,17 +305,6 @@ class RoutedClient:
                 study_instance_uid, fuzzymatching=fuzzymatching, fields=fields, search_filters=filters,
                 get_remaining=True)
         return self._page(found, limit, offset)
-
-    def _in_cohort(self, items: list, routes: list[SeriesRoute]) -> list:
-        """Items (series or instances) of series routed to the endpoint that answered (no duplicates)."""
-        uids = {r.series_uid for r in routes}
-        seen, out = set(), []
-        for item in items:
-            key = (_uid_of(item, "0020000E"), _uid_of(item, "00080018"))
-            if key[0] in uids and key not in seen:
-                seen.add(key)
-                out.append(item)
-        return out
 
     # -- WADO: series and instances go to their endpoint ---------------------------------------
     def retrieve_series(self, study_instance_uid, series_instance_uid, media_types=None) -> list[Dataset]:
