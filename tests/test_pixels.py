@@ -169,7 +169,7 @@ def test_contact_sheet_of_20_slides_matches_the_source_images(two_servers, tmp_p
     row = cohort.sql("SELECT collection_id, PatientID FROM cohort WHERE SeriesInstanceUID = $u",
                      {"u": uids[0]}).to_pylist()[0]
     assert (tile.collection, tile.patient) == (row["collection_id"], row["PatientID"])
-    assert tile.organ and tile.stain == "hematoxylin stain+water soluble eosin stain" and tile.objective_power
+    assert tile.organ and tile.stain == "H&E" and tile.objective_power
     assert tile.link == client.route_of(uids[0]).url
     # a second run is served from the cache: no request at all
     for proxy in proxies.values():

@@ -41,7 +41,7 @@ WHERE c.Modality = 'SM'
 ORDER BY c.collection_id, c.PatientID, c.SeriesInstanceUID
 """
 _SM_COLUMNS = (", s.primaryAnatomicStructure_CodeMeaning AS organ, "
-               "array_to_string(list_sort(s.staining_usingSubstance_CodeMeaning), '+') AS stain, "
+               "s.staining_usingSubstance_CodeMeaning AS stains, "
                "s.ObjectiveLensPower AS objective_power")
 
 
@@ -144,43 +144,45 @@ class ContactSheet:
         self.image().save(path, format="PNG")
         return path
 
-    def to_html(self, path: str | os.PathLike | None = None) -> str:
-        """The page (thumbnails inline as data: URIs); written to ``path`` when given."""
+    def html_fragment(self) -> str:
+        """The sheet as one ``<div>`` with inline styles (what a notebook shows; the page wraps it)."""
         layout = self.layout
+        absolute = "position:absolute;display:block;margin:0;padding:0;"
+        text = "font:11px/16px sans-serif;color:#1e1e1e;overflow:hidden;white-space:nowrap;text-overflow:ellipsis;"
         items = []
         for i, tile in enumerate(self.tiles):
             x, y = layout.box(i)
             first, second = (html.escape(s) for s in tile.lines)
-            label = (f'<div class="label" style="left:{x}px;top:{y + self.size + 2}px;width:{self.size}px">'
-                     f"{first}<br>{second}</div>")
+            label = (f'<div class="label" style="{absolute}{text}left:{x}px;top:{y + self.size + 2}px;'
+                     f'width:{self.size}px">{first}<br>{second}</div>')
             thumb = tile.thumbnail.image()
             if thumb is None:
-                body = (f'<div class="missing" style="left:{x}px;top:{y}px;width:{self.size - 2}px;'
-                        f'height:{self.size - 2}px"></div>')
+                body = (f'<div class="missing" style="{absolute}border:1px solid #c83c3c;left:{x}px;top:{y}px;'
+                        f'width:{self.size - 2}px;height:{self.size - 2}px"></div>')
             else:
                 ix, iy = layout.image_at(i, *thumb.size)
                 src = "data:image/png;base64," + base64.b64encode(tile.thumbnail.png).decode()
                 alt = html.escape(f"{tile.collection or ''} {tile.patient or ''} {tile.thumbnail.series_uid}")
                 body = (f'<img class="thumb" src="{src}" alt="{alt}" width="{thumb.size[0]}" height="{thumb.size[1]}" '
-                        f'style="left:{ix}px;top:{iy}px" data-series="{tile.thumbnail.series_uid}">')
+                        f'style="{absolute}left:{ix}px;top:{iy}px;max-width:none" '
+                        f'data-series="{tile.thumbnail.series_uid}">')
             if tile.link:
-                body = f'<a href="{html.escape(tile.link)}" title="{html.escape(tile.thumbnail.series_uid)}">{body}</a>'
+                body = (f'<a href="{html.escape(tile.link)}" target="_blank" rel="noopener" '
+                        f'title="{html.escape(tile.thumbnail.series_uid)}">{body}</a>')
             items.append(body + label)
+        return (f'<div class="idc-cohort-sheet" style="position:relative;background:#fff;width:{layout.width}px;'
+                f'height:{layout.height}px">\n' + "\n".join(items) + "\n</div>")
+
+    def to_html(self, path: str | os.PathLike | None = None) -> str:
+        """The page (thumbnails inline as data: URIs); written to ``path`` when given."""
+        failed = f", {len(self.failed)} without thumbnail" if self.failed else ""
         page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>
-<style>
-html, body {{ margin: 0; padding: 0; background: #fff; font: 11px/16px sans-serif; color: #1e1e1e; }}
-.sheet {{ position: relative; width: {layout.width}px; height: {layout.height}px; }}
-.sheet img, .sheet .label, .sheet .missing {{ position: absolute; display: block; }}
-.label {{ overflow: hidden; white-space: nowrap; text-overflow: ellipsis; line-height: 16px; }}
-.missing {{ border: 1px solid #c83c3c; }}
-footer {{ padding: 0 {GAP}px {GAP}px; color: #666; }}
-</style></head><body>
-<div class="sheet">
-{chr(10).join(items)}
-</div>
-<footer>{html.escape(self.title)}: {len(self.tiles)} slides{f", {len(self.failed)} without thumbnail" if self.failed else ""}.
-Made by idc-cohort.</footer>
+<style>html, body {{ margin: 0; padding: 0; background: #fff; }}
+footer {{ padding: 0 {GAP}px {GAP}px; font: 11px/16px sans-serif; color: #666; }}</style>
+</head><body>
+{self.html_fragment()}
+<footer>{html.escape(self.title)}: {len(self.tiles)} slides{failed}. Made by idc-cohort.</footer>
 </body></html>
 """
         if path is not None:
@@ -188,7 +190,7 @@ Made by idc-cohort.</footer>
         return page
 
     def _repr_html_(self) -> str:
-        return self.to_html()
+        return self.html_fragment()
 
     def _repr_png_(self) -> bytes:
         out = io.BytesIO()
@@ -202,6 +204,14 @@ def _fit(draw: Any, font: Any, text: str, width: int) -> str:
     while text and draw.textlength(text + "…", font=font) > width:
         text = text[:-1]
     return text + "…"
+
+
+def stain_label(stains: Sequence[str] | None) -> str | None:
+    """A short stain label: "H&E" for hematoxylin and eosin, else the substances without "stain", joined by "+"."""
+    if not stains:
+        return None
+    names = sorted({str(s).removesuffix(" stain").removeprefix("water soluble ") for s in stains}, key=str.lower)
+    return "H&E" if [n.lower() for n in names] == ["eosin", "hematoxylin"] else "+".join(names)
 
 
 def slide_labels(cohort: Cohort) -> list[dict[str, Any]]:
@@ -241,7 +251,7 @@ def contact_sheet(cohort: Cohort, client: RoutedClient, *, size: int = DEFAULT_S
     thumbs = fetch_thumbnails(client, [r["SeriesInstanceUID"] for r in labels], cache_dir=cache_dir, size=size,
                               workers=workers, progress=progress)
     tiles = tuple(
-        Tile(thumb, row["collection_id"], row["PatientID"], row.get("organ"), row.get("stain") or None,
+        Tile(thumb, row["collection_id"], row["PatientID"], row.get("organ"), stain_label(row.get("stains")),
              row.get("objective_power"), link_for(client, row["StudyInstanceUID"], row["SeriesInstanceUID"]))
         for row, thumb in zip(labels, thumbs))
     return ContactSheet(tiles, size, columns, title=str(cohort.provenance.query_name or "slides"))
