@@ -277,32 +277,6 @@ class Cohort:
 
     union, intersection, difference = __or__, __and__, __sub__
 
-    # -- pixels (cohort.pixels) -------------------------------------------------
-    def dicomweb_client(self, policy: Any = None, **kwargs: Any):
-        """A :class:`~cohort.pixels.RoutedClient` that sends each series' requests to the endpoint
-        ``cohort.coverage.route(self, policy)`` names (``kwargs``: RoutedClient's)."""
-        from .coverage import route  # noqa: PLC0415 - coverage imports this module
-        from .pixels import RoutedClient  # noqa: PLC0415
-
-        return RoutedClient(route(self, policy), **kwargs)
-
-    def open_slide(self, series_uid: str, policy: Any = None, client: Any = None):
-        """A ``wsidicom.WsiDicom`` for one slide of this cohort, on its routed endpoint
-        (needs ``pip install 'idc-cohort[wsi]'``)."""
-        from .pixels import open_slide  # noqa: PLC0415
-
-        if series_uid not in self:
-            raise CohortInputError(f"series {series_uid} is not in this cohort ({len(self):,} series)")
-        return open_slide(client or self.dicomweb_client(policy), series_uid)
-
-    def contact_sheet(self, policy: Any = None, client: Any = None, **kwargs: Any):
-        """Thumbnails of this cohort's slides (SM series) as a :class:`~cohort.pixels.ContactSheet`
-        (shown in a notebook; ``.to_html(path)``, ``.to_png(path)``). ``kwargs``: size, columns,
-        cache_dir, workers, limit."""
-        from .pixels import contact_sheet  # noqa: PLC0415
-
-        return contact_sheet(self, client or self.dicomweb_client(policy), **kwargs)
-
     # -- display ----------------------------------------------------------
     def __repr__(self) -> str:
         name = self.provenance.query_name or "sql"

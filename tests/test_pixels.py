@@ -222,7 +222,9 @@ def test_open_slide_reads_a_region_equal_to_the_source(two_servers, sm_rows, fix
     uid = sm_rows[N_SLIDES]["SeriesInstanceUID"]
     proxies["B"].log.clear()
     cohort = Cohort.from_uids([uid], catalog=fixture_catalog)
-    slide = cohort.open_slide(uid, client=client)
+    slide = open_slide(client, uid)
+    with pytest.raises(PixelError, match="is not in the cohort"):
+        open_slide(cohort, sm_rows[0]["SeriesInstanceUID"])
     assert (slide.size.width, slide.size.height) == (1000, 700)
     region = np.asarray(slide.read_region((230, 170), 0, (300, 200)).convert("RGB"))  # crosses tile edges
     assert mean_abs_diff(region, dicomizer_image[170:370, 230:530]) < 3

@@ -1,10 +1,11 @@
 """From cohort to pixels: a routed DICOMweb client, slides in wsidicom, thumbnails and contact sheets.
 
     >>> from cohort import Cohort
+    >>> from cohort.pixels import RoutedClient, contact_sheet, open_slide
     >>> slides = Cohort.from_query("sm_by_organ", organ="Pancreas")
-    >>> client = slides.dicomweb_client()            # RoutedClient: each series to its endpoint
-    >>> slide = slides.open_slide(slides.series_uids[0])   # wsidicom.WsiDicom (pip install 'idc-cohort[wsi]')
-    >>> slides.contact_sheet().to_html("sheet.html")
+    >>> client = RoutedClient.for_cohort(slides)           # each series to its endpoint
+    >>> slide = open_slide(client, slides.series_uids[0])  # wsidicom.WsiDicom (pip install 'idc-cohort[wsi]')
+    >>> contact_sheet(slides, client).to_html("sheet.html")
 
 Modules: ``client`` (:class:`RoutedClient`), ``slides`` (:func:`open_slide`), ``thumbnails``
 (fetch and cache), ``sheet`` (:class:`ContactSheet`: PNG and HTML).

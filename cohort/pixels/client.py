@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from dicomweb_client.api import DICOMwebClient
     from pydicom.dataset import Dataset
 
+    from ..cohort import Cohort
     from ..coverage import CoverageReport
 
 #: Accept any transfer syntax: frames come back as stored (JPEG, JPEG 2000, raw ...).
@@ -182,6 +183,14 @@ class RoutedClient:
         self.scheme, self.protocol = parts.scheme, parts.scheme
         self.url_prefix = parts.path if only else ""
         self.qido_url_prefix = self.wado_url_prefix = self.stow_url_prefix = self.delete_url_prefix = None
+
+    @classmethod
+    def for_cohort(cls, cohort: Cohort, policy: Any = None, **kwargs: Any) -> RoutedClient:
+        """The client of ``cohort`` routed by ``cohort.coverage.route(cohort, policy)`` (``kwargs``: the
+        constructor's, e.g. ``rate``)."""
+        from ..coverage import route
+
+        return cls(route(cohort, policy), **kwargs)
 
     def __repr__(self) -> str:
         return (f"<RoutedClient {len(self.routes):,} series over {len(self.endpoints)} endpoints "

@@ -236,10 +236,15 @@ def link_for(client: RoutedClient, study_uid: str, series_uid: str) -> str | Non
     return route.url
 
 
-def contact_sheet(cohort: Cohort, client: RoutedClient, *, size: int = DEFAULT_SIZE, columns: int = 6,
-                  cache_dir: str | os.PathLike | None = None, workers: int = 16, limit: int | None = None,
-                  progress=None) -> ContactSheet:
-    """Thumbnails of the SM series of ``cohort`` (at most ``limit``) fetched through ``client``, as a sheet."""
+def contact_sheet(cohort: Cohort, client: RoutedClient | None = None, *, policy: Any = None,
+                  size: int = DEFAULT_SIZE, columns: int = 6, cache_dir: str | os.PathLike | None = None,
+                  workers: int = 16, limit: int | None = None, progress=None) -> ContactSheet:
+    """Thumbnails of the SM series of ``cohort`` (at most ``limit``) as a sheet, fetched through ``client``
+    (default: the cohort routed with ``policy``, see :func:`cohort.coverage.route`)."""
+    if client is None:
+        from .client import RoutedClient
+
+        client = RoutedClient.for_cohort(cohort, policy)
     if columns < 1:
         raise PixelError(f"columns must be at least 1, got {columns}")
     labels = slide_labels(cohort)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import PixelError
 
 if TYPE_CHECKING:
+    from ..cohort import Cohort
     from .client import RoutedClient
 
 WSI_EXTRA = "pip install 'idc-cohort[wsi]'"
@@ -25,13 +26,23 @@ def require_wsidicom():
     return wsidicom
 
 
-def open_slide(client: RoutedClient, series_uid: str, **kwargs: Any):
-    """A ``wsidicom.WsiDicom`` for one series of the routed cohort (``kwargs`` go to ``WsiDicom.open_web``).
+def open_slide(source: RoutedClient | Cohort, series_uid: str, policy: Any = None, **kwargs: Any):
+    """A ``wsidicom.WsiDicom`` for one series of a cohort, on the endpoint it is routed to.
 
-    The slide reads its metadata and frames through ``client``, so every request goes to the
-    series' endpoint under the client's retry policy and rate limit.
+    ``source``: a :class:`~cohort.pixels.RoutedClient`, or a cohort (then routed with ``policy``,
+    see :func:`cohort.coverage.route`). The slide reads its metadata and frames through the routed
+    client, so every request goes to the series' endpoint under its retry policy and rate limit.
+    ``kwargs`` go to ``WsiDicom.open_web``.
     """
+    from .client import RoutedClient
+
     wsidicom = require_wsidicom()
+    if isinstance(source, RoutedClient):
+        client = source
+    else:
+        if series_uid not in source:
+            raise PixelError(f"series {series_uid} is not in the cohort ({len(source):,} series)")
+        client = RoutedClient.for_cohort(source, policy)
     route = client.route_of(series_uid)
     route.url  # noqa: B018 - raises for a series no endpoint serves
     web = wsidicom.WsiDicomWebClient(client)
