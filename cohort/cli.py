@@ -122,7 +122,7 @@ def output_options(f: Callable) -> Callable:
 def auth_option(f: Callable) -> Callable:
     return click.option(
         "--auth", default="none", show_default=True, metavar="KIND",
-        help="With --url: none, bearer[:ENV_VAR], basic[:USER_VAR:PASSWORD_VAR] or google.",
+        help="With --url: none, bearer[:ENV_VAR], basic[:USER_VAR:PASSWORD_VAR], header:NAME:ENV_VAR or google.",
     )(f)
 
 
@@ -469,6 +469,60 @@ def coverage_cmd(state: _State, query: str, params: tuple[str, ...], routing: st
     frames = {"endpoint": report.by_endpoint, "collection": report.by_collection, "reason": report.by_reason,
               "series": report.to_pandas}
     write_frame(frames[by](), fmt, output)
+
+
+@cli.command("thumbnails")
+@click.argument("query")
+@param_option
+@click.option("-o", "--output", "outputs", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Contact sheet to write: .html (self-contained page) or .png; repeat for both.")
+@click.option("--url", help="DICOMweb root that serves every slide (default: route each series with --policy).")
+@auth_option
+@click.option("--policy", "routing", default=None, metavar="POLICY",
+              help="Without --url: route each series by google, proxy or vN (pinned release) "
+                   "[default: google when Google credentials are set, else proxy].")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(16, 2048), help="Thumbnail box, pixels.")
+@click.option("--columns", default=6, show_default=True, type=click.IntRange(1, 100), help="Tiles per row.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Only the first N slides.")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Where frames and thumbnails are cached per series [default: the user cache directory].")
+@click.option("--workers", default=16, show_default=True, type=click.IntRange(1, 64),
+              help="Frames fetched at once (single-frame GETs).")
+@click.option("--rate", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Requests a second over all workers, retries included.")
+@click.option("--no-rate-limit", is_flag=True, help="No request-rate cap (only for your own server).")
+@pass_state
+def thumbnails_cmd(state: _State, query: str, params: tuple[str, ...], outputs: tuple[str, ...], url: str | None,
+                   auth: str, routing: str | None, size: int, columns: int, limit: int | None, cache_dir: str | None,
+                   workers: int, rate: float, no_rate_limit: bool) -> None:
+    """A contact sheet of the slides (SM series) of QUERY: thumbnails labelled with collection, patient,
+    organ, stain and objective power, linking to the viewer. Resumes from its cache when interrupted.
+
+    \b
+    cohort thumbnails sm_by_organ -p organ=Pancreas -o pancreas.html -o pancreas.png
+    cohort thumbnails my.sql --url http://127.0.0.1:8042/dicom-web --no-rate-limit -o sheet.html
+    """
+    from .coverage import route  # noqa: PLC0415 - only this command needs pixels
+    from .pixels import RoutedClient, contact_sheet, write_sheet  # noqa: PLC0415
+
+    if url is not None and routing is not None:
+        raise click.UsageError("give either --url or --policy")
+    cohort = load_cohort(state, query, parse_params(params))
+    client = RoutedClient(route(cohort, url_endpoint(url, auth) or routing), rate=None if no_rate_limit else rate)
+
+    def progress(done: int, total: int) -> None:
+        if state.verbose and (done == total or done % 50 == 0):
+            click.echo(f"frames: {done:,}/{total:,}", err=True)
+
+    sheet = contact_sheet(cohort, client, size=size, columns=columns, cache_dir=cache_dir, workers=workers,
+                          limit=limit, progress=progress)
+    for path in write_sheet(sheet, outputs):
+        click.echo(f"wrote {path}", err=True)
+    click.echo(f"{len(sheet.tiles):,} slides, {len(sheet.failed):,} without thumbnail", err=True)
+    for thumb in sheet.failed[:20]:
+        click.echo(f"  {thumb.series_uid}: {thumb.error}", err=True)
+    if sheet.failed:
+        sys.exit(1)
 
 
 def main() -> None:

@@ -69,6 +69,34 @@ class BearerTokenAuth:
 
 
 @dataclass(frozen=True)
+class HeaderAuth:
+    """An API key sent in a header of its own (e.g. ``apikey: ...``), read from an environment
+    variable when the session is made (the SIIM hackathon server, many API gateways)."""
+
+    header: str
+    env_var: str
+
+    def __post_init__(self) -> None:
+        # an HTTP header name is a token (RFC 9110 5.1); reject anything requests would send malformed
+        if not self.header or not all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in self.header):
+            raise EndpointError(f"header authentication: {self.header!r} is not a valid HTTP header name; "
+                                "use e.g. --auth header:apikey:ENV_VAR")
+        if not self.env_var:
+            raise EndpointError("header authentication needs the environment variable that holds the key: "
+                                f"--auth header:{self.header}:ENV_VAR")
+
+    def apply(self, session: requests.Session) -> requests.Session:
+        value = os.environ.get(self.env_var)
+        if not value:
+            raise EndpointError(
+                f"header authentication needs the environment variable {self.env_var} (sent as the "
+                f"{self.header!r} header); set it to the key (it is never printed or stored)"
+            )
+        session.headers[self.header] = value
+        return session
+
+
+@dataclass(frozen=True)
 class BasicAuth:
     """HTTP basic auth; user and password read from environment variables."""
 
@@ -199,7 +227,8 @@ def custom(url: str, auth: Auth | None = None, name: str | None = None) -> Endpo
 
 
 def auth_from_name(name: str) -> Auth:
-    """``none``, ``google``, ``bearer[:ENV_VAR]`` or ``basic[:USER_VAR:PASSWORD_VAR]`` (the CLI's --auth)."""
+    """``none``, ``google``, ``bearer[:ENV_VAR]``, ``basic[:USER_VAR:PASSWORD_VAR]`` or
+    ``header:NAME:ENV_VAR`` (the CLI's --auth)."""
     kind, _, rest = name.partition(":")
     if kind == "none":
         return NoAuth()
@@ -210,7 +239,13 @@ def auth_from_name(name: str) -> Auth:
     if kind == "basic":
         user_var, _, pass_var = rest.partition(":")
         return BasicAuth(user_var or "DICOMWEB_USER", pass_var or "DICOMWEB_PASSWORD")
+    if kind == "header":
+        header, _, env_var = rest.partition(":")
+        if not header or not env_var:
+            raise EndpointError(f"--auth {name!r}: header authentication is header:NAME:ENV_VAR, "
+                                "e.g. header:apikey:SIIM_API_KEY (the key is read from ENV_VAR)")
+        return HeaderAuth(header, env_var)
     raise EndpointError(
-        f"unknown authentication {name!r}: use none, google, bearer[:ENV_VAR] "
-        "or basic[:USER_VAR:PASSWORD_VAR]"
+        f"unknown authentication {name!r}: use none, google, bearer[:ENV_VAR], "
+        "basic[:USER_VAR:PASSWORD_VAR] or header:NAME:ENV_VAR"
     )

@@ -12,6 +12,7 @@
     ├── EndpointError                a DICOMweb endpoint cannot be used (auth, URL)
     ├── CoverageError                routing a cohort to endpoints failed
     ├── HarvestError                 the metadata harvester could not run
+    ├── PixelError                   slides, frames or thumbnails could not be read (routed client, wsidicom)
     └── ManifestError                a manifest could not be written or read (file:line)
 
 Every message says what was wrong, where, and how to fix it.
@@ -89,6 +90,11 @@ class CoverageError(CohortError):
 
 class HarvestError(CohortError):
     """The metadata harvester could not run."""
+
+
+class PixelError(CohortError):
+    """Pixels could not be read: a series outside the routed cohort, a missing optional extra,
+    frames an endpoint would not serve or that cannot be decoded."""
 
 
 class ManifestError(CohortError):
