@@ -1,7 +1,13 @@
 """The ``cohort`` command: a thin shell over the library.
 
 Each command calls one library function. Library errors (CohortError) become
-a one-line message and exit code 1 here, in one place; ``-v`` shows tracebacks.
+a one-line message and an exit code here, in one place; ``-v`` shows tracebacks.
+
+Exit codes: 0 done; 1 an error (a one-line message says what and the fix);
+2 a usage error (wrong options); 3 finished, but some of the work failed
+(series left failed by ``harvest``, endpoints that answered with errors in
+``coverage --verify``, a download that did not complete): rerun or look at the
+log; 130 interrupted (Ctrl-C), at any moment.
 """
 
 from __future__ import annotations
@@ -9,7 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +33,41 @@ from .errors import CohortError
 
 log = logging.getLogger("cohort")
 FORMATS = ("table", "csv", "tsv", "json", "parquet")
+
+#: Exit codes (README "Exit codes").
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: Set by the first Ctrl-C: whatever is raised after it (DuckDB turns the interrupt into a
+#: RuntimeError "Query interrupted") ends as "Interrupted." and exit 130, never a traceback.
+_INTERRUPTED = threading.Event()
+
+
+class Incomplete(click.ClickException):
+    """The command finished, but part of its work failed (exit 3): the message says what and how to redo it."""
+
+    exit_code = EXIT_INCOMPLETE
+
+    def show(self, file=None) -> None:
+        click.echo(f"Incomplete: {self.format_message()}", err=True)
+
+
+def _on_sigint(signum, frame) -> None:
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> None:
+    click.echo("Interrupted.", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def checkpoint(name: str) -> None:
+    """A test hook: with ``COHORT_TEST_CHECKPOINT=name`` the CLI says ``checkpoint NAME`` on stderr when it
+    gets here, so a test can send a signal at a known point; with ``COHORT_TEST_CHECKPOINT_WAIT=SECONDS``
+    it then waits that long (a point where nothing else would take time)."""
+    if os.environ.get("COHORT_TEST_CHECKPOINT") != name:
+        return
+    print(f"checkpoint {name}", file=sys.stderr, flush=True)
+    time.sleep(float(os.environ.get("COHORT_TEST_CHECKPOINT_WAIT") or 0))
 
 
 class _State:
@@ -41,12 +86,22 @@ pass_state = click.make_pass_decorator(_State, ensure=True)
 
 
 class _Group(click.Group):
-    """Turns library errors into one-line messages (tracebacks with -v)."""
+    """Turns library errors into one-line messages (tracebacks with -v) and Ctrl-C into exit 130."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            _interrupted()
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _interrupted()
         except CohortError as exc:
+            if _INTERRUPTED.is_set():
+                _interrupted()
             state = ctx.find_object(_State)
             if state is not None and state.verbose:
                 raise
@@ -54,10 +109,13 @@ class _Group(click.Group):
             if getattr(exc, "sql", None) and getattr(exc, "source", None) is None:
                 message += " (run with -v for the SQL and a traceback)"
             click.echo(f"Error: {message}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_ERROR)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception:
+            if _INTERRUPTED.is_set():  # e.g. DuckDB's RuntimeError("Query interrupted")
+                _interrupted()
+            raise
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -191,9 +249,21 @@ def _lists_as_json(df):
     return df.assign(**{c: df[c].map(as_json) for c in lists})
 
 
+_MANIFEST_SUFFIXES = (".s5cmd", ".txt", ".csv", ".tsv", ".json", ".parquet")
+
+
 def load_cohort(state: _State, source: str, params: dict[str, Any]) -> Cohort:
     """A cohort from a saved query name, a .sql file, or a manifest file."""
+    from .errors import ManifestError
+
     path = Path(source)
+    if path.is_dir():
+        raise ManifestError("is a directory; give a manifest file (.s5cmd, .csv, .tsv, .json, .parquet), "
+                            "a .sql file or a saved query name (see `cohort queries`)", path=source)
+    if not path.exists() and path.suffix.lower() in _MANIFEST_SUFFIXES:
+        raise ManifestError("no such file; give the path of an existing manifest (or a .sql file, or a saved "
+                            "query name: see `cohort queries`)", path=source)
+    checkpoint("query")
     if path.is_file() and path.suffix != ".sql":
         from .manifest import read_manifest  # noqa: PLC0415 - imports pyarrow; only for manifests
 
@@ -314,23 +384,28 @@ def fetch_cmd(state: _State, tables: tuple[str, ...]) -> None:
 @click.option("--retries", default=4, show_default=True, type=click.IntRange(0, 20),
               help="Retries per request on 429/5xx/network errors.")
 @click.option("--light", is_flag=True, help="QIDO with the typed columns' attributes only, instead of full metadata.")
+@click.option("--retry", "retry", default="", metavar="STATUS[,STATUS]",
+              help="Ask again for series whose final status is one of these: not_found, empty "
+                   "(failed series are always asked again; series not found at another endpoint too).")
 @click.option("--flush-seconds", default=10.0, show_default=True, type=click.FloatRange(min=0),
               help="Write finished series at least this often (what a crash can lose).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_state
 def harvest_cmd(state: _State, query: str, params: tuple[str, ...], out_dir: str, url: str | None, auth: str,
                 routing: str | None, workers: int | None, rate: float | None, no_rate_limit: bool, timeout: float,
-                retries: int, light: bool, flush_seconds: float, no_progress: bool) -> None:
+                retries: int, light: bool, retry: str, flush_seconds: float, no_progress: bool) -> None:
     """Harvest the DICOM metadata of a cohort's instances into Parquet (resumable).
 
     QUERY is a saved query name, a .sql file or a manifest. Query the result
     with `cohort sql --harvest DIR "SELECT ... FROM harvest_instances"`.
+    Exits 3 when series are left failed (http_error, timeout, malformed): run
+    the same command again to ask for them again.
 
     \b
     cohort harvest series_by_collection -p collection_id=tcga_paad -p modality=SM -o paad/
     cohort harvest my.sql -o out/ --url http://127.0.0.1:8042/dicom-web --workers 16 --no-rate-limit
     """
-    from .harvest import DEFAULT_RATE, DEFAULT_WORKERS, harvest
+    from .harvest import DEFAULT_RATE, DEFAULT_WORKERS, FINAL_STATUSES, harvest
     from .retry import RetryPolicy
 
     if url is not None and routing is not None:
@@ -342,11 +417,16 @@ def harvest_cmd(state: _State, query: str, params: tuple[str, ...], out_dir: str
         load_cohort(state, query, parse_params(params)), out_dir, endpoint,
         workers=workers or DEFAULT_WORKERS, rate=None if no_rate_limit else (rate or DEFAULT_RATE),
         policy=RetryPolicy(timeout=timeout, max_attempts=retries + 1), light=light,
-        progress=not no_progress, routing=routing, flush_seconds=flush_seconds,
+        progress=not no_progress, routing=routing, flush_seconds=flush_seconds, retry=retry.split(","),
     )
-    click.echo(str(result), err=True)
+    click.echo(result.summary(resume="run the same command again to resume"), err=True)
     if result.interrupted:
-        sys.exit(130)
+        _interrupted()
+    if result.failed:
+        failed = ", ".join(f"{s} {n:,}" for s, n in sorted(result.by_status.items()) if s not in FINAL_STATUSES)
+        raise Incomplete(f"{result.failed:,} series failed ({failed}); run the same command again to ask for them "
+                         f"again, and see why with `cohort sql --harvest {out_dir} \"SELECT status, error FROM "
+                         "harvest_series WHERE status NOT IN ('ok', 'empty', 'not_found')\"`")
 
 
 @cli.command("harvest-status")
@@ -469,6 +549,9 @@ def coverage_cmd(state: _State, query: str, params: tuple[str, ...], routing: st
     frames = {"endpoint": report.by_endpoint, "collection": report.by_collection, "reason": report.by_reason,
               "series": report.to_pandas}
     write_frame(frames[by](), fmt, output)
+    if verify and checked.counts["error"]:
+        raise Incomplete(f"{checked.counts['error']:,} series could not be checked (the endpoint answered with an "
+                         "error); run --verify again later, or see them with --by series")
 
 
 @cli.command("thumbnails")
@@ -526,7 +609,13 @@ def thumbnails_cmd(state: _State, query: str, params: tuple[str, ...], outputs: 
 
 
 def main() -> None:
-    cli(prog_name="cohort")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        checkpoint("start")
+        cli(prog_name="cohort")
+    except KeyboardInterrupt:  # outside a command (option parsing, --help)
+        _interrupted()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from ._redact import credential_query_params
 from .errors import EndpointError
 
 IDC_PROXY_URL = (
@@ -184,6 +185,13 @@ class Endpoint:
             raise EndpointError(
                 "endpoint URL carries credentials (user:password@host); give the URL without them "
                 "and use basic auth from the environment (--auth basic:USER_VAR:PASSWORD_VAR)"
+            )
+        carried = credential_query_params(self.url) + credential_query_params(self.name)
+        if carried:
+            raise EndpointError(
+                f"endpoint URL carries a credential in its query string ({', '.join(sorted(set(carried)))}=...); "
+                "give the URL without it and pass the token from the environment with --auth bearer[:ENV_VAR] "
+                "(Python: auth=BearerTokenAuth(ENV_VAR)), so that it is never stored or printed"
             )
         object.__setattr__(self, "url", self.url.rstrip("/"))
 

@@ -98,6 +98,8 @@ def test_replay_full_and_light(tmp_path):
     assert light.by_status == {"ok": 1}
     lrow = HarvestStore(tmp_path / "light").read_instances().to_pylist()[0]
     assert (lrow["SOPInstanceUID"], lrow["Rows"]) == (sm["SOPInstanceUID"], 10)
+    # includefield sent once per attribute: Orthanc answers them all (a comma-joined list was ignored)
+    assert (lrow["ImageType"], lrow["TotalPixelMatrixColumns"]) == (sm["ImageType"], 50)
 
 
 @pytest.mark.skipif(RECORD, reason="recording")

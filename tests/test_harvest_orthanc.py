@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import duckdb
@@ -97,23 +98,34 @@ def test_light_pass_and_unknown_series(orthanc, tmp_path):
     assert all(r["Rows"] for r in rows)
 
 
+#: The fault plan: for the 1st, 2nd, ... series asked for, the faults of its 1st, 2nd, ... attempt.
+#: With 2 attempts a request, the first three series fail (and how), the next three recover.
+FAULT_PLAN = [["429", "503"], ["reset", "delay"], ["truncate", "truncate"], ["503"], ["reset"], ["delay"]]
+FAULT_OUTCOME = ["http_error", "timeout", "malformed", "ok", "ok", "ok"]
+
+
 def test_fault_injection_then_rerun_completes(orthanc, tmp_path):
-    from tests.support.proxy import FaultProxy
+    """Every fault kind occurs, as often as planned, whatever the number of series the server holds
+    (6 generated ones, more with ../shared/realdata) and whatever the order the workers ask in."""
+    from tests.support.proxy import KINDS, FaultProxy
 
     series = [(st, se) for st, se, _ in _series_of(orthanc)]
-    # 2 attempts a request, and 60% of requests faulted: some series fail twice, most get through
-    policy = RetryPolicy(timeout=0.5, max_attempts=2, backoff_base=0.05, backoff_max=0.2, retry_after_max=0.3)
-    rates = {"429": 0.15, "503": 0.15, "reset": 0.1, "truncate": 0.1, "delay": 0.1}
-    with FaultProxy(orthanc.url, rates=rates, seed=5, delay=1.5, retry_after=1, match="/metadata") as proxy:
+    assert len(series) >= len(FAULT_PLAN)
+    policy = RetryPolicy(timeout=1.0, max_attempts=2, backoff_base=0.05, backoff_max=0.2, retry_after_max=0.3)
+    with FaultProxy(orthanc.url, per_target=FAULT_PLAN, delay=3.0, retry_after=1, match="/metadata$") as proxy:
         first = harvest(series, tmp_path, custom(proxy.dicomweb_url), workers=4, rate=None, policy=policy,
                         progress=False)
-    assert set(proxy.counts) == {"pass", *rates}, proxy.counts
+    planned = Counter(kind for kinds in FAULT_PLAN for kind in kinds)
+    assert set(planned) == set(KINDS) - {"pass", "401"}  # 401 stops a run: tests/test_harvest_requests.py
+    assert {k: n for k, n in proxy.counts.items() if k != "pass"} == planned, proxy.counts
+    expected = {target.split("/series/")[1].split("/")[0]: FAULT_OUTCOME[i] if i < len(FAULT_OUTCOME) else "ok"
+                for target, i in proxy.targets.items()}
     log = HarvestStore(tmp_path).read_log().to_pylist()
     assert len(log) == len(series)
-    assert {r["SeriesInstanceUID"] for r in log} == {se for _, se in series}  # every series: data or reason
+    assert {r["SeriesInstanceUID"]: r["status"] for r in log} == expected  # every series: data or reason
     failed = [r for r in log if r["status"] != "ok"]
-    assert failed and all(r["error"] and r["attempts"] == 2 for r in failed)
-    assert {r["status"] for r in failed} <= {"http_error", "timeout", "malformed"}
+    assert len(failed) == 3 and all(r["error"] and r["attempts"] == 2 for r in failed)
+    assert first.by_status == dict(Counter(expected.values())) and first.failed == 3
     ok = {r["SeriesInstanceUID"] for r in log if r["status"] == "ok"}
     harvested = HarvestStore(tmp_path).read_instances(["SeriesInstanceUID"]).column(0).to_pylist()
     assert set(harvested) == ok
@@ -160,6 +172,34 @@ def test_cli_harvest_a_saved_query_and_query_it_with_sql(idc_orthanc, tmp_path):
     assert joined.stdout.strip().splitlines()[1:] == ["cmb_aml,40,120"]
     status = _cli("harvest-status", str(out), "-f", "csv")
     assert status.stdout.strip().splitlines()[1:] == ["ok,True,40,120," + status.stdout.split(",")[-1].strip()]
+
+
+def test_cli_exits_3_when_series_are_left_failed(idc_orthanc, tmp_path):
+    from tests.support.proxy import FaultProxy
+
+    out = tmp_path / "h"
+    with FaultProxy(idc_orthanc.url, per_target=[["503"]], match="/metadata$") as proxy:
+        run = _cli("harvest", *QUERY, "-o", str(out), "--url", proxy.dicomweb_url, "--no-progress", "--retries", "0",
+                   "--no-rate-limit")
+    assert run.returncode == 3, run.stderr
+    assert "ok 39, http_error 1" in run.stderr and "Incomplete: 1 series failed (http_error 1)" in run.stderr
+    rerun = _cli("harvest", *QUERY, "-o", str(out), "--url", idc_orthanc.dicomweb_url, "--no-progress")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "39 already complete; this run: ok 1" in rerun.stderr
+
+
+def test_cli_reasks_series_not_found_elsewhere_and_with_retry(idc_orthanc, orthanc_factory, tmp_path):
+    empty, out = orthanc_factory(), str(tmp_path / "h")
+    first = _cli("harvest", *QUERY, "-o", out, "--url", empty.dicomweb_url, "--no-progress", "--no-rate-limit")
+    assert first.returncode == 0 and "this run: not_found 40" in first.stderr, first.stderr
+    again = _cli("harvest", *QUERY, "-o", out, "--url", empty.dicomweb_url, "--no-progress")
+    assert "40 already complete; this run: nothing to do" in again.stderr, again.stderr
+    retried = _cli("harvest", *QUERY, "-o", out, "--url", empty.dicomweb_url, "--no-progress", "--no-rate-limit",
+                   "--retry", "not_found")
+    assert "0 already complete; this run: not_found 40" in retried.stderr, retried.stderr
+    moved = _cli("harvest", *QUERY, "-o", out, "--url", idc_orthanc.dicomweb_url, "--no-progress", "--no-rate-limit")
+    assert moved.returncode == 0 and "0 already complete; this run: ok 40" in moved.stderr, moved.stderr
+    _assert_complete_without_duplicates(out, idc_orthanc.idc_series, per_series=INSTANCES_PER_SERIES)
 
 
 def test_catalog_views_join_index(idc_orthanc, tmp_path):
@@ -212,6 +252,7 @@ def test_interrupted_cli_run_resumes_without_duplicates(idc_orthanc, tmp_path, s
     else:
         assert proc.returncode == 130, stderr
         assert "interrupted" in stderr and "run the same command again" in stderr
+        assert stderr.strip().splitlines()[-1] == "Interrupted." and "Traceback" not in stderr
     assert "taking over" not in stderr
     done_before = HarvestStore(out).completed()  # only committed series count; no lock needed to read
     assert 0 < len(done_before) < 40

@@ -228,3 +228,80 @@ def test_orthanc_retries_on_a_busy_port(monkeypatch):
             assert server.port != busy.getsockname()[1]
             assert requests.get(f"{server.dicomweb_url}/studies", timeout=5).json() == []
             assert "port" in server.log.lower()
+
+
+def test_per_target_plan_gives_every_kind_whatever_the_interleaving(orthanc):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.proxy import FaultProxy
+
+    plan = [["429", "503"], ["reset"], ["truncate"], ["delay"]]
+    targets = [f"/dicom-web/series?limit=1&offset={i}" for i in range(10)] * 3
+    with FaultProxy(orthanc.url, per_target=plan, match="/series", delay=0.01, retry_after=0) as proxy:
+        def get(target):
+            try:
+                with requests.Session() as s:
+                    return str(s.get(proxy.url + target, timeout=5).status_code)
+            except requests.RequestException:
+                return "failed"
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(get, targets))
+        assert requests.get(proxy.url + "/dicom-web/studies", timeout=5).ok  # not matched: passes
+    assert proxy.counts == {"429": 1, "503": 1, "reset": 1, "truncate": 1, "delay": 1, "pass": len(targets) - 4}
+    assert sorted(proxy.targets.values()) == list(range(10))
+
+
+@pytest.mark.parametrize("running_before", [False, True], ids=["service-started-by-install", "service-running-before"])
+def test_install_script_stops_only_the_service_it_started(tmp_path, running_before):
+    """tests/install-orthanc.sh against a fake system: apt-get checks that policy-rc.d refuses service starts
+    while it installs, then starts the "service" anyway; only that one is stopped, by its init script."""
+    import os
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parent / "install-orthanc.sh"
+    assert "pkill" not in script.read_text() and "killall" not in script.read_text()
+    shim, record = tmp_path / "bin", tmp_path / "record"
+    shim.mkdir()
+    policy, pidfile, init = tmp_path / "policy-rc.d", tmp_path / "orthanc.pid", tmp_path / "init-orthanc"
+    policy.write_text("#!/bin/sh\n# the machine's own\nexit 0\n")
+    policy.chmod(0o755)
+    (shim / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
+    (shim / "apt-get").write_text(f'''#!/bin/sh
+if [ "$1" = install ] || [ "$3" = install ] || echo "$@" | grep -q install; then
+  "{policy}" orthanc start; echo "policy $?" >> "{record}"
+  [ -e "{pidfile}" ] || {{ nohup sleep 300 >/dev/null 2>&1 & echo $! > "{pidfile}"; }}
+fi
+''')
+    init.write_text(f'#!/bin/sh\necho "init $1" >> "{record}"\nkill "$(cat "{pidfile}")"\n')
+    for f in (shim / "sudo", shim / "apt-get", init):
+        f.chmod(0o755)
+    others = [subprocess.Popen(["sleep", "300"])]  # another user's Orthanc, say
+    if running_before:
+        others.append(subprocess.Popen(["sleep", "300"]))
+        pidfile.write_text(str(others[-1].pid))
+    env = {**os.environ, "PATH": f"{shim}:/usr/bin:/bin", "POLICY_RC_D": str(policy), "ORTHANC_PIDFILE": str(pidfile),
+           "ORTHANC_INIT": str(init), "SYSTEMD_RUN_DIR": str(tmp_path / "no-systemd")}
+    try:
+        run = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        lines = record.read_text().splitlines()
+        assert lines[0] == "policy 101"  # refused while installing
+        assert policy.read_text() == "#!/bin/sh\n# the machine's own\nexit 0\n"  # put back afterwards
+        assert all(p.poll() is None for p in others)  # nothing the script did not start was stopped
+        if running_before:
+            assert lines == ["policy 101"]
+        else:
+            assert lines == ["policy 101", "init stop"]
+            started = int(pidfile.read_text())
+            stat = Path(f"/proc/{started}/stat")
+            deadline = time.monotonic() + 5
+            while stat.exists() and stat.read_text().split(")")[1].split()[0] != "Z" and time.monotonic() < deadline:
+                time.sleep(0.05)  # gone, or a zombie nobody reaps yet: stopped
+            assert not stat.exists() or stat.read_text().split(")")[1].split()[0] == "Z"
+    finally:
+        for p in others:
+            p.send_signal(signal.SIGTERM)
+            p.wait(5)

@@ -9,7 +9,9 @@
 Modules: :mod:`.metadata` (DICOM JSON → typed row), :mod:`.stream` (a metadata
 body read one instance at a time), :mod:`.store` (the Parquet directory, its
 commit records, integrity checks and repair), :mod:`.lock` (one writer per
-directory), :mod:`.runner` (concurrent, polite runs).
+directory), :mod:`.probe` (is an endpoint a DICOMweb service that takes our
+credentials), :mod:`.selection` (which series a run asks for), :mod:`.runner`
+(concurrent, polite runs).
 """
 
 from .metadata import COLUMNS, MalformedMetadata, instance_row

@@ -8,19 +8,34 @@ written to the row's ``issues`` list (``"00280010 Rows: US value as string"``),
 and the whole instance is kept as JSON text so that nothing is lost.
 BulkDataURIs are kept as URIs and never followed.
 
-A body that is not a JSON array of objects (read by :mod:`.stream`), or an
-instance without a SOPInstanceUID, makes the whole series
-:class:`MalformedMetadata`: rows of a series are all counted or none are.
+No value can poison a run: a value that does not fit its typed column
+(an integer beyond the column's range, a non-integral number where an integer
+is expected, a string where a number is, a number too large for a float)
+makes that column null, is noted in ``issues`` and counted in the row's
+``values_dropped`` (the harvest log sums it per series); the instance's JSON
+is kept whole. Nesting deeper than :data:`MAX_DEPTH` sequences is not walked.
+
+A body that is not a JSON array of objects (read by :mod:`.stream`; nested
+deeper than Python's JSON decoder goes included), or an instance without a
+SOPInstanceUID, makes the whole series :class:`MalformedMetadata`: rows of a
+series are all counted or none are.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
+from decimal import Decimal
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+
+#: Sequences deeper than this are kept in the JSON but not scanned for issues.
+MAX_DEPTH = 64
+_INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+_CONVERSION_ERRORS = (TypeError, ValueError, ArithmeticError)
 
 _NUMERIC_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV", "FL", "FD", "IS", "DS"})
 _BULK_KEYS = ("BulkDataURI", "InlineBinary")
@@ -70,7 +85,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("ImagedVolumeWidth", "00480001", pa.float64()),
     Column("ImagedVolumeHeight", "00480002", pa.float64()),
     Column("DimensionOrganizationType", "00209311", pa.string()),
-    Column("NumberOfOpticalPaths", "00480302", pa.int32()),
+    Column("NumberOfOpticalPaths", "00480302", pa.int64()),  # UL: up to 2**32 - 1
     Column("ContainerIdentifier", "00400512", pa.string()),
     Column("ConcatenationUID", "00209161", pa.string()),
     Column("InConcatenationNumber", "00209162", pa.int32()),
@@ -93,6 +108,10 @@ DERIVED_FIELDS: tuple[pa.Field, ...] = (
     pa.field("json", pa.large_string()),
 )
 
+#: Every top-level attribute the typed columns read: what a light (QIDO) harvest asks for.
+LIGHT_TAGS: tuple[str, ...] = tuple(c.tag for c in COLUMNS) + (
+    _PIXEL_SPACING, _SHARED_FG, _OPTICAL_PATH, _SPECIMEN_DESCRIPTION)
+
 #: The schema of one parsed instance (the store adds endpoint and run columns).
 ROW_SCHEMA = pa.schema([pa.field(c.keyword, c.type) for c in COLUMNS] + list(DERIVED_FIELDS))
 
@@ -105,10 +124,11 @@ def instance_row(instance: dict[str, Any], study_uid: str | None = None,
     Raises :class:`MalformedMetadata` when the instance has no SOPInstanceUID.
     """
     issues: list[str] = []
+    dropped = [0]  # values present but not fitting their column
     row: dict[str, Any] = {}
     for col in COLUMNS:
         values = _values(instance, col.tag, col.keyword, issues)
-        row[col.keyword] = _convert(values, col, issues)
+        row[col.keyword] = _convert(values, col, issues, dropped)
     for keyword, given in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid)):
         if given is None:
             continue
@@ -119,18 +139,27 @@ def instance_row(instance: dict[str, Any], study_uid: str | None = None,
             issues.append(f"{keyword} {row[keyword]} differs from the requested {given}")
     if not row["SOPInstanceUID"]:
         raise MalformedMetadata("an instance has no SOPInstanceUID (00080018)")
-    row["PixelSpacing"] = _pixel_spacing(instance, issues)
+    row["PixelSpacing"] = _pixel_spacing(instance, issues, dropped)
     optical = _items(instance, _OPTICAL_PATH)
     row["OpticalPathIdentifier"] = [v for item in optical for v in _strings(item, _OPTICAL_PATH_ID)] or None
-    row["ObjectiveLensPower"] = _first_float(optical[0], _OBJECTIVE_POWER) if optical else None
+    row["ObjectiveLensPower"] = _first_float(optical[0], _OBJECTIVE_POWER, issues, dropped) if optical else None
     row["IlluminationType"] = _code(_items(optical[0], _ILLUMINATION_TYPE)) if optical else None
     specimens = _items(instance, _SPECIMEN_DESCRIPTION)
     row["SpecimenIdentifier"] = [v for item in specimens for v in _strings(item, _SPECIMEN_ID)] or None
     row["PrimaryAnatomicStructure"] = _code(_items(specimens[0], _ANATOMIC_STRUCTURE)) if specimens else None
-    _scan(instance, "", issues)
+    _scan(instance, issues)
     row["issues"] = issues
-    row["json"] = text if text is not None else json.dumps(instance, separators=(",", ":"), ensure_ascii=False)
+    row["json"] = text if text is not None else _dumps(instance)
+    #: Not a column of the instance table: the harvest log sums it per series.
+    row["values_dropped"] = dropped[0]
     return row
+
+
+def _dumps(instance: dict[str, Any]) -> str:
+    try:
+        return json.dumps(instance, separators=(",", ":"), ensure_ascii=False)
+    except RecursionError:
+        raise MalformedMetadata("an instance is nested too deeply to write as JSON") from None
 
 
 # -- reading attributes -------------------------------------------------------
@@ -154,47 +183,72 @@ def _values(dataset: dict, tag: str, keyword: str, issues: list[str] | None) -> 
     return values
 
 
-def _convert(values: list | None, col: Column, issues: list[str]) -> Any:
+def _convert(values: list | None, col: Column, issues: list[str], dropped: list[int]) -> Any:
     if not values:
         return [] if col.take == _ALL and values == [] else None
-    convert = _CONVERTERS[str(col.type if col.take == _ONE else col.type.value_type)]
+    kind = str(col.type if col.take == _ONE else col.type.value_type)
+    convert, bounds = _CONVERTERS[kind], _INT_RANGES.get(kind)
     out = []
     for value in values if col.take == _ALL else values[:1]:
         if value is None:  # an empty value of a multi-valued attribute
             out.append(None)
             continue
         try:
-            out.append(convert(value))
-        except (TypeError, ValueError):
-            issues.append(f"{col.tag} {col.keyword}: cannot read {value!r} as {col.type}")
+            converted = convert(value)
+            if bounds is not None and not bounds[0] <= converted <= bounds[1]:
+                raise OverflowError(converted)
+            out.append(converted)
+        except _CONVERSION_ERRORS:
+            issues.append(f"{col.tag} {col.keyword}: cannot read {_short(value)} as {kind}: value dropped")
+            dropped[0] += 1
             out.append(None)
     return out if col.take == _ALL else out[0]
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 200 else f"<{value.bit_length()}-bit int>"
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} chars)"
 
 
 def _to_int(value: Any) -> int:
     if isinstance(value, bool):
         raise TypeError(value)
-    if isinstance(value, str):
-        value = value.strip()
-        return int(value) if value.lstrip("+-").isdigit() else _integral(float(value))
-    return _integral(value) if isinstance(value, float) else int(value)
+    if isinstance(value, str):  # IS/DS text: exact decimal, so "1.0000000000000000001" is not 1
+        text = value.strip()
+        if not text.isascii() or "_" in text:
+            raise ValueError(value)
+        number = Decimal(text)  # InvalidOperation is an ArithmeticError
+        if not number.is_finite() or number.adjusted() > 40 or number != number.to_integral_value():
+            raise ValueError(value)
+        return int(number)
+    if isinstance(value, float):
+        return _integral(value)
+    if isinstance(value, int):
+        return value
+    raise TypeError(value)
 
 
 def _integral(value: float) -> int:
-    if not value.is_integer():
+    if not value.is_integer():  # nan and inf included  # never truncated: 2.5 rows is not 2 rows
         raise ValueError(value)
     return int(value)
 
 
 def _to_float(value: Any) -> float:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise TypeError(value)
+    if isinstance(value, str):  # DS text: digits only ("nan", "inf", "1e400" are not DICOM numbers)
+        number = float(value) if value.isascii() and "_" not in value else math.nan
+        if not math.isfinite(number):
+            raise ValueError(value)
+        return number
     return float(value)
 
 
 def _to_str(value: Any) -> str:
     if isinstance(value, dict):  # PN
-        return value.get("Alphabetic") or json.dumps(value)
+        alphabetic = value.get("Alphabetic")
+        return alphabetic if isinstance(alphabetic, str) and alphabetic else json.dumps(value)
     if isinstance(value, (list, bool)) or value is None:
         raise TypeError(value)
     return str(value)
@@ -214,11 +268,15 @@ def _strings(dataset: dict, tag: str) -> list[str]:
     return [str(v) for v in _values(dataset, tag, "", None) or [] if isinstance(v, (str, int, float))]
 
 
-def _first_float(dataset: dict, tag: str) -> float | None:
+def _first_float(dataset: dict, tag: str, issues: list[str], dropped: list[int]) -> float | None:
     for value in _values(dataset, tag, "", None) or []:
+        if value is None:
+            return None
         try:
             return _to_float(value)
-        except (TypeError, ValueError):
+        except _CONVERSION_ERRORS:
+            issues.append(f"{tag}: cannot read {_short(value)} as a number: value dropped")
+            dropped[0] += 1
             return None
     return None
 
@@ -231,7 +289,8 @@ def _code(items: list[dict]) -> str | None:
     return f"{designator[0]}:{value[0]}" if designator and value else None
 
 
-def _pixel_spacing(instance: dict, issues: list[str]) -> list[float] | None:
+def _pixel_spacing(instance: dict, issues: list[str], dropped: list[int]) -> list[float] | None:
+    """(row spacing, column spacing) in mm, in the order DICOM gives them (PS3.3 10.7.1.3)."""
     values = _values(instance, _PIXEL_SPACING, "PixelSpacing", issues)
     if values is None:
         shared = _items(instance, _SHARED_FG)
@@ -241,29 +300,37 @@ def _pixel_spacing(instance: dict, issues: list[str]) -> list[float] | None:
         return None
     try:
         return [_to_float(v) for v in values]
-    except (TypeError, ValueError):
-        issues.append(f"{_PIXEL_SPACING} PixelSpacing: cannot read {values!r} as numbers")
+    except _CONVERSION_ERRORS:
+        issues.append(f"{_PIXEL_SPACING} PixelSpacing: cannot read {_short(values)} as numbers: value dropped")
+        dropped[0] += 1
         return None
 
 
-def _scan(dataset: dict, path: str, issues: list[str]) -> None:
-    """Note departures from DICOM JSON anywhere in the dataset (nested sequences included)."""
-    for tag, element in dataset.items():
-        where = f"{path}{tag}"
-        if not isinstance(element, dict):
-            continue  # already noted for typed columns; other odd elements are kept in the JSON
-        vr = element.get("vr")
-        if vr is None:
-            issues.append(f"{where}: no vr")
-        for key in _BULK_KEYS:
-            if key in element and not isinstance(element[key], str):
-                issues.append(f"{where}: {key} is a JSON {type(element[key]).__name__} (nested), not a string")
-        values = element.get("Value")
-        if not isinstance(values, list):
-            continue
-        if vr == "SQ":
-            for i, item in enumerate(values):
-                if isinstance(item, dict):
-                    _scan(item, f"{where}[{i}].", issues)
-        elif vr in _NUMERIC_VRS and any(isinstance(v, str) for v in values):
-            issues.append(f"{where}: {vr} value sent as string")
+def _scan(instance: dict, issues: list[str]) -> None:
+    """Note departures from DICOM JSON anywhere in the dataset (nested sequences included, iteratively)."""
+    stack: list[tuple[dict, str, int]] = [(instance, "", 0)]
+    while stack:
+        dataset, path, depth = stack.pop()
+        nested = []
+        for tag, element in dataset.items():
+            where = f"{path}{tag}"
+            if not isinstance(element, dict):
+                continue  # already noted for typed columns; other odd elements are kept in the JSON
+            vr = element.get("vr")
+            if vr is None:
+                issues.append(f"{where}: no vr")
+            for key in _BULK_KEYS:
+                if key in element and not isinstance(element[key], str):
+                    issues.append(f"{where}: {key} is a JSON {type(element[key]).__name__} (nested), not a string")
+            values = element.get("Value")
+            if not isinstance(values, list):
+                continue
+            if vr == "SQ":
+                items = [(item, f"{where}[{i}].") for i, item in enumerate(values) if isinstance(item, dict)]
+                if items and depth >= MAX_DEPTH:
+                    issues.append(f"{where}: sequences nested deeper than {MAX_DEPTH} levels are not scanned")
+                    continue
+                nested += [(item, p, depth + 1) for item, p in items]
+            elif vr in _NUMERIC_VRS and any(isinstance(v, str) for v in values):
+                issues.append(f"{where}: {vr} value sent as string")
+        stack.extend(reversed(nested))

@@ -22,6 +22,14 @@ Ctrl-C stops submitting, drops the series whose responses are still streaming
 in (they are not outcomes), writes what is complete and returns a result marked
 ``interrupted``. Resume is by rerunning into the
 same directory: series already complete are skipped.
+
+Before the first request each endpoint is probed once (:mod:`.probe`): a URL
+that is not a DICOMweb root, or credentials it refuses, stop the run with a
+:class:`~cohort.HarvestError` instead of being logged as the outcome of every
+series; a 401/403 during the run stops it the same way. Which series a rerun
+asks for again is decided by :mod:`.selection` (``retry`` names final statuses
+to ask again). Error texts are redacted (:func:`cohort._redact.redact`) before
+they are stored.
 """
 
 from __future__ import annotations
@@ -43,11 +51,14 @@ from typing import Any
 import pyarrow as pa
 import requests
 
+from .._redact import redact, session_secrets
 from ..coverage import route
-from ..endpoints import Endpoint
+from ..endpoints import Endpoint, custom
 from ..errors import HarvestError
 from ..retry import Attempted, RateLimiter, RetryPolicy, call
-from .metadata import COLUMNS, MalformedMetadata, instance_row
+from .metadata import LIGHT_TAGS, MalformedMetadata, instance_row
+from .probe import ACCEPT_JSON, AUTH_STATUSES, probe, snippet
+from .selection import complete, retry_statuses
 from .store import FINAL_STATUSES, INSTANCE_SCHEMA, INSTANCES, LOG_SCHEMA, STATUSES, HarvestStore, Part
 from .stream import iter_instances
 
@@ -56,7 +67,6 @@ log = logging.getLogger(__name__)
 #: Default request rate (requests a second, retries included) and workers: polite for the IDC proxy.
 DEFAULT_RATE = 10.0
 DEFAULT_WORKERS = 8
-_ACCEPT_JSON = {"Accept": "application/dicom+json, application/json"}
 #: Finished series are written once their instances' JSON text reaches this many bytes (bounds memory);
 #: a series streaming in writes a part each time its rows reach this many bytes (or ``flush_instances``).
 FLUSH_BYTES = 8 * 2**20
@@ -65,6 +75,8 @@ CHUNK_BYTES = 256 * 2**10
 #: Series parsed at once. Parsing holds the GIL, so more would not be faster; fewer parsed
 #: series in memory keep the peak RSS independent of the number of workers and series size.
 PARSING = 2
+#: What the result tells a Python caller to do to resume (the CLI names its command instead).
+PYTHON_RESUME = "call harvest() again with the same directory to resume"
 
 
 @dataclass(frozen=True)
@@ -107,7 +119,8 @@ class HarvestResult:
         """Series neither complete before nor finished in this run (interrupted or failed)."""
         return self.series - self.skipped - sum(n for s, n in self.by_status.items() if s in FINAL_STATUSES)
 
-    def __str__(self) -> str:
+    def summary(self, resume: str = PYTHON_RESUME) -> str:
+        """One line; ``resume`` says how to resume when series are left (the CLI names its command)."""
         statuses = ", ".join(f"{s} {self.by_status[s]:,}" for s in STATUSES if self.by_status.get(s))
         rate = self.instances / self.seconds if self.seconds else 0.0
         return (
@@ -115,8 +128,11 @@ class HarvestResult:
             f"({self.skipped:,} already complete; this run: {statuses or 'nothing to do'}), "
             f"{self.instances:,} instances, {self.bytes / 1e6:,.1f} MB in {self.seconds:,.1f} s "
             f"({rate:,.0f} instances/s) -> {self.out_dir}"
-            + (f"; {self.remaining:,} series left: run the same command again to resume" if self.remaining else "")
+            + (f"; {self.remaining:,} series left: {resume}" if self.remaining else "")
         )
+
+    def __str__(self) -> str:
+        return self.summary()
 
 
 @dataclass
@@ -127,6 +143,8 @@ class _Streamed:
     parts: list[Part] = field(default_factory=list)
     instances: int = 0
     json_bytes: int = 0
+    #: Values that did not fit their typed column, over the series' instances (the log's values_dropped).
+    values_dropped: int = 0
 
 
 @dataclass
@@ -145,7 +163,7 @@ class _Stopped(Exception):
 def harvest(
     source: Any,
     out_dir: str | os.PathLike,
-    endpoint: Endpoint | None = None,
+    endpoint: Endpoint | str | None = None,
     *,
     workers: int = DEFAULT_WORKERS,
     rate: float | None = DEFAULT_RATE,
@@ -155,28 +173,41 @@ def harvest(
     routing: str | None = None,
     flush_instances: int = 5000,
     flush_seconds: float = 10.0,
+    retry: Iterable[str] = (),
 ) -> HarvestResult:
     """Harvest the DICOM metadata of ``source``'s series into ``out_dir`` (created or resumed).
 
     ``source`` is a :class:`~cohort.Cohort`, a coverage report (``.routes`` and
     ``.endpoints``), an Arrow table or pandas frame with StudyInstanceUID and
     SeriesInstanceUID, or an iterable of ``(study_uid, series_uid)`` pairs.
-    With ``endpoint`` every series is asked from it; a cohort without one is
-    routed with :func:`cohort.coverage.route` (``routing`` names its policy).
+    With ``endpoint`` (an :class:`~cohort.Endpoint` or a DICOMweb root URL) every
+    series is asked from it; a cohort without one is routed with
+    :func:`cohort.coverage.route` (``routing`` names its policy).
     ``rate`` caps requests a second over all workers (None: no cap).
+    ``retry`` names final statuses (``"not_found"``, ``"empty"``) whose series are asked for again.
+
+    Raises :class:`~cohort.HarvestError` when an endpoint is not a DICOMweb service or refuses the
+    credentials (probed before the first request, and on any 401/403 during the run).
     """
     policy = policy or RetryPolicy()
     if workers < 1:
         raise HarvestError(f"workers must be at least 1, got {workers}")
+    if isinstance(endpoint, str):
+        endpoint = custom(endpoint)
+    retry = retry_statuses(retry)
     tasks, endpoints = series_tasks(source, endpoint, routing)
     with HarvestStore(out_dir).open() as store:  # one writer per directory, every committed part checked
-        done = store.completed()
-        todo = [t for t in tasks if t.series_uid not in done]
-        run = _Run(store, endpoints, policy, RateLimiter(rate, burst=max(1, workers)), light,
-                   flush_instances, flush_seconds)
+        final = store.final_statuses()
+        todo = [t for t in tasks if not complete(t.endpoint, final.get(t.series_uid), retry)]
+        limiter = RateLimiter(rate, burst=max(1, workers))
+        for name in sorted({t.endpoint for t in todo if t.url is not None and t.endpoint in endpoints}):
+            probe(endpoints[name], policy, limiter)
+        run = _Run(store, endpoints, policy, limiter, light, flush_instances, flush_seconds)
         log.info("harvest %s: %d series, %d already complete, run %s", out_dir, len(tasks), len(tasks) - len(todo),
                  run.run_id)
         run.execute(todo, workers, progress)
+    if run.auth_failure is not None:
+        raise HarvestError(run.auth_failure + f"; the series finished before it are kept in {out_dir}")
     return HarvestResult(
         out_dir=Path(out_dir), run_id=run.run_id, series=len(tasks), skipped=len(tasks) - len(todo),
         by_status=dict(run.statuses), instances=run.instances, bytes=run.bytes,
@@ -247,6 +278,9 @@ class _Run:
         self.stop = threading.Event()
         self.parsing = threading.Semaphore(PARSING)
         self.local = threading.local()
+        self.lock = threading.Lock()
+        #: Set by the first 401/403 (the run stops; :func:`harvest` raises it).
+        self.auth_failure: str | None = None
         self.statuses: Counter[str] = Counter()
         self.instances = self.bytes = self.parts = 0
         self.interrupted = False
@@ -345,15 +379,16 @@ class _Run:
     def _harvest_series(self, task: SeriesTask) -> _Outcome | None:
         base = {
             "StudyInstanceUID": task.study_uid, "SeriesInstanceUID": task.series_uid, "endpoint": task.endpoint,
-            "url": None, "http_status": None, "attempts": 0, "instances": 0, "bytes": 0, "seconds": 0.0,
+            "url": None, "http_status": None, "attempts": 0, "instances": 0, "values_dropped": 0, "bytes": 0,
+            "seconds": 0.0,
             "error": None, "run_id": self.run_id,
         }
         if task.url is None or task.endpoint not in self.endpoints:
             return _Outcome({**base, "status": "not_found", "finished_at": _now(),
                              "error": f"no endpoint serves this series: {task.reason or 'not routed'}"})
-        if self.light:
+        if self.light:  # PS3.18 8.3.4.3: one includefield parameter per attribute (Orthanc ignores a joined list)
             url = task.url.rstrip("/") + "/instances"
-            params = {"includefield": ",".join(c.tag for c in COLUMNS)}
+            params = [("includefield", tag) for tag in LIGHT_TAGS]
         else:
             url, params = task.url.rstrip("/") + "/metadata", None
         session = self._session(task.endpoint)
@@ -361,7 +396,7 @@ class _Run:
         streamed = [0]  # body bytes read by streaming, over all attempts
 
         def attempt() -> requests.Response:
-            response = session.get(url, headers=_ACCEPT_JSON, params=params, timeout=self.policy.timeout,
+            response = session.get(url, headers=ACCEPT_JSON, params=params, timeout=self.policy.timeout,
                                    stream=True)
             with self.parsing:  # a body waits in the socket, not in memory, until it can be parsed
                 parsed.clear()
@@ -378,13 +413,29 @@ class _Run:
         if result.stopped:
             self.store.discard(p for s in parsed if isinstance(s, _Streamed) for p in s.parts)
             return None
+        if result.response is not None and result.response.status_code in AUTH_STATUSES:
+            answer = snippet(result.response, 120, self._secrets(task.endpoint))
+            with self.lock:
+                if self.auth_failure is None:
+                    self.auth_failure = (f"authentication failed for {task.endpoint}: check --auth (GET {url} "
+                                         f"answered HTTP {result.response.status_code}: {answer})")
+            self.stop.set()
+            return None  # not an outcome of the series: it is asked for again once the credentials work
         base.update(url=url, attempts=result.attempts, bytes=result.bytes + streamed[0],
                     seconds=round(result.seconds, 4),
                     http_status=result.response.status_code if result.response is not None else None)
         outcome = self._classify(result, parsed[0] if parsed else _Streamed(), base)
         if outcome.log["status"] != "ok":  # parts of a series that does not count
             self.store.discard(p for s in parsed if isinstance(s, _Streamed) for p in s.parts)
+        outcome.log["error"] = self._redact(task.endpoint, outcome.log["error"])
         return outcome
+
+    def _secrets(self, endpoint: str | None) -> tuple[str, ...]:
+        return session_secrets(self._session(endpoint)) if endpoint in self.endpoints else ()
+
+    def _redact(self, endpoint: str | None, text: str | None) -> str | None:
+        """``text`` without the endpoint's secrets or anything shaped like a credential."""
+        return redact(text, self._secrets(endpoint))
 
     def _stream(self, task: SeriesTask, response: requests.Response,
                 streamed: list[int]) -> _Streamed | MalformedMetadata:
@@ -402,8 +453,9 @@ class _Run:
 
         try:
             for instance, text in iter_instances(chunks()):
-                out.rows.append({**instance_row(instance, task.study_uid, task.series_uid, text),
-                                 "endpoint": task.endpoint, "run_id": self.run_id, "harvested_at": now})
+                row = instance_row(instance, task.study_uid, task.series_uid, text)
+                out.values_dropped += row.pop("values_dropped")
+                out.rows.append({**row, "endpoint": task.endpoint, "run_id": self.run_id, "harvested_at": now})
                 out.instances += 1
                 out.json_bytes += len(text)
                 if len(out.rows) >= self.flush_instances or out.json_bytes >= FLUSH_BYTES:
@@ -417,6 +469,11 @@ class _Run:
         except MalformedMetadata as exc:
             self.store.discard(out.parts)
             return exc
+        except (ValueError, TypeError, LookupError, ArithmeticError, RecursionError, pa.ArrowException) as exc:
+            # no body may stop the run: the series is logged malformed (a cut body is a requests error: retried)
+            self.store.discard(out.parts)
+            log.debug("series %s: unreadable metadata", task.series_uid, exc_info=True)
+            return MalformedMetadata(f"unreadable metadata ({type(exc).__name__}: {str(exc)[:200]})")
         except BaseException:
             self.store.discard(out.parts)
             raise
@@ -430,7 +487,8 @@ class _Run:
         def outcome(status: str, error: str | None = None, rows: _Streamed | None = None) -> _Outcome:
             rows = rows or _Streamed()
             return _Outcome({**base, "status": status, "error": error, "instances": rows.instances,
-                             "finished_at": _now()}, rows.rows, rows.json_bytes, rows.parts)
+                             "values_dropped": rows.values_dropped, "finished_at": _now()},
+                            rows.rows, rows.json_bytes, rows.parts)
 
         if result.error is not None:
             error = f"{type(result.error).__name__}: {result.error}"
@@ -441,12 +499,13 @@ class _Run:
             return outcome("http_error", error)
         response = result.response
         assert response is not None
+        secrets = self._secrets(base["endpoint"])
         if response.status_code in (404, 410):
-            return outcome("not_found", f"HTTP {response.status_code}: {_snippet(response)}")
+            return outcome("not_found", f"HTTP {response.status_code}: {snippet(response, secrets=secrets)}")
         if response.status_code == 204:
             return outcome("empty")
         if not response.ok:
-            return outcome("http_error", f"HTTP {response.status_code}: {_snippet(response)}")
+            return outcome("http_error", f"HTTP {response.status_code}: {snippet(response, secrets=secrets)}")
         if isinstance(streamed, MalformedMetadata):
             return outcome("malformed", str(streamed))
         return outcome("ok" if streamed.instances else "empty", rows=streamed)
@@ -473,8 +532,3 @@ def _interrupt_deferred() -> Iterator[None]:
 
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
-
-
-def _snippet(response: requests.Response, limit: int = 200) -> str:
-    text = (response.text or "").strip().replace("\n", " ")
-    return text[:limit] or response.reason or ""

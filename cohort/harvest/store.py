@@ -85,6 +85,8 @@ LOG_SCHEMA = pa.schema([
     pa.field("http_status", pa.int32()),
     pa.field("attempts", pa.int32()),
     pa.field("instances", pa.int64()),
+    #: Values of the series' instances that did not fit their typed column (null there; kept in the JSON).
+    pa.field("values_dropped", pa.int64()),
     pa.field("bytes", pa.int64()),
     pa.field("seconds", pa.float64()),
     pa.field("endpoint", pa.string()),

@@ -97,6 +97,8 @@ class _Reader:
                     if self.eof:
                         raise self._error(exc) from None
                     want = 2 * (len(self.buf) - self.pos) + 1
+                except RecursionError:  # deeper than Python's decoder goes: the series is malformed, the run goes on
+                    raise MalformedMetadata(f"JSON nested too deeply to read (at char {self._at(self.pos)})") from None
                 else:
                     # a number at the end of the buffer may go on in the next chunk
                     if end < len(self.buf) or self.eof or not isinstance(value, (int, float)):

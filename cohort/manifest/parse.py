@@ -121,7 +121,13 @@ def _parse_delimited(path: Path, lines: list[str], delimiter: str) -> tuple[list
         if raw.lstrip().startswith("#"):
             _header_item(header, raw.strip())
             continue
-        fields = next(csv.reader([raw], delimiter=delimiter))
+        try:
+            fields = next(csv.reader([raw], delimiter=delimiter))
+        except csv.Error as exc:  # e.g. "field larger than field limit (131072)"
+            kind = "TSV" if delimiter == chr(9) else "CSV"
+            raise ManifestError(f"cannot read this line ({len(raw):,} characters) as {kind}: {exc}; a manifest line "
+                                "holds one series' columns (check for an unclosed quote or a file that is not a "
+                                "manifest)", path=str(path), line=no) from None
         if columns is None:
             if any(f.strip() in ID_COLUMNS for f in fields):
                 columns, head_no = [f.strip() for f in fields], no

@@ -10,6 +10,7 @@ Usage::
 
     with FaultProxy(orthanc.url, latency=0.1) as proxy: ...          # +100 ms on every request
     with FaultProxy(orthanc.url, schedule={"/metadata": ["503", "reset"]}) as proxy: ...
+    with FaultProxy(orthanc.url, per_target=[["429", "503"], ["reset"]], match="/metadata") as proxy: ...
 
 Fault kinds (``KINDS``):
 
@@ -19,10 +20,15 @@ Fault kinds (``KINDS``):
 * ``"reset"``: close the connection without any response (clients see a ConnectionError).
 * ``"delay"``: wait ``delay`` seconds, then forward (for client timeouts).
 * ``"truncate"``: forward, send the full Content-Length but only half the body, then close.
+* ``"401"``: answer 401 Unauthorized with ``WWW-Authenticate`` (credentials refused mid-run; not forwarded).
 
 Which fault a request gets: first ``schedule`` (regex on the path+query -> kinds for the 1st,
-2nd, ... matching request), then ``rates`` (kind -> probability) for requests whose path+query
-matches ``match`` (all when None). The random draw depends only on (seed, method, target, how
+2nd, ... matching request), then ``per_target`` (for the 1st, 2nd, ... distinct target matching
+``match``, in order of first arrival: the kinds of its 1st, 2nd, ... request; later requests of it
+pass), then ``rates`` (kind -> probability) for requests whose path+query matches ``match`` (all
+when None). ``per_target`` is the deterministic plan: whatever the number of requests and the
+thread interleaving, as soon as ``len(per_target)`` targets have been asked for (each as often as
+its list is long), every kind in it has occurred exactly as often as it is listed. The random draw depends only on (seed, method, target, how
 many times that target was seen), so a plan is reproducible whatever the thread interleaving.
 ``latency`` seconds are added before every request. Headers (Accept, Authorization, ...) and
 bodies (multipart STOW, frames) are forwarded byte for byte; JSON/XML bodies have the upstream
@@ -44,7 +50,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-KINDS = ("pass", "429", "503", "reset", "delay", "truncate")
+KINDS = ("pass", "429", "503", "reset", "delay", "truncate", "401")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "host", "content-length"}
 
@@ -57,10 +63,12 @@ class FaultProxy:
     """
 
     def __init__(self, upstream: str, *, latency: float = 0.0, rates: Mapping[str, float] | None = None,
-                 schedule: Mapping[str, Sequence[str]] | None = None, match: str | None = None, seed: int = 0,
+                 schedule: Mapping[str, Sequence[str]] | None = None,
+                 per_target: Sequence[Sequence[str]] | None = None, match: str | None = None, seed: int = 0,
                  delay: float = 1.0, retry_after: int = 1, rewrite_urls: bool = True,
                  timeout: float = 60.0) -> None:
-        for kind in [*(rates or {}), *(k for kinds in (schedule or {}).values() for k in kinds)]:
+        planned = [*(schedule or {}).values(), *(per_target or [])]
+        for kind in [*(rates or {}), *(k for kinds in planned for k in kinds)]:
             if kind not in KINDS:
                 raise ValueError(f"FaultProxy: unknown fault kind {kind!r}; use one of {', '.join(KINDS)}")
         if sum((rates or {}).values()) > 1:
@@ -73,6 +81,9 @@ class FaultProxy:
         self.rates = dict(rates or {})
         self.schedule = {re.compile(p): list(k) for p, k in (schedule or {}).items()}
         self.match = re.compile(match) if match else None
+        self.per_target = [list(kinds) for kinds in (per_target or [])]
+        #: target -> the index in ``per_target`` it was given (targets in order of first arrival).
+        self.targets: dict[str, int] = {}
         self.seed, self.rewrite_urls = seed, rewrite_urls
         self.counts: Counter[str] = Counter()
         self.log: list[tuple[str, str, str]] = []
@@ -121,9 +132,14 @@ class FaultProxy:
                 if kinds and pattern.search(target):
                     kind = kinds.pop(0)
                     break
+            matches = self.match is None or self.match.search(target)
+            if kind is None and self.per_target and matches:
+                index = self.targets.setdefault(f"{method} {target}", len(self.targets))
+                plan = self.per_target[index] if index < len(self.per_target) else []
+                kind = plan[seen] if seen < len(plan) else "pass"
             if kind is None:
                 kind = "pass"
-                if self.rates and (self.match is None or self.match.search(target)):
+                if self.rates and matches:
                     draw = random.Random(f"{self.seed}|{method}|{target}|{seen}").random()
                     for candidate, rate in self.rates.items():
                         draw -= rate
@@ -199,6 +215,10 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if kind == "429":
                 self._answer(429, {"Retry-After": str(proxy.retry_after), "Content-Type": "text/plain"},
                              b"429 Too Many Requests (injected by FaultProxy)\n")
+                return
+            if kind == "401":
+                self._answer(401, {"WWW-Authenticate": 'Basic realm="FaultProxy"', "Content-Type": "text/plain"},
+                             b"401 Unauthorized (injected by FaultProxy)\n")
                 return
             if kind == "503":
                 self._answer(503, {"Content-Type": "text/plain"}, b"503 Service Unavailable (injected by FaultProxy)\n")
