@@ -146,6 +146,22 @@ PREFER_GOOGLE = Policy(PolicyKind.PREFER_GOOGLE)
 PREFER_PROXY = Policy(PolicyKind.PREFER_PROXY)
 
 
+def default_newest_store(current: int | None = None, lag: int = DEFAULT_LAG) -> int:
+    """The newest Google store assumed when none is given or discovered: the index's release
+    (``current``, default the installed one) minus ``lag``.
+
+    The one default: :func:`route` and the saved query ``not_in_google_store``
+    (``-- param newest_store INTEGER = @newest_google_store``) both use it.
+    """
+    if current is None:
+        from .tables import idc_version  # noqa: PLC0415
+
+        current = idc_version()
+    if lag < 0:
+        raise CoverageError(f"lag must be 0 or more releases, got {lag}")
+    return current - lag
+
+
 def default_policy() -> Policy:
     """Prefer Google when Google credentials are configured on this machine, else the proxy."""
     return PREFER_GOOGLE if google_credentials_available() else PREFER_PROXY
@@ -226,7 +242,7 @@ SELECT SeriesInstanceUID, StudyInstanceUID, collection_id, aws_bucket, series_si
     WHEN $pin IS NOT NULL AND endpoint <> 'idc-proxy' AND endpoint <> 'unavailable' THEN
         CASE WHEN proxy_ok THEN format('pinned to v{0}: {1} serves v{0}, the same revision as the proxy',
                                        $pin, endpoint)
-             WHEN in_current_release THEN format('pinned to v{0}: the proxy serves the current (v{1}) revision; '
+             WHEN in_current_release THEN format('pinned to v{0}: the proxy serves the current revision, made in v{1}; '
                                                  '{2} serves v{0}', $pin, newest_made, endpoint)
              ELSE format('pinned to v{0}: removed after v{1}, so not on the proxy; {2} serves v{0}',
                          $pin, series_last, endpoint) END
@@ -237,7 +253,7 @@ SELECT SeriesInstanceUID, StudyInstanceUID, collection_id, aws_bucket, series_si
                                                                  'store: {})', $pin, coalesce('v' || $newest, 'none'))
              ELSE format('Google stores start at v{}', $first) END,
         CASE WHEN proxy_ok THEN '; the proxy serves it, as the current revision is the same'
-             WHEN in_current_release THEN format(', and the proxy serves only the current (v{}) revision',
+             WHEN in_current_release THEN format(', and the proxy serves only the current revision, made in v{}',
                                                  newest_made)
              ELSE format(', and it left IDC after v{}', series_last) END)
     -- the newest revision
@@ -290,9 +306,7 @@ def route(
             newest_google_store = discover_newest_store(
                 current, first=first_google_store, store=lambda n: google_store(n, google_auth))
         else:
-            if lag < 0:
-                raise CoverageError(f"lag must be 0 or more releases, got {lag}")
-            newest_google_store = current - lag
+            newest_google_store = default_newest_store(current, lag)
     if newest_google_store is not None and newest_google_store > current:
         raise CoverageError(f"newest Google store v{newest_google_store} is newer than the index (IDC v{current}); "
                             "update idc-index-data or give a store no newer than the index")

@@ -96,7 +96,7 @@ def test_pinned_release_tutorial_slide(catalog, index_frame):
     routes = route(cohort, Policy.pinned(9), newest_google_store=24).routes.to_pandas().set_index("SeriesInstanceUID")
     slide = routes.loc[PANCREAS_SLIDE]
     assert slide["endpoint"] == "idc-store-v9" and slide["served_version"] == 9 and slide["revision_version"] == 8
-    assert slide["reason"] == "pinned to v9: the proxy serves the current (v10) revision; idc-store-v9 serves v9"
+    assert slide["reason"] == "pinned to v9: the proxy serves the current revision, made in v10; idc-store-v9 serves v9"
     assert slide["proxy_differs"]
     assert routes.loc[new_in_v20, "endpoint"] == "unavailable"
     assert routes.loc[new_in_v20, "reason"] == "not in IDC v9: first released after v9"
@@ -173,7 +173,7 @@ def test_no_google_store_sends_everything_current_to_the_proxy(catalog):
     assert report.routes.to_pylist()[0]["endpoint"] == "idc-proxy"
     pinned = route(cohort, 9, newest_google_store=24, first_google_store=10).routes.to_pylist()[0]
     assert pinned["endpoint"] == "unavailable" and pinned["reason"] == (
-        "pinned to v9: Google stores start at v10, and the proxy serves only the current (v10) revision")
+        "pinned to v9: Google stores start at v10, and the proxy serves only the current revision, made in v10")
 
 
 def test_policy_parse():
@@ -187,7 +187,7 @@ def test_cli_coverage_formats(tmp_path):
     args = ["coverage", "series_by_collection", "-p", "collection_id=tcga_paad", "-p", "modality=SM"]
     table = runner.invoke(cli, [*args, "--pin", "9", "--by", "reason"])
     assert table.exit_code == 0, table.output
-    assert "the proxy serves the current (v10) revision; idc-store-v9 serves v9" in table.stdout
+    assert "the proxy serves the current revision, made in v10; idc-store-v9 serves v9" in table.stdout
     assert "series routed (pinned to v9" in table.stderr
     out = tmp_path / "routes.json"
     result = runner.invoke(cli, [*args, "--policy", "proxy", "-f", "json", "-o", str(out)])

@@ -129,7 +129,7 @@ def test_offline_error_names_table_urls_and_how_to_supply_the_file(tmp_path):
     with pytest.raises(TableUnavailableError) as err:
         cat.sql("SELECT count(*) FROM sm_index")
     msg = str(err.value)
-    assert "'sm_index' could not be fetched" in msg
+    assert "'sm_index' is not on this machine and could not be fetched" in msg
     for u in urls:
         assert f"{u.format(version=VERSION, name='sm_index')}: ConnectionError: [Errno 111] Connection refused" in msg
     assert "COHORT_INDEX_DIR" in msg and "index_dir=" in msg and f"idc-index-data {VERSION}" in msg
