@@ -367,6 +367,98 @@ def fetch_cmd(state: _State, tables: tuple[str, ...]) -> None:
         click.echo(f"{name}: {state.catalog.store.local_path(name)}")
 
 
+@cli.command("collections")
+@output_options
+@max_rows_option
+@pass_state
+def collections_cmd(state: _State, fmt: str | None, output: str | None, max_rows: int) -> None:
+    """List the collections: patients, studies, series, instances, GB, modalities, licences
+    (idc-index: get_collections)."""
+    from .browse import collections
+
+    write_frame(collections(state.catalog), fmt, output, _max_rows(max_rows))
+
+
+@cli.command("patients")
+@click.argument("collection_ids", nargs=-1, required=True)
+@output_options
+@max_rows_option
+@pass_state
+def patients_cmd(state: _State, collection_ids: tuple[str, ...], fmt: str | None, output: str | None,
+                 max_rows: int) -> None:
+    """List the patients of COLLECTION_IDS with studies, series, instances and GB (idc-index: get_patients)."""
+    from .browse import patients
+
+    write_frame(patients(list(collection_ids), state.catalog), fmt, output, _max_rows(max_rows))
+
+
+@cli.command("studies")
+@click.argument("patient_ids", nargs=-1, required=True)
+@output_options
+@max_rows_option
+@pass_state
+def studies_cmd(state: _State, patient_ids: tuple[str, ...], fmt: str | None, output: str | None,
+                max_rows: int) -> None:
+    """List the studies of PATIENT_IDS with modalities, series, instances and GB (idc-index: get_dicom_studies)."""
+    from .browse import studies
+
+    write_frame(studies(list(patient_ids), state.catalog), fmt, output, _max_rows(max_rows))
+
+
+@cli.command("series")
+@click.argument("study_uids", nargs=-1, required=True)
+@output_options
+@max_rows_option
+@pass_state
+def series_cmd(state: _State, study_uids: tuple[str, ...], fmt: str | None, output: str | None,
+               max_rows: int) -> None:
+    """List the series of STUDY_UIDS with modality, description, instances and MB (idc-index: get_dicom_series)."""
+    from .browse import series
+
+    write_frame(series(list(study_uids), state.catalog), fmt, output, _max_rows(max_rows))
+
+
+@cli.command("viewer")
+@click.argument("uid")
+@click.option("--viewer", "viewer", type=click.Choice(["slim", "ohif_v3", "ohif_v2"]), default=None,
+              help="Viewer [default: slim when the study has SM images, else ohif_v3].")
+@pass_state
+def viewer_cmd(state: _State, uid: str, viewer: str | None) -> None:
+    """Print the IDC viewer URL of a series or study UID (idc-index: get_viewer_URL)."""
+    from .browse import viewer_url
+
+    is_study = state.catalog.sql("SELECT 1 FROM index WHERE StudyInstanceUID = $u LIMIT 1", {"u": uid}).num_rows
+    if is_study:
+        click.echo(viewer_url(study_uid=uid, viewer=viewer, catalog=state.catalog))
+    else:  # a series, or an error that says what the UID is
+        click.echo(viewer_url(series_uid=uid, viewer=viewer, catalog=state.catalog))
+
+
+@cli.command("cite")
+@click.argument("source")
+@param_option
+@click.option("--format", "style", default="apa", show_default=True, metavar="FORMAT",
+              help="apa, bibtex, json (CSL JSON), or another CSL style name (e.g. vancouver).")
+@click.option("--offline", is_flag=True, help="Use cached citations only.")
+@click.option("--resolver", default="https://doi.org", show_default=True, help="DOI resolver to ask.")
+@pass_state
+def cite_cmd(state: _State, source: str, params: tuple[str, ...], style: str, offline: bool, resolver: str) -> None:
+    """Citations of the source DOIs of a cohort (saved query, .sql file or manifest) and of IDC's paper
+    (idc-index: citations_from_selection / citations_from_manifest).
+
+    \b
+    cohort cite series_by_collection -p collection_id=tcga_paad --format bibtex
+    """
+    from .citations import cite, dois_of
+
+    result = cite(dois_of(load_cohort(state, source, parse_params(params))), style=style, fetch=not offline,
+                  resolver=resolver)
+    click.echo(result.render())
+    click.echo(result.summary, err=True)
+    if result.skipped:
+        sys.exit(1)
+
+
 @cli.command("harvest")
 @click.argument("query")
 @param_option
