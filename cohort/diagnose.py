@@ -45,7 +45,7 @@ def comparisons(catalog: Catalog, sql: str, parameters: list[str]) -> list[Compa
     columns = {t: set(catalog.tables[t].column_names) for t in tables}
     found = []
     for name in parameters:
-        for m in re.finditer(rf"\${name}\b", code):
+        for m in re.finditer(re.escape(f"${name}") + r"\b", code):
             start = code.rfind("\n", 0, m.start()) + 1
             end = code.find("\n", m.end())
             line = code[start: end if end >= 0 else len(code)]

@@ -384,20 +384,21 @@ def bind_sql(sql: str, values: Mapping[str, Any] | None = None) -> dict[str, Any
     code = _strip_comments_and_strings(sql)
     bound: dict[str, Any] = {}
     for name, value in dict(values or {}).items():
+        ref = re.escape(f"${name}")
         if isinstance(value, CommandLineValue):
-            cast = re.search(rf"\${name}\b\s*::\s*([A-Za-z0-9]+(?:\s*\[\])?)", code)
+            cast = re.search(rf"{ref}\b\s*::\s*([A-Za-z0-9]+(?:\s*\[\])?)", code)
             ptype = value.type or (normalize_type(cast.group(1).replace(" ", "")) if cast else None)
             if ptype is None and len(value.texts) > 1:
                 raise ParameterError(f"parameter {name!r} is given {len(value.texts)} times ({value}); for a list "
                                      f"give its type once: -p {name}:VARCHAR[]={','.join(value.texts)}", sql=sql)
             value = Parameter(name, ptype).convert(value) if ptype else value.texts[0]
         if isinstance(value, str):
-            if re.search(rf"\bIN\s+\${name}\b", code, re.I):
+            if re.search(rf"\bIN\s+{ref}\b", code, re.I):
                 raise ParameterError(
                     f"`IN ${name}` with the text {value!r} tests for a substring in DuckDB (so 'T' IN 'CT,MR' "
                     f"is true); pass a list: -p {name}:VARCHAR[]={value} (Python: a list), or write `= ${name}`",
                     sql=sql)
-            if "," in value and re.search(rf"\bIN\s*\([^()]*\${name}\b", code, re.I):
+            if "," in value and re.search(rf"\bIN\s*\([^()]*{ref}\b", code, re.I):
                 raise ParameterError(
                     f"`IN (${name})` compares with the one text {value!r}, commas included; for several values "
                     f"pass a list, -p {name}:VARCHAR[]={value}, and write `IN ${name}` or list_contains(${name}, x)",

@@ -125,7 +125,7 @@ def test_set_operations_match_python_sets(paad, catalog):
     both = paad & sm
     assert both.counts.series == _one(
         catalog, "SELECT count(*) AS n FROM index WHERE collection_id = 'tcga_paad' AND Modality = 'SM'")["n"]
-    assert both.provenance.query_name == "(sql & sql)"
+    assert both.provenance.query_name == "(sql(c='tcga_paad') & sql)"  # parameters kept in the name
     assert both.provenance.params["left"]["sql"] == PAAD_SQL
     assert (paad & sm).provenance.sha256 == both.provenance.sha256
     assert (sm & paad).provenance.sha256 != both.provenance.sha256
