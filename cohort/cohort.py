@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._text import plural
 from .catalog import Catalog
-from .errors import CohortInputError
+from .errors import CohortInputError, ParameterError
 from .queries import SavedQuery, bind_sql, load_query
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ class Cohort:
         """Select series with SQL over the catalog, with parameters (``$name``) as a dict or keywords,
         as :meth:`from_query` takes them: ``Cohort.from_sql("... WHERE collection_id = $c", c="tcga_paad")``."""
         catalog = catalog or default_catalog()
-        params = bind_sql(sql, {**dict(params or {}), **kwargs})
+        params = bind_sql(sql, {**_mapping(params, "from_sql"), **kwargs})
         result = catalog.sql(sql, params)
         return cls(result, Provenance.make(catalog, sql=sql, params=params), catalog)
 
@@ -157,7 +157,7 @@ class Cohort:
         """Run a saved query, by name or path, with parameters as a dict or keywords."""
         catalog = catalog or default_catalog()
         saved = query if isinstance(query, SavedQuery) else load_query(query)
-        bound = saved.bind({**dict(params or {}), **kwargs})
+        bound = saved.bind({**_mapping(params, "from_query"), **kwargs})
         result = catalog.sql(saved.sql, bound, source=saved.source)
         prov = Provenance.make(catalog, query_name=saved.name, sql=saved.sql, params=bound, source=saved.source)
         return cls(result, prov, catalog)
@@ -360,6 +360,16 @@ SELECT * FROM cur
 UNION ALL BY NAME
 SELECT *, false AS in_current_release FROM prior
 """
+
+
+def _mapping(params: Any, where: str) -> dict[str, Any]:
+    """Parameters given as a dict (or nothing); anything else is a clear error, not a TypeError."""
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise ParameterError(f"{where}: params must be a dict of name -> value, got {type(params).__name__} "
+                             f"{params!r}; or pass them as keywords, e.g. {where}(..., collection_id='tcga_paad')")
+    return dict(params)
 
 
 def uid_table(uids: list[str]) -> pa.Table:

@@ -208,3 +208,12 @@ def test_set_operation_names_keep_their_parameters(catalog):
         "series_by_collection(collection_id='tcga_paad', modality='SM'))")
     assert len(diff) == 1414 - 466  # IDC v25
     assert repr(diff).startswith(f"<Cohort {diff.provenance.query_name} IDC v25: 948 series")
+
+
+def test_params_that_are_not_a_dict_are_a_clear_error(catalog):
+    from cohort import ParameterError
+
+    with pytest.raises(ParameterError, match="from_sql: params must be a dict of name -> value, got str"):
+        Cohort.from_sql(PAAD_SQL, "tcga_paad", catalog=catalog)
+    with pytest.raises(ParameterError, match="from_query: params must be a dict"):
+        Cohort.from_query("series_by_collection", ["tcga_paad"], catalog=catalog)
