@@ -62,6 +62,7 @@ from .endpoints import (
     idc_proxy,
 )
 from .errors import CoverageError, EndpointError
+from .releases import DEFAULT_LAG, default_newest_store
 from .retry import RateLimiter, RetryPolicy, get
 
 if TYPE_CHECKING:
@@ -73,8 +74,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNAVAILABLE = "unavailable"
-#: Releases between the index and the newest Google store assumed when none is given.
-DEFAULT_LAG = 1
 #: The first release with a Google store.
 FIRST_GOOGLE_STORE = 1
 #: Stores probed by :func:`discover_newest_store`, newest first.
@@ -144,22 +143,6 @@ class Policy:
 
 PREFER_GOOGLE = Policy(PolicyKind.PREFER_GOOGLE)
 PREFER_PROXY = Policy(PolicyKind.PREFER_PROXY)
-
-
-def default_newest_store(current: int | None = None, lag: int = DEFAULT_LAG) -> int:
-    """The newest Google store assumed when none is given or discovered: the index's release
-    (``current``, default the installed one) minus ``lag``.
-
-    The one default: :func:`route` and the saved query ``not_in_google_store``
-    (``-- param newest_store INTEGER = @newest_google_store``) both use it.
-    """
-    if current is None:
-        from .tables import idc_version  # noqa: PLC0415
-
-        current = idc_version()
-    if lag < 0:
-        raise CoverageError(f"lag must be 0 or more releases, got {lag}")
-    return current - lag
 
 
 def default_policy() -> Policy:

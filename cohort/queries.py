@@ -48,7 +48,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
 def _newest_google_store() -> int:
-    from .coverage import default_newest_store  # noqa: PLC0415 - the one setting lives with coverage
+    from .releases import default_newest_store  # noqa: PLC0415
 
     return default_newest_store()
 

@@ -273,7 +273,7 @@ def test_discover_newest_store_probes_down_to_the_first_that_answers(idc_series_
 
 # -- issue 12 item 4: one default for the newest Google store ------------------------------------
 def test_not_in_google_store_and_coverage_agree_by_default(catalog):
-    from cohort.coverage import default_newest_store
+    from cohort.releases import default_newest_store
 
     assert default_newest_store(catalog.idc_version) == catalog.idc_version - 1 == 24
     query = Cohort.from_query("not_in_google_store", collection_id="tcga_paad", catalog=catalog)
