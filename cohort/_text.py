@@ -33,3 +33,8 @@ def skip_whitespace(text: str, pos: int, chars: str = _WHITESPACE) -> int:
     while pos < len(text) and text[pos] in chars:
         pos += 1
     return pos
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 row``, ``2 rows``, ``1,414 series`` (``words``: the plural when it is not ``word + "s"``)."""
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"

@@ -1,7 +1,10 @@
 """Citations for a cohort's source DOIs, by DOI content negotiation.
 
 ``https://doi.org/<doi>`` answers ``Accept: text/x-bibliography; style=apa``
-with a formatted reference. Answers are cached on disk (one file per DOI and
+with a formatted reference, ``application/x-bibtex`` with BibTeX and
+``application/vnd.citationstyles.csl+json`` with CSL JSON (the formats of
+idc-index's ``citations_from_selection``: ``citation_format`` APA, BIBTEX, JSON);
+``style`` is ``"apa"`` (default), ``"bibtex"``, ``"json"`` or any CSL style name. Answers are cached on disk (one file per DOI and
 style), so a manifest written again, or offline after a first run, cites the
 same text. When the resolver cannot be reached the DOIs are still listed and
 the result says that the citation step was skipped, and why.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterable
@@ -29,6 +33,13 @@ log = logging.getLogger(__name__)
 #: Fedorov et al., "National Cancer Institute Imaging Data Commons", RadioGraphics 2023.
 IDC_DOI = "10.1148/rg.230180"
 DOI_RESOLVER = "https://doi.org"
+#: Content types of the formats that are not a CSL style rendered as text.
+FORMATS = {"bibtex": "application/x-bibtex", "json": "application/vnd.citationstyles.csl+json"}
+
+
+def accept_header(style: str) -> str:
+    """The ``Accept`` header that asks the DOI resolver for ``style``."""
+    return FORMATS.get(style.lower(), f"text/x-bibliography; style={style}")
 
 
 class CitationStatus(str, enum.Enum):
@@ -74,6 +85,13 @@ class Citations:
         text = ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)
         reasons = sorted({c.reason for c in self.skipped if c.reason})
         return f"{len(self.items)} DOIs: {text}" + (f" ({'; '.join(reasons)})" if reasons else "")
+
+    def render(self) -> str:
+        """The citations as one text: references (or BibTeX entries) separated by blank lines, or for
+        ``json`` a JSON array of CSL items. Skipped DOIs are listed as such (not in JSON: see :attr:`skipped`)."""
+        if self.style.lower() == "json":
+            return json.dumps([json.loads(c.text) for c in self.items if c.text], indent=1, ensure_ascii=False)
+        return "\n\n".join(c.text if c.text else f"{c.url} (not fetched: {c.reason})" for c in self.items)
 
     def to_dict(self) -> dict:
         return {
@@ -147,7 +165,7 @@ def cite(
 def _fetch(session: requests.Session, resolver: str, doi: str, style: str, timeout: float) -> str:
     response = session.get(
         f"{resolver.rstrip('/')}/{doi}",
-        headers={"Accept": f"text/x-bibliography; style={style}", "User-Agent": "idc-cohort"},
+        headers={"Accept": accept_header(style), "User-Agent": "idc-cohort"},
         timeout=timeout,
     )
     response.raise_for_status()
@@ -155,7 +173,18 @@ def _fetch(session: requests.Session, resolver: str, doi: str, style: str, timeo
     text = response.content.decode(response.encoding if charset else "utf-8", errors="replace").strip()
     if not text:
         raise requests.RequestException(f"empty citation from {response.url}")
+    if style.lower() == "json":
+        try:
+            json.loads(text)
+        except ValueError:
+            raise requests.RequestException(f"the CSL JSON from {response.url} is not JSON") from None
     return text
+
+
+def dois_of(cohort) -> list[str]:
+    """The distinct source DOIs of a cohort's series (idc-index's ``source_DOI``)."""
+    return cohort.sql(
+        "SELECT DISTINCT source_DOI FROM cohort WHERE source_DOI IS NOT NULL ORDER BY 1").column(0).to_pylist()
 
 
 def _cache_file(cache: Path, doi: str, style: str) -> Path:

@@ -16,9 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._text import plural
 from .catalog import Catalog
-from .errors import CohortInputError
-from .queries import SavedQuery, load_query
+from .errors import CohortInputError, ParameterError
+from .queries import SavedQuery, bind_sql, load_query
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -74,6 +75,16 @@ class Provenance:
             source=source,
         )
 
+    @property
+    def label(self) -> str:
+        """The query name with its parameters, e.g. ``series_by_collection(collection_id='tcga_paad')``
+        (NULLs left out; a combined cohort's name already holds its operands')."""
+        name = self.query_name or "sql"
+        if any(isinstance(v, dict) for v in self.params.values()):
+            return name
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.params.items() if v is not None and k != "uids_sha256")
+        return f"{name}({shown})" if shown else name
+
     def to_dict(self) -> dict[str, Any]:
         return {k: (_jsonable(v) if k == "params" else v) for k, v in asdict(self).items()}
 
@@ -98,8 +109,9 @@ class Counts:
 
     def __str__(self) -> str:
         return (
-            f"{self.series:,} series, {self.studies:,} studies, {self.patients:,} patients, "
-            f"{self.collections:,} collections, {self.instances:,} instances, {self.size_gb:,.2f} GB"
+            f"{plural(self.series, 'series', 'series')}, {plural(self.studies, 'study', 'studies')}, "
+            f"{plural(self.patients, 'patient')}, {plural(self.collections, 'collection')}, "
+            f"{plural(self.instances, 'instance')}, {self.size_gb:,.2f} GB"
         )
 
 
@@ -120,10 +132,17 @@ class Cohort:
 
     # -- constructors -----------------------------------------------------
     @classmethod
-    def from_sql(cls, sql: str, params: Mapping[str, Any] | None = None, catalog: Catalog | None = None) -> Cohort:
-        """Select series with SQL over the catalog (named parameters as ``$name``)."""
+    def from_sql(
+        cls,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        catalog: Catalog | None = None,
+        **kwargs: Any,
+    ) -> Cohort:
+        """Select series with SQL over the catalog, with parameters (``$name``) as a dict or keywords,
+        as :meth:`from_query` takes them: ``Cohort.from_sql("... WHERE collection_id = $c", c="tcga_paad")``."""
         catalog = catalog or default_catalog()
-        params = dict(params or {})
+        params = bind_sql(sql, {**_mapping(params, "from_sql"), **kwargs})
         result = catalog.sql(sql, params)
         return cls(result, Provenance.make(catalog, sql=sql, params=params), catalog)
 
@@ -138,16 +157,26 @@ class Cohort:
         """Run a saved query, by name or path, with parameters as a dict or keywords."""
         catalog = catalog or default_catalog()
         saved = query if isinstance(query, SavedQuery) else load_query(query)
-        bound = saved.bind({**dict(params or {}), **kwargs})
+        bound = saved.bind({**_mapping(params, "from_query"), **kwargs})
         result = catalog.sql(saved.sql, bound, source=saved.source)
         prov = Provenance.make(catalog, query_name=saved.name, sql=saved.sql, params=bound, source=saved.source)
         return cls(result, prov, catalog)
 
     @classmethod
     def from_uids(cls, uids: Iterable[str], catalog: Catalog | None = None, name: str | None = None) -> Cohort:
-        """A cohort of the given SeriesInstanceUIDs (current or earlier releases)."""
+        """A cohort of the given SeriesInstanceUIDs (current or earlier releases); one string is one UID."""
         catalog = catalog or default_catalog()
-        wanted = list(dict.fromkeys(u.strip() for u in uids if u and u.strip()))
+        if isinstance(uids, str):
+            uids = [uids]
+        try:
+            items = list(uids)
+        except TypeError:
+            raise CohortInputError(f"from_uids takes SeriesInstanceUIDs (a string or a list of strings), "
+                                   f"got {type(uids).__name__}") from None
+        bad = [u for u in items if not isinstance(u, str)]
+        if bad:
+            raise CohortInputError(f"SeriesInstanceUIDs are strings; got {type(bad[0]).__name__} {bad[0]!r}")
+        wanted = list(dict.fromkeys(u.strip() for u in items if u and u.strip()))
         table = uid_table(wanted)
         unknown = catalog.sql(
             "SELECT w.SeriesInstanceUID FROM _w w WHERE w.SeriesInstanceUID NOT IN "
@@ -183,6 +212,23 @@ class Cohort:
 
     def __contains__(self, uid: object) -> bool:
         return uid in self._distinct_uids()
+
+    @property
+    def unknown_series(self):
+        """Rows of the query's result naming series IDC does not have (:class:`cohort.diagnose.UnknownSeries`;
+        false when there are none). Such series are not in :meth:`to_arrow` and :attr:`counts`."""
+        from .diagnose import unknown_series  # noqa: PLC0415
+
+        return unknown_series(self.catalog, self.result)
+
+    def why_empty(self) -> list[str]:
+        """For a cohort without series: which bound values are absent from the columns the query
+        compares them with, and the nearest values that exist (empty list when nothing explains it)."""
+        from .diagnose import explain_empty  # noqa: PLC0415
+
+        if len(self) or not self.provenance.sql:
+            return []
+        return explain_empty(self.catalog, self.provenance.sql, self.provenance.params)
 
     def _uids_table(self) -> pa.Table:
         return uid_table(self.series_uids)
@@ -258,7 +304,7 @@ class Cohort:
         else:
             theirs = set(other.series_uids)
             keep = [u for u in self.series_uids if (u in theirs) == (op == "&")]
-        name = f"({self.provenance.query_name or 'sql'} {op} {other.provenance.query_name or 'sql'})"
+        name = f"({self.provenance.label} {op} {other.provenance.label})"
         prov = Provenance.make(
             self.catalog,
             query_name=name,
@@ -314,6 +360,16 @@ SELECT * FROM cur
 UNION ALL BY NAME
 SELECT *, false AS in_current_release FROM prior
 """
+
+
+def _mapping(params: Any, where: str) -> dict[str, Any]:
+    """Parameters given as a dict (or nothing); anything else is a clear error, not a TypeError."""
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise ParameterError(f"{where}: params must be a dict of name -> value, got {type(params).__name__} "
+                             f"{params!r}; or pass them as keywords, e.g. {where}(..., collection_id='tcga_paad')")
+    return dict(params)
 
 
 def uid_table(uids: list[str]) -> pa.Table:

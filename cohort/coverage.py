@@ -62,6 +62,7 @@ from .endpoints import (
     idc_proxy,
 )
 from .errors import CoverageError, EndpointError
+from .releases import DEFAULT_LAG, default_newest_store
 from .retry import RateLimiter, RetryPolicy, get
 
 if TYPE_CHECKING:
@@ -73,8 +74,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNAVAILABLE = "unavailable"
-#: Releases between the index and the newest Google store assumed when none is given.
-DEFAULT_LAG = 1
 #: The first release with a Google store.
 FIRST_GOOGLE_STORE = 1
 #: Stores probed by :func:`discover_newest_store`, newest first.
@@ -226,7 +225,7 @@ SELECT SeriesInstanceUID, StudyInstanceUID, collection_id, aws_bucket, series_si
     WHEN $pin IS NOT NULL AND endpoint <> 'idc-proxy' AND endpoint <> 'unavailable' THEN
         CASE WHEN proxy_ok THEN format('pinned to v{0}: {1} serves v{0}, the same revision as the proxy',
                                        $pin, endpoint)
-             WHEN in_current_release THEN format('pinned to v{0}: the proxy serves the current (v{1}) revision; '
+             WHEN in_current_release THEN format('pinned to v{0}: the proxy serves the current revision, made in v{1}; '
                                                  '{2} serves v{0}', $pin, newest_made, endpoint)
              ELSE format('pinned to v{0}: removed after v{1}, so not on the proxy; {2} serves v{0}',
                          $pin, series_last, endpoint) END
@@ -237,7 +236,7 @@ SELECT SeriesInstanceUID, StudyInstanceUID, collection_id, aws_bucket, series_si
                                                                  'store: {})', $pin, coalesce('v' || $newest, 'none'))
              ELSE format('Google stores start at v{}', $first) END,
         CASE WHEN proxy_ok THEN '; the proxy serves it, as the current revision is the same'
-             WHEN in_current_release THEN format(', and the proxy serves only the current (v{}) revision',
+             WHEN in_current_release THEN format(', and the proxy serves only the current revision, made in v{}',
                                                  newest_made)
              ELSE format(', and it left IDC after v{}', series_last) END)
     -- the newest revision
@@ -290,9 +289,7 @@ def route(
             newest_google_store = discover_newest_store(
                 current, first=first_google_store, store=lambda n: google_store(n, google_auth))
         else:
-            if lag < 0:
-                raise CoverageError(f"lag must be 0 or more releases, got {lag}")
-            newest_google_store = current - lag
+            newest_google_store = default_newest_store(current, lag)
     if newest_google_store is not None and newest_google_store > current:
         raise CoverageError(f"newest Google store v{newest_google_store} is newer than the index (IDC v{current}); "
                             "update idc-index-data or give a store no newer than the index")

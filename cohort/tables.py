@@ -31,7 +31,7 @@ import platformdirs
 import requests
 
 from ._text import short_error
-from .errors import TableUnavailableError, UnknownTableError
+from .errors import CatalogError, TableUnavailableError, UnknownTableError
 
 #: idc-index's name for a table -> idc-index-data's file stem.
 FILE_STEMS = {"index": "idc_index"}
@@ -107,6 +107,11 @@ def _package_tables() -> list[tuple[str, dict | None, Path | None]]:
     ]
 
 
+def expected_files() -> list[str]:
+    """The file names an index directory may hold: one ``<table>.parquet`` per optional table."""
+    return [f"{name}.parquet" for name, info in known_tables().items() if not info.bundled]
+
+
 def cache_dir(version: str | None = None) -> Path:
     return Path(platformdirs.user_cache_dir("idc-cohort")) / (version or data_version())
 
@@ -129,6 +134,14 @@ class TableStore:
     ) -> None:
         env_dir = os.environ.get("COHORT_INDEX_DIR")
         self.index_dir = Path(index_dir) if index_dir else (Path(env_dir) if env_dir else None)
+        if self.index_dir is not None and not self.index_dir.is_dir():
+            given = "index_dir (--index-dir)" if index_dir else "COHORT_INDEX_DIR"
+            what = "is not a directory" if self.index_dir.exists() else "does not exist"
+            raise CatalogError(
+                f"index directory {self.index_dir} (from {given}) {what}; give the directory that holds the "
+                f"optional tables' Parquet files ({', '.join(expected_files()[:3])}, ...), or leave it unset "
+                "to use the cache and downloads"
+            )
         self.cache = Path(cache) if cache else cache_dir()
         self.urls = tuple(urls)
         self.download = download
@@ -180,14 +193,22 @@ class TableStore:
     def fetch(self, name: str) -> Path:
         """Download an optional table into the cache; the first URL that yields a valid file wins."""
         urls = self.release_urls(name)
-        how_to = (
-            f"put {name}.parquet (idc-index-data {self.version}) in a directory and pass it as "
-            f"index_dir= (--index-dir) or set COHORT_INDEX_DIR; or copy it into {self.cache}"
-        )
+        if self.index_dir is not None:
+            held = sorted(p.name for p in self.index_dir.glob("*.parquet"))
+            shown = ", ".join(held[:8]) + (f" and {len(held) - 8} more" if len(held) > 8 else "")
+            what = (f"table {name!r} is not in the index directory {self.index_dir} (looked for "
+                    f"{self.index_dir / f'{name}.parquet'}; the directory holds {shown or 'no .parquet files'})")
+            how_to = (f"put {name}.parquet of idc-index-data {self.version} into {self.index_dir} (one file per "
+                      f"table, named as the table: {', '.join(expected_files()[:3])}, ...)")
+        else:
+            what = f"table {name!r} is not on this machine"
+            how_to = (
+                f"to work offline, put {name}.parquet (idc-index-data {self.version}) in a directory and pass it "
+                f"as index_dir= (--index-dir) or set COHORT_INDEX_DIR; or copy it into {self.cache}"
+            )
         if not self.download:
             raise TableUnavailableError(
-                f"table {name!r} is not on this machine and downloads are off "
-                f"(it is published at {' and '.join(urls)}); {how_to}"
+                f"{what}, nor cached, and downloads are off (it is published at {' and '.join(urls)}); {how_to}"
             )
         failures = []
         for url in urls:
@@ -195,9 +216,7 @@ class TableStore:
                 return self._download(name, url)
             except (requests.RequestException, OSError, ValueError) as exc:
                 failures.append(f"{url}: {short_error(exc)}")
-        raise TableUnavailableError(
-            f"table {name!r} could not be fetched; tried {'; '.join(failures)}. To work offline, {how_to}"
-        )
+        raise TableUnavailableError(f"{what} and could not be fetched (tried {'; '.join(failures)}); {how_to}")
 
     def _download(self, name: str, url: str) -> Path:
         """Fetch one URL into a temporary file; only a complete, verified file is renamed into the cache."""

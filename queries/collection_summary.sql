@@ -6,7 +6,7 @@ SELECT
     count(DISTINCT PatientID) AS patients,
     count(DISTINCT StudyInstanceUID) AS studies,
     count(*) AS series,
-    sum(instanceCount) AS instances,
+    sum(instanceCount)::BIGINT AS instances,
     round(sum(series_size_MB) / 1000, 2) AS size_GB,
     string_agg(DISTINCT Modality, ',' ORDER BY Modality) AS modalities,
     string_agg(DISTINCT license_short_name, '; ' ORDER BY license_short_name) AS licenses

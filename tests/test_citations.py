@@ -118,3 +118,70 @@ def test_an_unwritable_cache_still_gives_the_fetched_citations(resolver, tmp_pat
     result = cite(["10.5281/zenodo.12689972"], resolver=resolver, cache_dir=blocker / "cache")
     assert [c.status for c in result.items] == [CitationStatus.FETCHED, CitationStatus.FETCHED]
     assert all(c.text for c in result.items)
+
+
+# -- issue 12 item 9: BibTeX and CSL JSON as well as APA (idc-index's citation formats) -----------
+BIBTEX = {IDC_DOI: "@article{Fedorov_2023, title={National Cancer Institute Imaging Data Commons}, year={2023}}"}
+CSL = {IDC_DOI: {"DOI": IDC_DOI, "type": "article-journal", "title": "National Cancer Institute Imaging Data Commons"}}
+
+
+class _Negotiating(BaseHTTPRequestHandler):
+    """Answers by the Accept header as doi.org does: BibTeX, CSL JSON or a formatted reference."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        doi = self.path.lstrip("/").lower()
+        accept = self.headers.get("Accept", "")
+        if accept == "application/x-bibtex" and doi in BIBTEX:
+            body, kind = BIBTEX[doi], "application/x-bibtex"
+        elif accept == "application/vnd.citationstyles.csl+json" and doi in CSL:
+            body, kind = json.dumps(CSL[doi]), "application/vnd.citationstyles.csl+json"
+        elif accept.startswith("text/x-bibliography") and doi in REFERENCES:
+            body, kind = REFERENCES[doi], "text/x-bibliography"
+        else:
+            self.send_response(404)
+            self.end_headers()
+            return
+        data = body.encode("utf-8")
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture()
+def negotiating():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Negotiating)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_bibtex_and_csl_json(negotiating, tmp_path):
+    bib = cite([], style="bibtex", resolver=negotiating, cache_dir=tmp_path)
+    assert bib.items[0].text == BIBTEX[IDC_DOI] and bib.render() == BIBTEX[IDC_DOI]
+    csl = cite([], style="json", resolver=negotiating, cache_dir=tmp_path)
+    assert json.loads(csl.render()) == [CSL[IDC_DOI]]
+    apa = cite([], resolver=negotiating, cache_dir=tmp_path)  # each format is cached on its own
+    assert apa.items[0].text == REFERENCES[IDC_DOI]
+    again = cite([], style="bibtex", resolver=negotiating, cache_dir=tmp_path)
+    assert again.items[0].status is CitationStatus.CACHED and again.items[0].text == BIBTEX[IDC_DOI]
+
+
+def test_cli_cite_in_bibtex(negotiating, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cohort.cli import cli
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    args = ["cite", "series_by_collection", "-p", "collection_id=tcga_paad", "--resolver", negotiating]
+    r = CliRunner().invoke(cli, [*args, "--format", "bibtex"])
+    # the resolver knows IDC's paper only: the collection's DOIs are listed as skipped, and the exit code says so
+    assert r.exit_code == 1
+    assert r.stdout.startswith(BIBTEX[IDC_DOI])
+    assert "https://doi.org/10.5281/zenodo.12689972 (not fetched: 404" in r.stdout
+    assert "1 fetched" in r.stderr and "skipped" in r.stderr

@@ -98,13 +98,13 @@ def test_a_users_own_sql_file(tmp_path, index_dir):
 
 
 def test_tables(index_dir):
-    r = run("tables", "-f", "csv", index_dir=index_dir)
+    r = run("tables", "-f", "csv", "--paths", index_dir=index_dir)
     assert r.exit_code == 0, r.stderr
     df = pd.read_csv(io.StringIO(r.stdout)).set_index("table")
     assert df.loc["index", "status"] == "shipped"
     assert df.loc["sm_index", "status"] == "local"
     assert df.loc["sm_index", "path"] == str(index_dir / "sm_index.parquet")
-    assert df.loc["clinical_index", "status"] == "fetched on first use"
+    assert df.loc["clinical_index", "status"] == "on first use"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -172,3 +172,46 @@ def test_dicomweb_options_that_contradict_are_usage_errors(args, message, tmp_pa
     assert r.exit_code == 2
     assert message in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+# -- issue 12 item 10: small things ----------------------------------------------------------------
+def test_wrote_one_row_is_singular(tmp_path):
+    out = tmp_path / "one.csv"
+    r = run("sql", "SELECT 1 AS x", "-o", str(out))
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.strip() == f"wrote 1 row to {out}"
+
+
+def test_summary_of_one_collection_is_singular(paad_sm):
+    r = run(*PAAD_SM, "--summary")
+    assert "466 series, 185 studies, 185 patients, 1 collection, 2,191 instances" in r.stdout.splitlines()[0]
+
+
+def test_collection_summary_instances_are_integers():
+    r = run("query", "collection_summary", "-p", "modality=SM", "-f", "csv")
+    assert r.exit_code == 0, r.stderr
+    paad = next(line for line in r.stdout.splitlines() if line.startswith("tcga_paad,"))
+    assert paad.split(",")[4] == "2191"  # not 2191.0
+    table = run("query", "collection_summary", "--max-rows", "3")
+    assert " 21480654 " in table.stdout  # nlst's instances, not 2.148065e+07
+
+
+def test_max_rows_minus_one_shows_every_row(paad_sm):
+    r = run(*PAAD_SM, "--max-rows", "-1")
+    assert r.exit_code == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 1 + len(paad_sm) and "rows]" not in r.stdout
+    assert run(*PAAD_SM, "--max-rows", "-2").exit_code == 2
+
+
+def test_tables_fit_a_terminal(monkeypatch, index_dir):
+    monkeypatch.setenv("COLUMNS", "100")
+    r = run("tables", index_dir=index_dir)
+    assert r.exit_code == 0, r.stderr
+    assert max(len(line) for line in r.stdout.splitlines()) <= 100
+
+
+def test_fetch_help_lists_the_tables():
+    r = run("fetch", "--help")
+    assert r.exit_code == 0
+    for name in ("sm_index", "seg_index", "clinical_index", "sm_instance_index", "ann_index"):
+        assert name in r.stdout

@@ -125,7 +125,7 @@ def test_set_operations_match_python_sets(paad, catalog):
     both = paad & sm
     assert both.counts.series == _one(
         catalog, "SELECT count(*) AS n FROM index WHERE collection_id = 'tcga_paad' AND Modality = 'SM'")["n"]
-    assert both.provenance.query_name == "(sql & sql)"
+    assert both.provenance.query_name == "(sql(c='tcga_paad') & sql)"  # parameters kept in the name
     assert both.provenance.params["left"]["sql"] == PAAD_SQL
     assert (paad & sm).provenance.sha256 == both.provenance.sha256
     assert (sm & paad).provenance.sha256 != both.provenance.sha256
@@ -173,3 +173,47 @@ def test_notebook_is_valid_and_uses_the_public_api():
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     for call in ("Cohort.from_query(", "Cohort.from_uids(", ".counts", ".by_modality()", ".provenance", " - ", " | "):
         assert call in code
+
+
+# -- issue 12 item 7: the Python API takes what the CLI takes -------------------------------------
+def test_from_sql_takes_keyword_parameters_like_from_query(paad, catalog):
+    c = Cohort.from_sql(PAAD_SQL, c="tcga_paad", catalog=catalog)
+    assert set(c.series_uids) == set(paad.series_uids) and len(c) == 1414  # IDC v25
+    assert c.provenance.params == {"c": "tcga_paad"}
+    assert c.provenance.sha256 == paad.provenance.sha256  # same SQL and parameters as the dict form
+
+
+def test_from_uids_takes_one_uid_string_as_one_uid(catalog):
+    c = Cohort.from_uids(PANCREAS_SLIDE, catalog=catalog)
+    assert c.series_uids == [PANCREAS_SLIDE] and len(c) == 1
+    with pytest.raises(CohortInputError, match="SeriesInstanceUIDs are strings; got int 7"):
+        Cohort.from_uids([PANCREAS_SLIDE, 7], catalog=catalog)
+    with pytest.raises(CohortInputError, match="got int"):
+        Cohort.from_uids(7, catalog=catalog)
+
+
+# -- issue 12 item 10: plurals and names of combined cohorts ---------------------------------------
+def test_counts_use_singular_for_one():
+    text = str(Counts(collections=1, patients=1, studies=1, series=1, instances=1, size_gb=0.5))
+    assert text == "1 series, 1 study, 1 patient, 1 collection, 1 instance, 0.50 GB"
+    assert "2 studies, 3 patients, 2 collections, 5 instances" in str(Counts(2, 3, 2, 4, 5, 1.0))
+
+
+def test_set_operation_names_keep_their_parameters(catalog):
+    every = Cohort.from_query("series_by_collection", collection_id="tcga_paad", catalog=catalog)
+    sm = Cohort.from_query("series_by_collection", collection_id="tcga_paad", modality="SM", catalog=catalog)
+    diff = every - sm
+    assert diff.provenance.query_name == (
+        "(series_by_collection(collection_id='tcga_paad') - "
+        "series_by_collection(collection_id='tcga_paad', modality='SM'))")
+    assert len(diff) == 1414 - 466  # IDC v25
+    assert repr(diff).startswith(f"<Cohort {diff.provenance.query_name} IDC v25: 948 series")
+
+
+def test_params_that_are_not_a_dict_are_a_clear_error(catalog):
+    from cohort import ParameterError
+
+    with pytest.raises(ParameterError, match="from_sql: params must be a dict of name -> value, got str"):
+        Cohort.from_sql(PAAD_SQL, "tcga_paad", catalog=catalog)
+    with pytest.raises(ParameterError, match="from_query: params must be a dict"):
+        Cohort.from_query("series_by_collection", ["tcga_paad"], catalog=catalog)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pydicom
 import pytest
@@ -96,7 +97,7 @@ def test_pinned_release_tutorial_slide(catalog, index_frame):
     routes = route(cohort, Policy.pinned(9), newest_google_store=24).routes.to_pandas().set_index("SeriesInstanceUID")
     slide = routes.loc[PANCREAS_SLIDE]
     assert slide["endpoint"] == "idc-store-v9" and slide["served_version"] == 9 and slide["revision_version"] == 8
-    assert slide["reason"] == "pinned to v9: the proxy serves the current (v10) revision; idc-store-v9 serves v9"
+    assert slide["reason"] == "pinned to v9: the proxy serves the current revision, made in v10; idc-store-v9 serves v9"
     assert slide["proxy_differs"]
     assert routes.loc[new_in_v20, "endpoint"] == "unavailable"
     assert routes.loc[new_in_v20, "reason"] == "not in IDC v9: first released after v9"
@@ -173,7 +174,7 @@ def test_no_google_store_sends_everything_current_to_the_proxy(catalog):
     assert report.routes.to_pylist()[0]["endpoint"] == "idc-proxy"
     pinned = route(cohort, 9, newest_google_store=24, first_google_store=10).routes.to_pylist()[0]
     assert pinned["endpoint"] == "unavailable" and pinned["reason"] == (
-        "pinned to v9: Google stores start at v10, and the proxy serves only the current (v10) revision")
+        "pinned to v9: Google stores start at v10, and the proxy serves only the current revision, made in v10")
 
 
 def test_policy_parse():
@@ -187,7 +188,7 @@ def test_cli_coverage_formats(tmp_path):
     args = ["coverage", "series_by_collection", "-p", "collection_id=tcga_paad", "-p", "modality=SM"]
     table = runner.invoke(cli, [*args, "--pin", "9", "--by", "reason"])
     assert table.exit_code == 0, table.output
-    assert "the proxy serves the current (v10) revision; idc-store-v9 serves v9" in table.stdout
+    assert "the proxy serves the current revision, made in v10; idc-store-v9 serves v9" in table.stdout
     assert "series routed (pinned to v9" in table.stderr
     out = tmp_path / "routes.json"
     result = runner.invoke(cli, [*args, "--policy", "proxy", "-f", "json", "-o", str(out)])
@@ -268,3 +269,30 @@ def test_discover_newest_store_probes_down_to_the_first_that_answers(idc_series_
     assert discover_newest_store(25, store=store, max_probes=2) is None
     with pytest.raises(CoverageError, match="HTTP 401"):
         discover_newest_store(25, store=lambda n: custom(server.dicomweb_url), policy=RetryPolicy(max_attempts=1))
+
+
+# -- issue 12 item 4: one default for the newest Google store ------------------------------------
+def test_not_in_google_store_and_coverage_agree_by_default(catalog):
+    from cohort.releases import default_newest_store
+
+    assert default_newest_store(catalog.idc_version) == catalog.idc_version - 1 == 24
+    query = Cohort.from_query("not_in_google_store", collection_id="tcga_paad", catalog=catalog)
+    assert query.provenance.params["newest_store"] == 24
+    report = route(Cohort.from_query("series_by_collection", collection_id="tcga_paad", catalog=catalog), PREFER_GOOGLE)
+    assert report.newest_google_store == 24
+    proxied = report.routes.filter(pc.equal(report.routes.column("endpoint"), "idc-proxy")).column(
+        "SeriesInstanceUID").to_pylist()
+    assert len(query) == len(proxied) == 113  # IDC v25: tcga_paad series revised in v25
+    assert set(query.series_uids) == set(proxied)
+    reasons = set(query.result.column("reason").to_pylist())
+    assert reasons == {"revised in v25, newest Google store is v24"}
+
+
+def test_cli_coverage_max_rows(tmp_path):
+    args = ["coverage", "series_by_collection", "-p", "collection_id=tcga_paad", "--by", "series", "--policy", "proxy"]
+    few = CliRunner().invoke(cli, [*args, "--max-rows", "4"])
+    assert few.exit_code == 0, few.output
+    assert "[1,414 rows]" in few.stdout and len(few.stdout.splitlines()) <= 8
+    every = CliRunner().invoke(cli, [*args, "--max-rows", "-1"])
+    assert every.exit_code == 0 and "[1,414 rows]" not in every.stdout
+    assert len(every.stdout.splitlines()) == 1 + 1414

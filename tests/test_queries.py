@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,173 @@ def test_unknown_query_name_suggests():
         load_query("sm_by_organs")
     with pytest.raises(QueryFileError, match="does not exist"):
         load_query("nowhere/q.sql")
+
+
+# -- issue 12 item 3: one name per query; a broken file does not hide the others ---------------
+def test_a_query_is_found_by_its_header_name_and_listed_by_it(tmp_path, monkeypatch, catalog):
+    _write(tmp_path, "-- name: ct_chest\n-- description: chest CT\n"
+                     "SELECT SeriesInstanceUID FROM index WHERE Modality = 'CT' AND BodyPartExamined = 'CHEST'",
+           name="chest.sql")
+    monkeypatch.setenv("COHORT_QUERY_PATH", str(tmp_path))
+    assert "ct_chest" in [q.name for q in list_queries()] and "chest" not in [q.name for q in list_queries()]
+    q = load_query("ct_chest")
+    assert q.name == "ct_chest" and q.path == tmp_path / "chest.sql"
+    with pytest.raises(QueryFileError, match=r"chest.sql is named 'ct_chest' by its -- name: header"):
+        load_query("chest")  # the stem is not a second name
+    expected = catalog.sql("SELECT count(*) FROM index WHERE Modality = 'CT' AND BodyPartExamined = 'CHEST'")
+    assert len(Cohort.from_query("ct_chest", catalog=catalog)) == expected.column(0)[0].as_py()
+
+
+def test_a_broken_query_file_is_listed_with_its_error_and_the_others_work(tmp_path, monkeypatch):
+    from cohort.queries import scan_queries
+
+    _write(tmp_path, "-- name: broken_one\n-- param x NUMBER\nSELECT $x AS x\n", name="broken.sql")
+    _write(tmp_path, "-- name: bad_sql\nSELECT *\nFORM index\n", name="bad_sql.sql")
+    _write(tmp_path, "-- name: fine\nSELECT 1 AS x\n", name="fine.sql")
+    (tmp_path / "latin1.sql").write_bytes(b"-- name: latin1\n-- description: caf\xe9\nSELECT 1 AS x\n")
+    monkeypatch.setenv("COHORT_QUERY_PATH", str(tmp_path))
+    entries = {e.name: e for e in scan_queries()}
+    assert entries["broken_one"].error.startswith(f"{tmp_path / 'broken.sql'}:2: parameter type NUMBER")
+    assert entries["bad_sql"].error.startswith(f"{tmp_path / 'bad_sql.sql'}:3: the SQL does not parse")
+    assert entries["latin1"].error.startswith(f"{tmp_path / 'latin1.sql'}:2: not UTF-8")
+    assert entries["fine"].ok and entries["series_by_collection"].ok
+    assert "fine" in [q.name for q in list_queries()] and "broken_one" not in [q.name for q in list_queries()]
+    with pytest.raises(QueryFileError) as err:  # running it names file:line
+        load_query("broken_one")
+    assert str(err.value).startswith(f"{tmp_path / 'broken.sql'}:2: ")
+
+
+def test_cli_queries_flags_the_broken_file_and_exits_0(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cohort.cli import cli
+
+    _write(tmp_path, "-- name: broken_one\n-- param x NUMBER\nSELECT $x AS x\n", name="broken.sql")
+    monkeypatch.setenv("COHORT_QUERY_PATH", str(tmp_path))
+    r = CliRunner().invoke(cli, ["queries"])
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("broken_one"))
+    assert "BROKEN" in line and "broken.sql:2:" in line
+    assert "sm_by_organ" in r.stdout and "1 query file cannot be read" in r.stderr
+    r = CliRunner().invoke(cli, ["query", "broken_one"])
+    assert r.exit_code == 1 and "broken.sql:2: parameter type NUMBER" in r.stderr
+
+
+def test_unused_parameter_names_its_line(tmp_path):
+    path = _write(tmp_path, "-- name: q\n-- param a VARCHAR\n-- param b VARCHAR\nSELECT $a AS a\n")
+    with pytest.raises(QueryFileError, match="parameter.*b declared but not used") as err:
+        load_query(path)
+    assert str(err.value).startswith(f"{path}:3: ")
+
+
+# -- issue 12 item 5: empty answers explain themselves; a repeated -p is not last-wins ----------
+def test_empty_answer_names_the_absent_value_and_the_nearest(catalog):
+    c = Cohort.from_query("series_by_collection", collection_id="TCGA_PAAD", catalog=catalog)
+    assert len(c) == 0
+    assert c.why_empty() == ["collection_id 'TCGA_PAAD' is not in index.collection_id; did you mean 'tcga_paad'?"]
+    c = Cohort.from_query("series_by_collection", collection_id="tcga_paad", modality="CTT", catalog=catalog)
+    assert c.why_empty() == ["Modality 'CTT' is not in index.Modality; did you mean 'CT'?"]
+    c = Cohort.from_query("series_by_collection", collection_id="tcga_paad", modality="MG", catalog=catalog)
+    (reason,) = c.why_empty()  # both exist: 1,414 tcga_paad series, but none is MG
+    assert "collection_id 'tcga_paad' (1,414 rows of index)" in reason and "no row has them all" in reason
+
+
+def test_empty_answer_over_an_optional_table_and_a_list_column(fixture_catalog):
+    c = Cohort.from_query("sm_by_organ", organ="Pancreass", catalog=fixture_catalog)
+    assert c.why_empty() == [
+        "primaryAnatomicStructure_CodeMeaning 'Pancreass' is not in "
+        "sm_index.primaryAnatomicStructure_CodeMeaning; did you mean 'Pancreas'?"]
+    c = Cohort.from_query("sm_by_stain_and_power", stain="hematoxylin", catalog=fixture_catalog)
+    (reason,) = c.why_empty()
+    assert reason.startswith("staining_usingSubstance_CodeMeaning 'hematoxylin' is not in sm_index.")
+    assert "'hematoxylin stain'" in reason
+
+
+def test_cli_empty_query_says_why(catalog):
+    from click.testing import CliRunner
+
+    from cohort.cli import cli
+
+    r = CliRunner().invoke(cli, ["query", "series_by_collection", "-p", "collection_id=TCGA_PAAD", "--summary"])
+    assert r.exit_code == 0, r.output
+    assert ("no rows: collection_id 'TCGA_PAAD' is not in index.collection_id; did you mean 'tcga_paad'?"
+            in r.stderr)
+
+
+def test_repeated_parameter_is_an_error_for_a_scalar_and_a_list_for_a_list(catalog):
+    from cohort.queries import parse_assignments
+
+    twice = parse_assignments(["modality=SM", "modality=CT", "collection_id=tcga_paad"])
+    with pytest.raises(ParameterError, match=r"'modality' is given 2 times \(-p modality=SM -p modality=CT\)"):
+        load_query("series_by_collection").bind(twice)
+    patients = parse_assignments(["patient_ids=TCGA-F2-A7TX", "patient_ids=TCGA-2J-AAB1,TCGA-2J-AAB4"])
+    bound = load_query("series_by_patient").bind(patients)
+    assert bound["patient_ids"] == ["TCGA-F2-A7TX", "TCGA-2J-AAB1", "TCGA-2J-AAB4"]
+    with pytest.raises(ParameterError, match="expects one VARCHAR value, got list"):
+        load_query("series_by_collection").bind({"collection_id": ["tcga_paad", "tcga_luad"]})
+
+
+def test_sql_naming_series_not_in_idc_says_so(tmp_path, catalog):
+    from click.testing import CliRunner
+
+    from cohort.cli import cli
+
+    uids = [f"1.2.826.0.1.3680043.99.{i}" for i in range(12)]
+    path = _write(tmp_path, "SELECT unnest(" + str(uids) + ") AS SeriesInstanceUID\n", name="elsewhere.sql")
+    c = Cohort.from_query(path, catalog=catalog)
+    assert str(c.unknown_series).startswith("12 of 12 rows name series that are not in IDC v25")
+    r = CliRunner().invoke(cli, ["query", str(path), "--summary"])
+    assert r.exit_code == 0, r.output
+    assert "12 of 12 rows name series that are not in IDC v25" in r.stderr
+    assert not Cohort.from_query("series_by_collection", collection_id="tcga_paad", catalog=catalog).unknown_series
+
+
+# -- issue 12 item 6: typed parameters in ad-hoc SQL; the silent cases are refused --------------
+def _modality_counts(catalog, *modalities):
+    rows = catalog.sql("SELECT Modality, count(*) AS n FROM index WHERE list_contains($m, Modality) GROUP BY 1",
+                       {"m": list(modalities)}).to_pylist()
+    return {r["Modality"]: r["n"] for r in rows}
+
+
+def test_typed_list_parameter_in_adhoc_sql(catalog):
+    from click.testing import CliRunner
+
+    from cohort.cli import cli
+
+    expected = _modality_counts(catalog, "CT", "MR")
+    assert expected == {"CT": 270830, "MR": 128143}  # IDC v25
+    for sql, p in [("SELECT Modality, count(*) AS n FROM index WHERE Modality IN $m GROUP BY 1 ORDER BY 1",
+                    "m:VARCHAR[]=CT,MR"),
+                   ("SELECT Modality, count(*) AS n FROM index WHERE list_contains($m::VARCHAR[], Modality) "
+                    "GROUP BY 1 ORDER BY 1", "m=CT,MR"),  # the cast gives the type
+                   ("SELECT Modality, count(*) AS n FROM index WHERE Modality IN $m GROUP BY 1 ORDER BY 1",
+                    "m:varchar[]=CT, MR")]:
+        r = CliRunner().invoke(cli, ["sql", "-p", p, "-f", "json", sql])
+        assert r.exit_code == 0, r.output
+        assert {row["Modality"]: row["n"] for row in json.loads(r.stdout)} == expected
+    r = CliRunner().invoke(cli, ["sql", "-p", "n:INTEGER=1000", "-f", "json",
+                                 "SELECT count(*) AS n FROM index WHERE instanceCount > $n"])
+    assert json.loads(r.stdout)[0]["n"] == catalog.sql(
+        "SELECT count(*) FROM index WHERE instanceCount > 1000").column(0)[0].as_py()
+
+
+@pytest.mark.parametrize("params, sql, match", [
+    (["m=CT,MR"], "SELECT count(*) FROM index WHERE Modality IN $m", r"tests for a substring.*-p m:VARCHAR\[\]=CT,MR"),
+    (["m=CT,MR"], "SELECT count(*) FROM index WHERE Modality IN ($m)", r"compares with the one text 'CT,MR'"),
+    (["m=CT", "m=MR"], "SELECT count(*) FROM index WHERE Modality = $m", r"given 2 times.*-p m:VARCHAR\[\]=CT,MR"),
+    (["m:NUMBER=3"], "SELECT $m", "type 'NUMBER' is not one of"),
+    (["n:INTEGER=many"], "SELECT $n", "'n' expects INTEGER, got 'many'"),
+])
+def test_silent_adhoc_parameter_cases_are_refused(params, sql, match):
+    from click.testing import CliRunner
+
+    from cohort.cli import cli
+
+    r = CliRunner().invoke(cli, ["sql", *[x for p in params for x in ("-p", p)], sql])
+    assert r.exit_code == 1, r.output
+    assert re.search(match, r.stderr), r.stderr
+
+
+def test_from_sql_refuses_text_in_IN_too(catalog):
+    with pytest.raises(ParameterError, match="tests for a substring"):
+        Cohort.from_sql("SELECT SeriesInstanceUID FROM index WHERE Modality IN $m", m="CT,MR", catalog=catalog)

@@ -129,7 +129,7 @@ def test_offline_error_names_table_urls_and_how_to_supply_the_file(tmp_path):
     with pytest.raises(TableUnavailableError) as err:
         cat.sql("SELECT count(*) FROM sm_index")
     msg = str(err.value)
-    assert "'sm_index' could not be fetched" in msg
+    assert "'sm_index' is not on this machine and could not be fetched" in msg
     for u in urls:
         assert f"{u.format(version=VERSION, name='sm_index')}: ConnectionError: [Errno 111] Connection refused" in msg
     assert "COHORT_INDEX_DIR" in msg and "index_dir=" in msg and f"idc-index-data {VERSION}" in msg
@@ -168,3 +168,37 @@ def test_a_table_idc_index_already_fetched_is_reused(monkeypatch, index_dir, tmp
     assert cat.store.local_path("sm_index") == tmp_path / "idc-index" / "sm_index.parquet"
     assert cat.sql("SELECT count(*) AS n FROM sm_index").column("n")[0].as_py() == 30
     assert not (tmp_path / "ours").exists()  # nothing copied or downloaded
+
+
+# -- issue 12 item 8: the index directory ----------------------------------------------------------
+def test_a_missing_index_dir_is_an_error(tmp_path, monkeypatch):
+    from cohort import CatalogError
+
+    with pytest.raises(CatalogError, match=rf"index directory {tmp_path / 'nodir'} \(from index_dir .*does not exist"):
+        Catalog(index_dir=tmp_path / "nodir", cache_dir=tmp_path)
+    monkeypatch.setenv("COHORT_INDEX_DIR", str(tmp_path / "nodir"))
+    with pytest.raises(CatalogError, match=r"\(from COHORT_INDEX_DIR\) does not exist"):
+        Catalog(cache_dir=tmp_path)
+
+
+def test_cli_missing_index_dir_is_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+
+    from cohort.cli import cli
+
+    r = CliRunner().invoke(cli, ["--index-dir", str(tmp_path / "nodir"), "tables"])
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+
+
+def test_empty_index_dir_error_names_the_directory_and_the_file_names(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "sm_index.parquet.part").write_bytes(b"")  # not a table file
+    (empty / "notes.parquet").write_bytes(b"")
+    with pytest.raises(TableUnavailableError) as err:
+        Catalog(index_dir=empty, cache_dir=tmp_path / "cache", download=False).sql("SELECT * FROM sm_index")
+    msg = str(err.value)
+    assert f"not in the index directory {empty} (looked for {empty / 'sm_index.parquet'}" in msg
+    assert "holds notes.parquet" in msg
+    assert f"put sm_index.parquet of idc-index-data {VERSION} into {empty}" in msg
+    assert "pass it as index_dir=" not in msg  # not: do what you just did
