@@ -42,7 +42,7 @@ EQUIVALENT_LIST = REPO / "bench" / "MUTATION.md"
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "retry": (["cohort/retry.py"], ["tests/test_retry.py", "tests/test_retry_rates.py"]),
     "queries": (["cohort/queries.py"], ["tests/test_queries.py"]),
-    "endpoints": (["cohort/endpoints.py"], ["tests/test_endpoints.py"]),
+    "endpoints": (["cohort/endpoints.py"], ["tests/test_endpoints.py", "tests/test_endpoints_sessions.py"]),
     "coverage": (["cohort/coverage.py"], ["tests/test_coverage.py", "tests/test_coverage_routing.py"]),
     "manifest": (["cohort/manifest.py", "cohort/manifest/*"], ["tests/test_manifest*.py"]),
     "harvest": (["cohort/harvest/*"], ["tests/test_harvest_metadata.py", "tests/test_harvest_store.py",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
@@ -49,6 +50,8 @@ class _Recorder(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def do_GET(self):  # noqa: N802
+        if self.path.startswith("/slow"):
+            time.sleep(1.5)
         self.server.gets.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
         self.send_response(200)
         self.send_header("Content-Type", "application/dicom+json")
@@ -153,6 +156,17 @@ def test_dicomweb_client_uses_the_endpoint_session(local, monkeypatch):
     assert path.startswith("/dicom-web/studies") and headers["authorization"] == "Bearer tok-456"
 
 
+def test_dicomweb_client_timeout_is_passed_on(local):
+    import requests
+
+    client = custom(local.url + "/slow").client(timeout=0.3)
+    client.set_http_retry_params(retry=False)  # dicomweb-client's own retries would take 30 s
+    with pytest.raises(requests.Timeout):
+        client.search_for_studies()
+    own = requests.Session()
+    assert custom(local.url).client(session=own)._session is own  # a session given is used as it is
+
+
 def test_basic_auth_needs_a_user_but_allows_an_empty_password(monkeypatch):
     monkeypatch.setenv("U_VAR", "alice")
     monkeypatch.setenv("P_VAR", "")
@@ -207,6 +221,7 @@ def test_endpoint_values():
     assert (named.name, named.url, named.kind, named.idc_version) == (
         "mine", "https://example.org/dicom-web", EndpointKind.CUSTOM, None)
     assert custom("http://h/x").name == "http://h/x"
+    assert custom("http://h/dicomX/").url == "http://h/dicomX"  # only slashes are stripped
     assert named.series_url("1.2", "3.4") == "https://example.org/dicom-web/studies/1.2/series/3.4"
 
 
