@@ -41,7 +41,7 @@ EQUIVALENT_LIST = REPO / "bench" / "MUTATION.md"
 #: module -> (files mutated, relative to the repository root, as mutmut globs; the tests that run).
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "retry": (["cohort/retry.py"], ["tests/test_retry.py", "tests/test_retry_rates.py"]),
-    "queries": (["cohort/queries.py"], ["tests/test_queries.py"]),
+    "queries": (["cohort/queries.py"], ["tests/test_queries.py", "tests/test_queries_params.py"]),
     "endpoints": (["cohort/endpoints.py"], ["tests/test_endpoints.py", "tests/test_endpoints_sessions.py"]),
     "coverage": (["cohort/coverage.py"], ["tests/test_coverage.py", "tests/test_coverage_routing.py"]),
     "manifest": (["cohort/manifest.py", "cohort/manifest/*"], ["tests/test_manifest*.py"]),
