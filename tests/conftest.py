@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,11 +36,56 @@ def fixture_catalog(index_dir, tmp_path_factory) -> Catalog:
     return Catalog(index_dir=index_dir, cache_dir=tmp_path_factory.mktemp("cache"), download=False)
 
 
+#: Skips that CI allows: the cassette re-recorder runs only when asked to.
+CI_ALLOWED_SKIPS = ("COHORT_RECORD_CASSETTES",)
+
+
+def require_realdata() -> Path:
+    """../shared/realdata, or a skip saying where it was looked for; on CI (``CI`` set) a failure instead."""
+    if not REALDATA.is_dir():
+        reason = f"../shared/realdata not found at {REALDATA} (only present on the project's machines)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run the tests that read it")
+        pytest.skip(reason)
+    return REALDATA
+
+
 @pytest.fixture(scope="session")
 def realdata() -> Path:
-    if not REALDATA.is_dir():
-        pytest.skip(f"../shared/realdata not found at {REALDATA} (only present on the project's machines)")
-    return REALDATA
+    return require_realdata()
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line at the end naming every reason tests were skipped, so no skip goes unseen."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if r.when in ("setup", "call")]
+    if not skipped:
+        return
+    reasons = Counter(_skip_reason(r) for r in skipped)
+    terminalreporter.write_line(
+        f"{len(skipped)} skipped: " + "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common()),
+        yellow=True, bold=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """On CI, a skip other than the cassette re-recorder fails the run (a required thing was missing)."""
+    if not os.environ.get("CI"):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    bad = [r for r in reporter.stats.get("skipped", [])
+           if not any(allowed in _skip_reason(r) for allowed in CI_ALLOWED_SKIPS)]
+    if bad and session.exitstatus == 0:
+        reporter.ensure_newline()
+        reporter.write_line(f"CI: {len(bad)} test(s) skipped that must run on CI, e.g. {bad[0].nodeid}: "
+                            f"{_skip_reason(bad[0])}", red=True, bold=True)
+        session.exitstatus = 1
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +102,8 @@ def orthanc(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("orthanc_data")
     records = data.wsi_series(out) + data.sm_series(out) + data.ct_mr_series(out)
-    if REALDATA.is_dir():
-        records += data.realdata_series(REALDATA)
+    if REALDATA.is_dir() or os.environ.get("CI"):
+        records += data.realdata_series(require_realdata())
     with Orthanc() as server:
         server.load(records)
         yield server

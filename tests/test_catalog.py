@@ -41,7 +41,7 @@ SAME_AS_IDC_INDEX = {
 @pytest.fixture(scope="module")
 def idc_client(index_dir):
     """idc-index's IDCClient (~15 s, 3 GB: made once), with the same sm_index fixture as our catalog."""
-    idc_index = pytest.importorskip("idc_index")
+    import idc_index
     client = idc_index.IDCClient()
     client.fetch_index("collections_index")  # shipped: loaded from the wheel, not downloaded
     client.sm_index = pd.read_parquet(index_dir / "sm_index.parquet")  # what fetch_index("sm_index") would set

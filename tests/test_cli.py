@@ -135,13 +135,16 @@ def test_an_output_file_that_cannot_be_written_is_one_line(tmp_path, suffix):
     assert "directory exists" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_a_query_file_that_writes_is_refused(tmp_path):
+@pytest.mark.parametrize("target", ["x.csv", "ABSOLUTE"])
+def test_a_query_file_that_writes_is_refused(tmp_path, monkeypatch, target):
+    monkeypatch.chdir(tmp_path)  # a relative 'x.csv' would be written here, where the test looks
+    target = str(tmp_path / "abs.csv") if target == "ABSOLUTE" else target
     path = tmp_path / "w.sql"
-    path.write_text("-- name: w\nCOPY (SELECT 1) TO 'x.csv'\n")
+    path.write_text(f"-- name: w\nCOPY (SELECT 1 AS one) TO '{target}'\n")
     r = run("query", str(path))
     assert r.exit_code == 1
     assert r.stderr.startswith(f"Error: {path}:2: COPY statements are not allowed")
-    assert not (tmp_path / "x.csv").exists()
+    assert list(tmp_path.iterdir()) == [path]  # nothing written
 
 
 def test_verbose_shows_the_traceback():

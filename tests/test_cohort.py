@@ -164,17 +164,6 @@ def test_repr_html_shows_counts(paad):
     assert repr(paad).startswith("<Cohort sql IDC v25: ")
 
 
-def test_notebook_is_valid_and_uses_the_public_api():
-    nbformat = pytest.importorskip("nbformat")
-    from conftest import REPO
-
-    nb = nbformat.read(REPO / "notebooks" / "01_select_a_cohort.ipynb", as_version=4)
-    nbformat.validate(nb)
-    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    for call in ("Cohort.from_query(", "Cohort.from_uids(", ".counts", ".by_modality()", ".provenance", " - ", " | "):
-        assert call in code
-
-
 # -- issue 12 item 7: the Python API takes what the CLI takes -------------------------------------
 def test_from_sql_takes_keyword_parameters_like_from_query(paad, catalog):
     c = Cohort.from_sql(PAAD_SQL, c="tcga_paad", catalog=catalog)

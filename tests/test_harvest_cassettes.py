@@ -5,6 +5,11 @@ CT_small.dcm and highdicom's sm_image.dcm, MIT; in ../shared/realdata/highdicom)
 a QIDO light pass of the SM series, and a 404 for a series Orthanc does not have.
 The expected values below are those files' attributes as pydicom reads them.
 
+Requests are matched on the Accept header too, so a harvester that stops asking for DICOM JSON
+no longer replays. Each replay test has a live twin (``-m orthanc``) that makes the same requests to
+a real Orthanc holding the same two files and asserts the same outcome, so a recording cannot hide
+a change of behaviour on either side.
+
 Re-record (needs Orthanc and ../shared/realdata)::
 
     COHORT_RECORD_CASSETTES=1 pytest tests/test_harvest_cassettes.py -m orthanc
@@ -47,14 +52,25 @@ def _recorder(real_root: str | None = None) -> vcr.VCR:
             response["headers"]["Content-Length"] = [str(len(body))]
         return response
 
-    return vcr.VCR(
+    recorder = vcr.VCR(
         serializer="yaml",
         record_mode="all" if real_root else "none",
         filter_headers=["authorization", "cookie"],
         before_record_request=scrub_request,
         before_record_response=scrub_response,
-        match_on=["method", "scheme", "host", "port", "path", "query"],
+        match_on=["method", "scheme", "host", "port", "path", "query", "accept"],
     )
+    recorder.register_matcher("accept", _same_accept)
+    return recorder
+
+
+def _accept(request) -> str | None:
+    return next((v for k, v in request.headers.items() if k.lower() == "accept"), None)
+
+
+def _same_accept(r1, r2) -> None:
+    """vcrpy matcher: the Accept header (the media type asked for) must be the recorded one."""
+    assert _accept(r1) == _accept(r2), f"Accept {_accept(r1)!r} != recorded {_accept(r2)!r}"
 
 
 def _harvest_all(root: str, out: Path):
@@ -79,27 +95,53 @@ def test_record(orthanc, realdata, tmp_path):
     assert "orthanc.invalid" in CASSETTE.read_text()
 
 
-@pytest.mark.skipif(RECORD, reason="recording")
-def test_replay_full_and_light(tmp_path):
-    with _recorder().use_cassette(str(CASSETTE)):
-        full, light = _harvest_all(ROOT, tmp_path)
+def _assert_full_and_light(full, light, out: Path, root: str) -> None:
+    """What harvesting CT, SM and MISSING (full) and SM (light) from ``root`` must give."""
     assert full.by_status == {"ok": 2, "not_found": 1} and full.instances == 2
-    rows = {r["Modality"]: r for r in HarvestStore(tmp_path / "full").read_instances().to_pylist()}
+    rows = {r["Modality"]: r for r in HarvestStore(out / "full").read_instances().to_pylist()}
     ct, sm = rows["CT"], rows["SM"]
     assert (ct["SeriesInstanceUID"], ct["Rows"], ct["Columns"], ct["NumberOfFrames"]) == (CT[1], 128, 128, None)
     assert ct["ImageType"] == ["ORIGINAL", "PRIMARY", "AXIAL"]
     assert (sm["TotalPixelMatrixColumns"], sm["TotalPixelMatrixRows"], sm["NumberOfFrames"], sm["Rows"]) == (50, 50, 25, 10)
     assert sm["ImageType"] == ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
     assert sm["OpticalPathIdentifier"] and sm["SpecimenIdentifier"]
-    assert json.loads(sm["json"])["7FE00010"]["BulkDataURI"].startswith(ROOT)  # kept as a URI, never followed
-    log = {r["SeriesInstanceUID"]: r for r in HarvestStore(tmp_path / "full").read_log().to_pylist()}
+    assert json.loads(sm["json"])["7FE00010"]["BulkDataURI"].startswith(root)  # kept as a URI, never followed
+    log = {r["SeriesInstanceUID"]: r for r in HarvestStore(out / "full").read_log().to_pylist()}
     assert log[MISSING[1]]["http_status"] == 404 and "inexistent" in log[MISSING[1]]["error"]
     assert log[SM[1]]["bytes"] > 1000 and log[SM[1]]["attempts"] == 1
     assert light.by_status == {"ok": 1}
-    lrow = HarvestStore(tmp_path / "light").read_instances().to_pylist()[0]
+    lrow = HarvestStore(out / "light").read_instances().to_pylist()[0]
     assert (lrow["SOPInstanceUID"], lrow["Rows"]) == (sm["SOPInstanceUID"], 10)
     # includefield sent once per attribute: Orthanc answers them all (a comma-joined list was ignored)
     assert (lrow["ImageType"], lrow["TotalPixelMatrixColumns"]) == (sm["ImageType"], 50)
+
+
+def _assert_resumed(again, out: Path) -> None:
+    assert again.skipped == 3 and again.by_status == {} and again.instances == 0
+    assert len(HarvestStore(out / "full").read_instances(["SOPInstanceUID"])) == 2
+
+
+@pytest.fixture(scope="module")
+def live_root(orthanc, realdata):
+    """The session Orthanc, holding the two recorded files (uploading again is harmless)."""
+    from pydicom.data import get_testdata_file
+
+    for path in (get_testdata_file("CT_small.dcm"), realdata / "highdicom" / "sm_image.dcm"):
+        orthanc.upload(Path(path))
+    return orthanc.dicomweb_url
+
+
+@pytest.mark.skipif(RECORD, reason="recording")
+def test_replay_full_and_light(tmp_path):
+    with _recorder().use_cassette(str(CASSETTE)):
+        full, light = _harvest_all(ROOT, tmp_path)
+    _assert_full_and_light(full, light, tmp_path, ROOT)
+
+
+@pytest.mark.orthanc
+def test_live_full_and_light(live_root, tmp_path):
+    full, light = _harvest_all(live_root, tmp_path)
+    _assert_full_and_light(full, light, tmp_path, live_root)
 
 
 @pytest.mark.skipif(RECORD, reason="recording")
@@ -107,8 +149,27 @@ def test_replay_resume_skips_complete_series(tmp_path):
     with _recorder().use_cassette(str(CASSETTE), allow_playback_repeats=True):
         _harvest_all(ROOT, tmp_path)
         again, _ = _harvest_all(ROOT, tmp_path)
-    assert again.skipped == 3 and again.by_status == {} and again.instances == 0
-    assert len(HarvestStore(tmp_path / "full").read_instances(["SOPInstanceUID"])) == 2
+    _assert_resumed(again, tmp_path)
+
+
+@pytest.mark.orthanc
+def test_live_resume_skips_complete_series(live_root, tmp_path):
+    _harvest_all(live_root, tmp_path)
+    again, _ = _harvest_all(live_root, tmp_path)
+    _assert_resumed(again, tmp_path)
+
+
+@pytest.mark.skipif(RECORD, reason="recording")
+def test_replay_refuses_a_request_with_another_accept_header(tmp_path):
+    """The Accept header is part of the match: asking for XML metadata finds no recording."""
+    import requests
+    from vcr.errors import CannotOverwriteExistingCassetteException
+
+    url = f"{ROOT}/studies/{CT[0]}/series/{CT[1]}/metadata"
+    with _recorder().use_cassette(str(CASSETTE)):
+        assert requests.get(url, headers={"Accept": "application/dicom+json, application/json"}).status_code == 200
+        with pytest.raises(CannotOverwriteExistingCassetteException):
+            requests.get(url, headers={"Accept": "multipart/related; type=\"application/dicom+xml\""})
 
 
 def test_unavailable_series_are_logged_without_a_request(tmp_path, catalog):

@@ -152,6 +152,7 @@ def idc_orthanc(tmp_path_factory, catalog):
     with Orthanc() as server:
         server.upload_many(files)
         server.idc_series = {r["SeriesInstanceUID"] for r in rows}
+        server.idc_uids = uids
         yield server
 
 
@@ -171,7 +172,16 @@ def test_cli_harvest_a_saved_query_and_query_it_with_sql(idc_orthanc, tmp_path):
     assert joined.returncode == 0, joined.stderr
     assert joined.stdout.strip().splitlines()[1:] == ["cmb_aml,40,120"]
     status = _cli("harvest-status", str(out), "-f", "csv")
-    assert status.stdout.strip().splitlines()[1:] == ["ok,True,40,120," + status.stdout.split(",")[-1].strip()]
+    # the bytes column: the metadata bodies of the 40 series, fetched here straight from Orthanc
+    import requests
+
+    with requests.Session() as session:
+        body_bytes = sum(
+            len(session.get(f"{idc_orthanc.dicomweb_url}/studies/{study}/series/{series}/metadata",
+                            headers={"Accept": "application/dicom+json"}, timeout=30).content)
+            for study, series in idc_orthanc.idc_uids)
+    assert body_bytes > 40 * 1000
+    assert status.stdout.strip().splitlines()[1:] == [f"ok,True,40,120,{body_bytes}"]
 
 
 def test_cli_exits_3_when_series_are_left_failed(idc_orthanc, tmp_path):
