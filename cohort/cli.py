@@ -126,6 +126,22 @@ def auth_option(f: Callable) -> Callable:
     )(f)
 
 
+def archive_option(f: Callable) -> Callable:
+    return click.option(
+        "--archive", "archive_dir", type=click.Path(file_okay=False, exists=True),
+        help="A `cohort harvest` directory to use as the index: its dicom_metadata and derived index, sm_index, "
+             "ct_index, ... replace IDC's (also as archive.<table>); built on first use.",
+    )(f)
+
+
+def open_archive_dir(state: _State, archive_dir: str | None) -> None:
+    """``--archive DIR``: the harvest's archive tables take idc-index's names in the catalog."""
+    if archive_dir:
+        from .archive.catalog import open_archive  # noqa: PLC0415 - imports pydicom; only with --archive
+
+        open_archive(state.catalog, archive_dir)
+
+
 def url_endpoint(url: str | None, auth: str):
     """The ``--url``/``--auth`` endpoint, or None without --url (then --auth must be left at none)."""
     from .endpoints import auth_from_name, custom  # noqa: PLC0415 - only for commands that talk DICOMweb
@@ -224,9 +240,10 @@ def queries_cmd(show_sql: bool) -> None:
 @output_options
 @click.option("--summary", is_flag=True, help="Print the cohort's counts and per-collection summary instead of rows.")
 @click.option("--max-rows", default=50, show_default=True, help="Rows shown in table format.")
+@archive_option
 @pass_state
 def query_cmd(state: _State, query: str, params: tuple[str, ...], fmt: str | None, output: str | None,
-              summary: bool, max_rows: int) -> None:
+              summary: bool, max_rows: int, archive_dir: str | None) -> None:
     """Run a saved query (by NAME) or a .sql FILE on the index.
 
     \b
@@ -235,6 +252,7 @@ def query_cmd(state: _State, query: str, params: tuple[str, ...], fmt: str | Non
     """
     saved = _queries.load_query(query)
     bound = saved.bind(parse_params(params))
+    open_archive_dir(state, archive_dir)
     if summary:
         c = Cohort.from_query(saved, bound, catalog=state.catalog)
         click.echo(f"{saved.name} on IDC v{c.provenance.idc_version}: {c.counts}")
@@ -251,9 +269,10 @@ def query_cmd(state: _State, query: str, params: tuple[str, ...], fmt: str | Non
 @click.option("--max-rows", default=50, show_default=True, help="Rows shown in table format.")
 @click.option("--harvest", "harvest_dir", type=click.Path(file_okay=False, exists=True),
               help="A `cohort harvest` directory: adds the views harvest_instances, harvest_log and harvest_series.")
+@archive_option
 @pass_state
 def sql_cmd(state: _State, sql: str, params: tuple[str, ...], fmt: str | None, output: str | None, max_rows: int,
-            harvest_dir: str | None) -> None:
+            harvest_dir: str | None, archive_dir: str | None) -> None:
     """Run one SELECT on the index tables (use - to read the SQL from stdin)."""
     if sql == "-":
         sql = sys.stdin.read()
@@ -261,6 +280,7 @@ def sql_cmd(state: _State, sql: str, params: tuple[str, ...], fmt: str | None, o
         from .harvest import open_harvest
 
         open_harvest(state.catalog, harvest_dir)
+    open_archive_dir(state, archive_dir)
     df = state.catalog.df(sql, parse_params(params))
     write_frame(df, fmt, output, max_rows)
 
@@ -295,8 +315,12 @@ def fetch_cmd(state: _State, tables: tuple[str, ...]) -> None:
         click.echo(f"{name}: {state.catalog.store.local_path(name)}")
 
 
+#: With --url, these files are read as lists of Study/Series UIDs, IDC's or not.
+_UID_FILES = (".csv", ".tsv", ".parquet")
+
+
 @cli.command("harvest")
-@click.argument("query")
+@click.argument("query", required=False)
 @param_option
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Harvest directory (created; rerun with the same one to resume).")
@@ -317,18 +341,24 @@ def fetch_cmd(state: _State, tables: tuple[str, ...]) -> None:
 @click.option("--flush-seconds", default=10.0, show_default=True, type=click.FloatRange(min=0),
               help="Write finished series at least this often (what a crash can lose).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--all", "everything", is_flag=True,
+              help="With --url and no QUERY: every series the server lists (QIDO-RS); a rerun harvests new ones.")
 @pass_state
-def harvest_cmd(state: _State, query: str, params: tuple[str, ...], out_dir: str, url: str | None, auth: str,
+def harvest_cmd(state: _State, query: str | None, params: tuple[str, ...], out_dir: str, url: str | None, auth: str,
                 routing: str | None, workers: int | None, rate: float | None, no_rate_limit: bool, timeout: float,
-                retries: int, light: bool, flush_seconds: float, no_progress: bool) -> None:
+                retries: int, light: bool, flush_seconds: float, no_progress: bool, everything: bool) -> None:
     """Harvest the DICOM metadata of a cohort's instances into Parquet (resumable).
 
-    QUERY is a saved query name, a .sql file or a manifest. Query the result
-    with `cohort sql --harvest DIR "SELECT ... FROM harvest_instances"`.
+    QUERY is a saved query name, a .sql file or a manifest; with --url, a CSV, TSV
+    or Parquet file of StudyInstanceUID/SeriesInstanceUID (series need not be IDC's),
+    or --all for every series of the server. Query the result with
+    `cohort sql --harvest DIR "SELECT ... FROM harvest_instances"`, or as IDC's
+    tables with `cohort query NAME --archive DIR`.
 
     \b
     cohort harvest series_by_collection -p collection_id=tcga_paad -p modality=SM -o paad/
     cohort harvest my.sql -o out/ --url http://127.0.0.1:8042/dicom-web --workers 16 --no-rate-limit
+    cohort harvest --all --url http://127.0.0.1:8042/dicom-web -o lab/
     """
     from .harvest import DEFAULT_RATE, DEFAULT_WORKERS, harvest
     from .retry import RetryPolicy
@@ -337,9 +367,19 @@ def harvest_cmd(state: _State, query: str, params: tuple[str, ...], out_dir: str
         raise click.UsageError("give either --url or --policy")
     if no_rate_limit and rate is not None:
         raise click.UsageError("give either --rate or --no-rate-limit")
+    if (query is None) == (not everything):
+        raise click.UsageError("give a QUERY (saved query, .sql file or manifest) or --all, not both")
+    if everything and url is None:
+        raise click.UsageError("--all needs --url (the server whose every series is harvested)")
     endpoint = url_endpoint(url, auth)
+    if everything or (endpoint is not None and query is not None and Path(query).suffix.lower() in _UID_FILES):
+        from .archive.uids import series_source  # noqa: PLC0415 - only for archives
+
+        source = series_source(endpoint, None if everything else query, params=parse_params(params))
+    else:
+        source = load_cohort(state, query, parse_params(params))
     result = harvest(
-        load_cohort(state, query, parse_params(params)), out_dir, endpoint,
+        source, out_dir, endpoint,
         workers=workers or DEFAULT_WORKERS, rate=None if no_rate_limit else (rate or DEFAULT_RATE),
         policy=RetryPolicy(timeout=timeout, max_attempts=retries + 1), light=light,
         progress=not no_progress, routing=routing, flush_seconds=flush_seconds,

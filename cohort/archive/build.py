@@ -118,6 +118,24 @@ def _build(root: Path, parts: list[Path], out: Path, label: str) -> tuple[int, i
         source = f"read_parquet({sql_list(str(p) for p in parts)})"
     else:  # a harvest whose series all came back empty: an archive with no rows
         source = "(SELECT NULL::VARCHAR AS json, " + ", ".join(f"NULL::VARCHAR AS {c}" for c in FALLBACKS) + " WHERE false)"
+    metadata = out / f"{DICOM_METADATA}.parquet"
+    try:
+        n_attributes = write_dicom_metadata(con, source, metadata)
+    except duckdb.Error as exc:
+        raise ArchiveError(f"building dicom_metadata from {root} failed: {str(exc).splitlines()[0]}") from None
+    con.execute(f"CREATE VIEW dicom_metadata AS SELECT * FROM read_parquet({sql_literal(str(metadata))})")
+    con.execute(f"CREATE VIEW dicom_all AS {derive.dicom_all_sql('dicom_metadata', label)}")
+    con.execute(f"CREATE VIEW auxiliary_metadata AS {derive.AUXILIARY_SQL}")
+    for table in derive.DERIVED:
+        target = sql_literal(str(out / f"{table}.parquet"))
+        con.execute(f"COPY ({derive.derived_sql(table)}) TO {target} (FORMAT parquet, COMPRESSION zstd)")
+    _write_series(con, root, out)
+    instances = con.execute("SELECT count(*) FROM dicom_metadata").fetchone()[0]
+    return instances, n_attributes
+
+
+def write_dicom_metadata(con: duckdb.DuckDBPyConnection, source: str, path: Path) -> int:
+    """Write ``dicom_metadata`` of the harvest instances in ``source`` (SQL) to ``path``; the number of columns."""
     tree: dict = {}
     for (text,) in con.execute(representatives_sql(source)).fetchall():
         try:
@@ -132,21 +150,8 @@ def _build(root: Path, parts: list[Path], out: Path, label: str) -> tuple[int, i
     inner = select_sql(attrs, source, extra=[f'"{c}" AS "h_{c}"' for c in FALLBACKS])
     outer = ", ".join(f'coalesce("{a.name}", "h_{a.name}") AS "{a.name}"' if a.name in FALLBACKS else f'"{a.name}"'
                       for a in attrs)
-    metadata = out / f"{DICOM_METADATA}.parquet"
-    try:
-        con.execute(f"COPY (SELECT {outer} FROM ({inner})) TO {sql_literal(str(metadata))} "
-                    "(FORMAT parquet, COMPRESSION zstd)")
-    except duckdb.Error as exc:
-        raise ArchiveError(f"building dicom_metadata from {root} failed: {str(exc).splitlines()[0]}") from None
-    con.execute(f"CREATE VIEW dicom_metadata AS SELECT * FROM read_parquet({sql_literal(str(metadata))})")
-    con.execute(f"CREATE VIEW dicom_all AS {derive.dicom_all_sql('dicom_metadata', label)}")
-    con.execute(f"CREATE VIEW auxiliary_metadata AS {derive.AUXILIARY_SQL}")
-    for table in derive.DERIVED:
-        target = sql_literal(str(out / f"{table}.parquet"))
-        con.execute(f"COPY ({derive.derived_sql(table)}) TO {target} (FORMAT parquet, COMPRESSION zstd)")
-    _write_series(con, root, out)
-    instances = con.execute("SELECT count(*) FROM dicom_metadata").fetchone()[0]
-    return instances, len(attrs)
+    con.execute(f"COPY (SELECT {outer} FROM ({inner})) TO {sql_literal(str(path))} (FORMAT parquet, COMPRESSION zstd)")
+    return len(attrs)
 
 
 def _merge_tree(tree: dict, extra: dict) -> None:

@@ -198,7 +198,7 @@ def select_sql(attrs: list[Attribute], source: str, json_column: str = "json", e
 #: What a DICOM JSON text keeps once values are cut out of it: its tags and how items nest. Instances
 #: with the same skeleton have the same tag tree, so one of them stands for all of them in discovery.
 #: (A value the pattern misses only makes more skeletons, never merges two different trees.)
-_VALUES = r'"Value":\[[^\[\]{}]*\]|"(BulkDataURI|InlineBinary|Alphabetic|Ideographic|Phonetic)":"[^"]*"'
+_VALUES = r'"(?:Value|BulkDataURI|InlineBinary|Alphabetic|Ideographic|Phonetic)"\s*:\s*(?:\[[^\[\]{}]*\]|"[^"]*")'
 
 
 def representatives_sql(source: str, json_column: str = "json") -> str:
