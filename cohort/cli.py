@@ -423,9 +423,10 @@ def harvest_status_cmd(out_dir: str, fmt: str | None, output: str | None, repair
               help="Cloud whose buckets the s5cmd lines name.")
 @click.option("--citations/--no-citations", default=True, show_default=True,
               help="Fetch the source DOIs' citations (cached; skipped when offline).")
+@archive_option
 @pass_state
 def manifest_cmd(state: _State, source: str, params: tuple[str, ...], output: str, fmt: str | None,
-                 provider: str, citations: bool) -> None:
+                 provider: str, citations: bool, archive_dir: str | None) -> None:
     """Write the cohort of a saved query, .sql FILE or manifest as a manifest with provenance.
 
     \b
@@ -433,6 +434,16 @@ def manifest_cmd(state: _State, source: str, params: tuple[str, ...], output: st
     cohort manifest paad.s5cmd -o paad.csv
     cohort manifest old.csv -o old_gcs.s5cmd --provider gcs
     """
+    if archive_dir:  # no bucket: the series' DICOMweb URLs, as CSV, TSV, JSON or Parquet
+        from .archive.catalog import archive_manifest  # noqa: PLC0415
+
+        if fmt == "s5cmd" or (fmt is None and Path(output).suffix.lower() not in (".csv", ".tsv", ".json", ".parquet")):
+            raise click.UsageError("an archive has no bucket for s5cmd: write its DICOMweb URLs with -o FILE.csv, "
+                                   ".tsv, .json or .parquet")
+        open_archive_dir(state, archive_dir)
+        cohort = load_cohort(state, source, parse_params(params))
+        write_frame(archive_manifest(state.catalog, list(cohort.series_uids)).to_pandas(), fmt, output)
+        return
     from .manifest import write_manifest
 
     info = write_manifest(load_cohort(state, source, parse_params(params)), output, fmt, provider,
@@ -460,6 +471,24 @@ def download_cmd(state: _State, manifest: str, dest: str, dry_run: bool) -> None
     download(plan)
 
 
+@cli.command("compare")
+@click.argument("archive_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("reference", type=click.Path(dir_okay=False, exists=True))
+@click.option("--table", default="sm_index", show_default=True,
+              type=click.Choice(["index", "sm_index", "sm_instance_index", "ct_index", "mr_index", "pt_index"]),
+              help="Which derived table REFERENCE is IDC's copy of.")
+@click.option("--only-common", is_flag=True, help="Leave out series that only one side has.")
+@output_options
+def compare_cmd(archive_dir: str, reference: str, table: str, only_common: bool, fmt: str | None,
+                output: str | None) -> None:
+    """Where an archive's derived TABLE differs from IDC's (REFERENCE, e.g. sm_index.parquet), series by series."""
+    from .archive.compare import compare
+
+    report = compare(archive_dir, reference, table, only_common=only_common)
+    click.echo(f"{report.num_rows:,} differences", err=True)
+    write_frame(report.to_pandas(), fmt, output, max_rows=200)
+
+
 @cli.command("coverage")
 @click.argument("query")
 @param_option
@@ -479,10 +508,12 @@ def download_cmd(state: _State, manifest: str, dest: str, dry_run: bool) -> None
 @click.option("--sample", type=click.IntRange(min=1), metavar="N", help="With --verify: check N random series only.")
 @click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 32), help="With --verify: requests at once.")
 @output_options
+@archive_option
 @pass_state
 def coverage_cmd(state: _State, query: str, params: tuple[str, ...], routing: str | None, pin: int | None,
                  url: str | None, auth: str, newest_store: int | None, lag: int, discover: bool, by: str,
-                 verify: bool, sample: int | None, workers: int, fmt: str | None, output: str | None) -> None:
+                 verify: bool, sample: int | None, workers: int, fmt: str | None, output: str | None,
+                 archive_dir: str | None) -> None:
     """Which DICOMweb endpoint serves each series of QUERY (saved query, .sql file or manifest), and why.
 
     \b
@@ -497,6 +528,17 @@ def coverage_cmd(state: _State, query: str, params: tuple[str, ...], routing: st
     if sample is not None and not verify:
         raise click.UsageError("--sample applies to --verify")
     policy = url_endpoint(url, auth) or pin or routing
+    if archive_dir:  # an archive's coverage is the server it was harvested from
+        from .archive.catalog import archive_endpoints  # noqa: PLC0415
+
+        if policy is not None:
+            raise click.UsageError("--archive routes to the archive's own server; leave out --policy, --pin and --url")
+        open_archive_dir(state, archive_dir)
+        roots = archive_endpoints(state.catalog)
+        if len(roots) != 1:
+            raise click.UsageError(f"the archive was harvested from {len(roots)} servers ({', '.join(roots)}); "
+                                   "give one with --url")
+        policy = url_endpoint(roots[0], auth)
     report = route(load_cohort(state, query, parse_params(params)), policy, newest_google_store=newest_store,
                    lag=lag, discover=discover)
     click.echo(report.summary_text(), err=True)

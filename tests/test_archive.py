@@ -362,3 +362,27 @@ def test_archive_beside_the_idc_index(harvest_dir, files):
     both = catalog.sql("SELECT a.SeriesInstanceUID, i.collection_id FROM archive.index a "
                        "JOIN index i USING (SeriesInstanceUID)").to_pylist()
     assert [r["collection_id"] for r in both] == ["cptac_ccrcc"] or len(both) == 1
+
+
+# -- compare with IDC's own table ---------------------------------------------------------------
+def test_compare_reports_series_by_series(harvest_dir, archive, tmp_path):
+    import pandas as pd
+
+    from cohort.archive.compare import compare
+
+    ours = pd.read_parquet(archive.path("sm_index"))
+    reference = ours.copy()
+    lung = reference.index[reference.primaryAnatomicStructure_CodeMeaning == "Lung"][0]
+    reference.loc[lung, "ObjectiveLensPower"] = 40                       # a real difference
+    reference.at[lung, "staining_usingSubstance_CodeMeaning"] = list(reversed(
+        reference.at[lung, "staining_usingSubstance_CodeMeaning"]))      # order only: not a difference
+    gone = reference.SeriesInstanceUID.iloc[-1] if reference.index[-1] != lung else reference.SeriesInstanceUID.iloc[0]
+    reference = reference[reference.SeriesInstanceUID != gone]
+    extra = reference.iloc[:1].assign(SeriesInstanceUID="2.25.999")
+    pd.concat([reference, extra]).to_parquet(tmp_path / "sm_index.parquet")
+    report = compare(harvest_dir, tmp_path / "sm_index.parquet").to_pylist()
+    assert sorted((r["SeriesInstanceUID"], r["column"], r["status"]) for r in report) == sorted([
+        (ours.SeriesInstanceUID[lung], "ObjectiveLensPower", "differs"),
+        (gone, None, "only_in_archive"),
+        ("2.25.999", None, "only_in_reference"),
+    ])

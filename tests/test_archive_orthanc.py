@@ -38,7 +38,7 @@ def server(orthanc_factory, tmp_path_factory):
 def run(*args: str) -> str:
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout  # without the summaries written to stderr
 
 
 def test_discovery_pages_within_the_caps(server):
@@ -91,3 +91,20 @@ def test_a_uid_file_of_series_not_in_idc_is_harvested_with_url(server, tmp_path)
     rows = run("sql", "--archive", str(out), "-f", "csv", "SELECT SeriesInstanceUID, ObjectiveLensPower FROM sm_index")
     assert list(csv.DictReader(io.StringIO(rows))) == [{"SeriesInstanceUID": lung.SeriesInstanceUID,
                                                          "ObjectiveLensPower": "20"}]
+
+
+def test_coverage_and_manifest_of_an_archive_use_its_own_server(server, tmp_path):
+    out = tmp_path / "lab"
+    run("harvest", "--all", "--url", server.dicomweb_url, "-o", str(out), "--no-progress", "--no-rate-limit")
+    lung = server.records["sm-Lung"]
+    text = run("coverage", "sm_by_organ", "-p", "organ=lung", "--archive", str(out), "--by", "series", "-f", "csv",
+               "--verify")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["SeriesInstanceUID"] for r in rows] == [lung.SeriesInstanceUID]
+    assert server.dicomweb_url.rstrip("/") in text
+    manifest = tmp_path / "lung.csv"
+    run("manifest", "sm_by_organ", "-p", "organ=lung", "--archive", str(out), "-o", str(manifest))
+    (row,) = list(csv.DictReader(manifest.open()))
+    assert row["series_url"] == f"{server.dicomweb_url.rstrip('/')}/studies/{lung.StudyInstanceUID}/series/{lung.SeriesInstanceUID}"
+    refused = CliRunner().invoke(cli, ["manifest", "sm_by_organ", "--archive", str(out), "-o", str(tmp_path / "x.s5cmd")])
+    assert refused.exit_code == 2 and "no bucket" in refused.output

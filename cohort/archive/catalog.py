@@ -41,3 +41,15 @@ def archive_endpoints(catalog: Catalog, schema: str = SCHEMA) -> list[str]:
     rows = catalog.sql(f'SELECT DISTINCT dicomweb_url FROM "{schema}"."{SERIES}" WHERE dicomweb_url IS NOT NULL '
                        "ORDER BY 1")
     return rows.column(0).to_pylist()
+
+
+def archive_manifest(catalog: Catalog, series_uids: list[str], schema: str = SCHEMA):
+    """The manifest rows of an archive cohort: its series with their DICOMweb URLs (an archive has no bucket)."""
+    import pyarrow as pa
+
+    uids = pa.table({"SeriesInstanceUID": pa.array(series_uids, pa.string())})
+    return catalog.sql(
+        f'SELECT i.collection_id, i.PatientID, i.StudyInstanceUID, i.SeriesInstanceUID, i.Modality, i.instanceCount, '
+        f's.series_url, s.dicomweb_url FROM _uids u JOIN "{schema}"."index" i USING (SeriesInstanceUID) '
+        f'LEFT JOIN "{schema}"."{SERIES}" s USING (SeriesInstanceUID) ORDER BY i.PatientID, i.StudyInstanceUID, '
+        "i.SeriesInstanceUID", register={"_uids": uids})
