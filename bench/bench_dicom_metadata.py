@@ -64,7 +64,7 @@ def write_harvest(out: Path, n: int) -> list[str]:
     import pyarrow as pa
 
     from cohort.harvest.metadata import instance_row
-    from cohort.harvest.store import INSTANCE_SCHEMA, LOG_SCHEMA, HarvestStore, part_name
+    from cohort.harvest.store import INSTANCE_SCHEMA, LOG_SCHEMA, HarvestStore
 
     base = sample_instances()
     now = dt.datetime.now(dt.timezone.utc)
@@ -85,9 +85,8 @@ def write_harvest(out: Path, n: int) -> list[str]:
                              attempts=1, instances=10, bytes=0, seconds=0.0, endpoint="bench",
                              url=f"http://127.0.0.1/dicom-web/studies/{study}/series/{series}/metadata",
                              error=None, run_id="bench", finished_at=now))
-    store = HarvestStore(out).open()
-    store.write(part_name("bench", 0), pa.Table.from_pylist(rows, schema=INSTANCE_SCHEMA),
-                pa.Table.from_pylist(logs, schema=LOG_SCHEMA))
+    with HarvestStore(out).open() as store:
+        store.write(pa.Table.from_pylist(rows, schema=INSTANCE_SCHEMA), pa.Table.from_pylist(logs, schema=LOG_SCHEMA))
     return texts
 
 

@@ -63,15 +63,14 @@ class Archive:
 
 
 def counted_parts(harvest_dir: Path) -> list[Path]:
-    """The harvest's instances parts that count (their log part exists), via the store's reading API."""
+    """The harvest's instances parts that count (a commit lists them), via the store's reading API."""
     from ..harvest.store import INSTANCES, LOG, HarvestStore
 
     store = HarvestStore(harvest_dir)
     if not store.parts(LOG):
-        raise ArchiveError(f"{harvest_dir} holds no harvest (no log/*.parquet): run "
+        raise ArchiveError(f"{harvest_dir} holds no harvest (no committed log part): run "
                            f"`cohort harvest ... -o {harvest_dir}` (or `cohort harvest --url URL --all`) first")
-    orphans = set(store.orphans())
-    return [p for p in store.parts(INSTANCES) if p not in orphans]
+    return store.parts(INSTANCES)  # committed parts only
 
 
 def build_archive(harvest_dir: str | os.PathLike, collection_id: str | None = None, *, force: bool = False) -> Archive:
@@ -169,16 +168,16 @@ def _merge_tree(tree: dict, extra: dict) -> None:
 
 def _write_series(con: duckdb.DuckDBPyConnection, root: Path, out: Path) -> None:
     """archive_series: each series' endpoint and DICOMweb URL, from its latest successful log row."""
-    from ..harvest.store import LOG
+    from ..harvest.store import LOG, HarvestStore
 
-    log = sql_literal(str(root / LOG / "*.parquet"))
+    log = f"read_parquet({sql_list(str(p) for p in HarvestStore(root).parts(LOG))})"
     target = sql_literal(str(out / f"{SERIES}.parquet"))
     con.execute(f"""COPY (
         SELECT StudyInstanceUID, SeriesInstanceUID, endpoint,
                regexp_replace(url, '/(metadata|instances)$', '') AS series_url,
                regexp_replace(url, '/studies/[^/]+/series/[^/]+/(metadata|instances)$', '') AS dicomweb_url,
                finished_at AS harvested_at
-        FROM read_parquet({log})
+        FROM {log}
         WHERE status = 'ok' AND url IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID ORDER BY finished_at DESC) = 1
         ORDER BY StudyInstanceUID, SeriesInstanceUID

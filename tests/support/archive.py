@@ -28,7 +28,7 @@ def dataset_json(ds: Dataset) -> dict:
 def write_harvest(out_dir: Path, paths: Iterable[Path], run: str = "t1", extra: Sequence[dict] = ()) -> Path:
     """A harvest directory holding the instances of ``paths`` (plus ``extra`` DICOM JSON instances)."""
     from cohort.harvest.metadata import instance_row
-    from cohort.harvest.store import INSTANCE_SCHEMA, LOG_SCHEMA, HarvestStore, part_name
+    from cohort.harvest.store import INSTANCE_SCHEMA, LOG_SCHEMA, HarvestStore
 
     now = dt.datetime.now(dt.timezone.utc)
     instances = [dataset_json(pydicom.dcmread(p, stop_before_pixels=True)) for p in paths] + list(extra)
@@ -43,9 +43,8 @@ def write_harvest(out_dir: Path, paths: Iterable[Path], run: str = "t1", extra: 
                  instances=1, bytes=1, seconds=0.0, endpoint="test",
                  url=f"http://127.0.0.1:9/dicom-web/studies/{study}/series/{uid}/metadata", error=None, run_id=run,
                  finished_at=now) for uid, study in series.items()]
-    store = HarvestStore(out_dir).open()
-    store.write(part_name(run, 0), pa.Table.from_pylist(rows, schema=INSTANCE_SCHEMA),
-                pa.Table.from_pylist(logs, schema=LOG_SCHEMA))
+    with HarvestStore(out_dir).open() as store:
+        store.write(pa.Table.from_pylist(rows, schema=INSTANCE_SCHEMA), pa.Table.from_pylist(logs, schema=LOG_SCHEMA))
     return Path(out_dir)
 
 
