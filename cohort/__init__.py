@@ -12,6 +12,7 @@ from .cohort import Cohort, Counts, Provenance, default_catalog
 from .coverage import CoverageReport, Policy, route
 from .endpoints import Endpoint, EndpointKind, custom, google_store, idc_proxy
 from .errors import (
+    ArchiveError,
     CatalogError,
     CohortError,
     CohortInputError,
@@ -44,6 +45,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ArchiveError",
     "Catalog",
     "CatalogError",
     "Cohort",

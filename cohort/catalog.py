@@ -85,7 +85,7 @@ class Catalog:
             if info.bundled or self.store.local_path(name):
                 self._create_view(name)
         for name, select in self._extra_views.items():
-            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {select}')
+            con.execute(_create_view(name, select))
 
     def _create_view(self, name: str) -> None:
         path = self.store.path(name)
@@ -101,7 +101,7 @@ class Catalog:
         self._views.add(name)
 
     def add_view(self, name: str, select_sql: str, allow_dir: str | os.PathLike | None = None) -> None:
-        """Add a view of our own (e.g. a harvest directory's tables).
+        """Add a view of our own (e.g. a harvest directory's tables); ``schema.name`` puts it in a schema.
 
         ``allow_dir`` is a directory the view reads; the sandbox is rebuilt to allow it.
         """
@@ -110,7 +110,7 @@ class Catalog:
             self._extra_dirs.append(Path(allow_dir).resolve())
             self._connect()
         else:
-            self._con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {select_sql}')
+            self._con.execute(_create_view(name, select_sql))
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
@@ -217,6 +217,14 @@ class Catalog:
         return f"<Catalog IDC v{self.idc_version} (idc-index-data {self.data_version}), views: {', '.join(sorted(self._views))}>"
 
 
+def _create_view(name: str, select_sql: str) -> str:
+    """SQL creating view ``name`` (``schema.name``: in that schema, created if missing)."""
+    schema, _, table = name.rpartition(".")
+    if not schema:
+        return f'CREATE OR REPLACE VIEW "{table}" AS {select_sql}'
+    return f'CREATE SCHEMA IF NOT EXISTS "{schema}"; CREATE OR REPLACE VIEW "{schema}"."{table}" AS {select_sql}'
+
+
 def check_read_only(sql: str, *, source: str | None = None, params: Mapping[str, Any] | None = None) -> None:
     """Refuse anything but a single SELECT (COPY, ATTACH, SET, CREATE, INSTALL ...)."""
     try:
@@ -247,12 +255,22 @@ def referenced_tables(sql: str, known: Iterable[str]) -> set[str]:
     """Names of known tables that the SQL reads (identifiers are case-insensitive, as in DuckDB)."""
     by_lower = {k.lower(): k for k in known}
     try:
-        names = duckdb.get_table_names(sql)
+        # qualified, so that a schema's table (archive.sm_index, see cohort.archive) is not taken for the index's
+        names = {_unqualified(n) for n in duckdb.get_table_names(sql, qualified=True)} - {None}
     except duckdb.Error:
         # get_table_names binds some constructs (JOIN ... USING); fall back to words.
         stripped = re.sub(r"--[^\n]*|'(?:[^']|'')*'", " ", sql)
-        names = set(re.findall(r'"?([A-Za-z_][A-Za-z0-9_]*)"?', stripped))
+        names = set(re.findall(r'(?<![.\w"])"?([A-Za-z_][A-Za-z0-9_]*)"?', stripped))  # not schema.name
     return {by_lower[n.lower()] for n in names if n.lower() in by_lower}
+
+
+def _unqualified(name: str) -> str | None:
+    """``'"index" AS i'`` -> ``index``; a name in a schema (``archive.sm_index AS a``) -> None."""
+    parts = re.findall(r'"((?:[^"]|"")*)"|([^".\s]+)', name.split(" AS ")[0])
+    if len(parts) != 1:
+        return None
+    quoted, plain = parts[0]
+    return quoted.replace('""', '"') if quoted else plain
 
 
 def _line_of(text: str, statement: str) -> int | None:

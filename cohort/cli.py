@@ -190,6 +190,22 @@ def auth_option(f: Callable) -> Callable:
     )(f)
 
 
+def archive_option(f: Callable) -> Callable:
+    return click.option(
+        "--archive", "archive_dir", type=click.Path(file_okay=False, exists=True),
+        help="A `cohort harvest` directory to use as the index: its dicom_metadata and derived index, sm_index, "
+             "ct_index, ... replace IDC's (also as archive.<table>); built on first use.",
+    )(f)
+
+
+def open_archive_dir(state: _State, archive_dir: str | None) -> None:
+    """``--archive DIR``: the harvest's archive tables take idc-index's names in the catalog."""
+    if archive_dir:
+        from .archive.catalog import open_archive  # noqa: PLC0415 - imports pydicom; only with --archive
+
+        open_archive(state.catalog, archive_dir)
+
+
 def url_endpoint(url: str | None, auth: str):
     """The ``--url``/``--auth`` endpoint, or None without --url (then --auth must be left at none)."""
     from .endpoints import auth_from_name, custom  # noqa: PLC0415 - only for commands that talk DICOMweb
@@ -326,9 +342,10 @@ def _report_unknown_and_empty(state: _State, rows: int, uids: list[str] | None, 
 @output_options
 @click.option("--summary", is_flag=True, help="Print the cohort's counts and per-collection summary instead of rows.")
 @max_rows_option
+@archive_option
 @pass_state
 def query_cmd(state: _State, query: str, params: tuple[str, ...], fmt: str | None, output: str | None,
-              summary: bool, max_rows: int) -> None:
+              summary: bool, max_rows: int, archive_dir: str | None) -> None:
     """Run a saved query (by NAME) or a .sql FILE on the index.
 
     When nothing matches, says which parameter values are not in the index and
@@ -341,6 +358,7 @@ def query_cmd(state: _State, query: str, params: tuple[str, ...], fmt: str | Non
     """
     saved = _queries.load_query(query)
     bound = saved.bind(parse_params(params))
+    open_archive_dir(state, archive_dir)
     if summary:
         c = Cohort.from_query(saved, bound, catalog=state.catalog)
         click.echo(f"{saved.name} on IDC v{c.provenance.idc_version}: {c.counts}")
@@ -361,9 +379,10 @@ def query_cmd(state: _State, query: str, params: tuple[str, ...], fmt: str | Non
 @max_rows_option
 @click.option("--harvest", "harvest_dir", type=click.Path(file_okay=False, exists=True),
               help="A `cohort harvest` directory: adds the views harvest_instances, harvest_log and harvest_series.")
+@archive_option
 @pass_state
 def sql_cmd(state: _State, sql: str, params: tuple[str, ...], fmt: str | None, output: str | None, max_rows: int,
-            harvest_dir: str | None) -> None:
+            harvest_dir: str | None, archive_dir: str | None) -> None:
     """Run one SELECT on the index tables (use - to read the SQL from stdin).
 
     Parameters are $NAME in the SQL; give a type for anything but text
@@ -381,6 +400,7 @@ def sql_cmd(state: _State, sql: str, params: tuple[str, ...], fmt: str | None, o
         from .harvest import open_harvest
 
         open_harvest(state.catalog, harvest_dir)
+    open_archive_dir(state, archive_dir)
     bound = _queries.bind_sql(sql, parse_params(params))
     df = state.catalog.df(sql, bound)
     write_frame(df, fmt, output, _max_rows(max_rows))
@@ -529,8 +549,12 @@ def cite_cmd(state: _State, source: str, params: tuple[str, ...], style: str, of
         sys.exit(1)
 
 
+#: With --url, these files are read as lists of Study/Series UIDs, IDC's or not.
+_UID_FILES = (".csv", ".tsv", ".parquet")
+
+
 @cli.command("harvest")
-@click.argument("query")
+@click.argument("query", required=False)
 @param_option
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Harvest directory (created; rerun with the same one to resume).")
@@ -554,20 +578,27 @@ def cite_cmd(state: _State, source: str, params: tuple[str, ...], style: str, of
 @click.option("--flush-seconds", default=10.0, show_default=True, type=click.FloatRange(min=0),
               help="Write finished series at least this often (what a crash can lose).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--all", "everything", is_flag=True,
+              help="With --url and no QUERY: every series the server lists (QIDO-RS); a rerun harvests new ones.")
 @pass_state
-def harvest_cmd(state: _State, query: str, params: tuple[str, ...], out_dir: str, url: str | None, auth: str,
+def harvest_cmd(state: _State, query: str | None, params: tuple[str, ...], out_dir: str, url: str | None, auth: str,
                 routing: str | None, workers: int | None, rate: float | None, no_rate_limit: bool, timeout: float,
-                retries: int, light: bool, retry: str, flush_seconds: float, no_progress: bool) -> None:
+                retries: int, light: bool, retry: str, flush_seconds: float, no_progress: bool,
+                everything: bool) -> None:
     """Harvest the DICOM metadata of a cohort's instances into Parquet (resumable).
 
-    QUERY is a saved query name, a .sql file or a manifest. Query the result
-    with `cohort sql --harvest DIR "SELECT ... FROM harvest_instances"`.
+    QUERY is a saved query name, a .sql file or a manifest; with --url, a CSV, TSV
+    or Parquet file of StudyInstanceUID/SeriesInstanceUID (series need not be IDC's),
+    or --all for every series of the server. Query the result with
+    `cohort sql --harvest DIR "SELECT ... FROM harvest_instances"`, or as IDC's
+    tables with `cohort query NAME --archive DIR`.
     Exits 3 when series are left failed (http_error, timeout, malformed): run
     the same command again to ask for them again.
 
     \b
     cohort harvest series_by_collection -p collection_id=tcga_paad -p modality=SM -o paad/
     cohort harvest my.sql -o out/ --url http://127.0.0.1:8042/dicom-web --workers 16 --no-rate-limit
+    cohort harvest --all --url http://127.0.0.1:8042/dicom-web -o lab/
     """
     from .harvest import DEFAULT_RATE, DEFAULT_WORKERS, FINAL_STATUSES, harvest
     from .retry import RetryPolicy
@@ -576,9 +607,19 @@ def harvest_cmd(state: _State, query: str, params: tuple[str, ...], out_dir: str
         raise click.UsageError("give either --url or --policy")
     if no_rate_limit and rate is not None:
         raise click.UsageError("give either --rate or --no-rate-limit")
+    if (query is None) == (not everything):
+        raise click.UsageError("give a QUERY (saved query, .sql file or manifest) or --all, not both")
+    if everything and url is None:
+        raise click.UsageError("--all needs --url (the server whose every series is harvested)")
     endpoint = url_endpoint(url, auth)
+    if everything or (endpoint is not None and query is not None and Path(query).suffix.lower() in _UID_FILES):
+        from .archive.uids import series_source  # noqa: PLC0415 - only for archives
+
+        source = series_source(endpoint, None if everything else query, params=parse_params(params))
+    else:
+        source = load_cohort(state, query, parse_params(params))
     result = harvest(
-        load_cohort(state, query, parse_params(params)), out_dir, endpoint,
+        source, out_dir, endpoint,
         workers=workers or DEFAULT_WORKERS, rate=None if no_rate_limit else (rate or DEFAULT_RATE),
         policy=RetryPolicy(timeout=timeout, max_attempts=retries + 1), light=light,
         progress=not no_progress, routing=routing, flush_seconds=flush_seconds, retry=retry.split(","),
@@ -627,9 +668,10 @@ def harvest_status_cmd(out_dir: str, fmt: str | None, output: str | None, repair
               help="Cloud whose buckets the s5cmd lines name.")
 @click.option("--citations/--no-citations", default=True, show_default=True,
               help="Fetch the source DOIs' citations (cached; skipped when offline).")
+@archive_option
 @pass_state
 def manifest_cmd(state: _State, source: str, params: tuple[str, ...], output: str, fmt: str | None,
-                 provider: str, citations: bool) -> None:
+                 provider: str, citations: bool, archive_dir: str | None) -> None:
     """Write the cohort of a saved query, .sql FILE or manifest as a manifest with provenance.
 
     \b
@@ -637,6 +679,16 @@ def manifest_cmd(state: _State, source: str, params: tuple[str, ...], output: st
     cohort manifest paad.s5cmd -o paad.csv
     cohort manifest old.csv -o old_gcs.s5cmd --provider gcs
     """
+    if archive_dir:  # no bucket: the series' DICOMweb URLs, as CSV, TSV, JSON or Parquet
+        from .archive.catalog import archive_manifest  # noqa: PLC0415
+
+        if fmt == "s5cmd" or (fmt is None and Path(output).suffix.lower() not in (".csv", ".tsv", ".json", ".parquet")):
+            raise click.UsageError("an archive has no bucket for s5cmd: write its DICOMweb URLs with -o FILE.csv, "
+                                   ".tsv, .json or .parquet")
+        open_archive_dir(state, archive_dir)
+        cohort = load_cohort(state, source, parse_params(params))
+        write_frame(archive_manifest(state.catalog, list(cohort.series_uids)).to_pandas(), fmt, output)
+        return
     from .manifest import write_manifest
 
     info = write_manifest(load_cohort(state, source, parse_params(params)), output, fmt, provider,
@@ -664,6 +716,24 @@ def download_cmd(state: _State, manifest: str, dest: str, dry_run: bool) -> None
     download(plan)
 
 
+@cli.command("compare")
+@click.argument("archive_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("reference", type=click.Path(dir_okay=False, exists=True))
+@click.option("--table", default="sm_index", show_default=True,
+              type=click.Choice(["index", "sm_index", "sm_instance_index", "ct_index", "mr_index", "pt_index"]),
+              help="Which derived table REFERENCE is IDC's copy of.")
+@click.option("--only-common", is_flag=True, help="Leave out series that only one side has.")
+@output_options
+def compare_cmd(archive_dir: str, reference: str, table: str, only_common: bool, fmt: str | None,
+                output: str | None) -> None:
+    """Where an archive's derived TABLE differs from IDC's (REFERENCE, e.g. sm_index.parquet), series by series."""
+    from .archive.compare import compare
+
+    report = compare(archive_dir, reference, table, only_common=only_common)
+    click.echo(f"{report.num_rows:,} differences", err=True)
+    write_frame(report.to_pandas(), fmt, output, max_rows=200)
+
+
 @cli.command("coverage")
 @click.argument("query")
 @param_option
@@ -684,11 +754,12 @@ def download_cmd(state: _State, manifest: str, dest: str, dry_run: bool) -> None
 @click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 32), help="With --verify: requests at once.")
 @output_options
 @max_rows_option
+@archive_option
 @pass_state
 def coverage_cmd(state: _State, query: str, params: tuple[str, ...], routing: str | None, pin: int | None,
                  url: str | None, auth: str, newest_store: int | None, lag: int, discover: bool, by: str,
                  verify: bool, sample: int | None, workers: int, fmt: str | None, output: str | None,
-                 max_rows: int) -> None:
+                 max_rows: int, archive_dir: str | None) -> None:
     """Which DICOMweb endpoint serves each series of QUERY (saved query, .sql file or manifest), and why.
 
     \b
@@ -703,6 +774,17 @@ def coverage_cmd(state: _State, query: str, params: tuple[str, ...], routing: st
     if sample is not None and not verify:
         raise click.UsageError("--sample applies to --verify")
     policy = url_endpoint(url, auth) or pin or routing
+    if archive_dir:  # an archive's coverage is the server it was harvested from
+        from .archive.catalog import archive_endpoints  # noqa: PLC0415
+
+        if policy is not None:
+            raise click.UsageError("--archive routes to the archive's own server; leave out --policy, --pin and --url")
+        open_archive_dir(state, archive_dir)
+        roots = archive_endpoints(state.catalog)
+        if len(roots) != 1:
+            raise click.UsageError(f"the archive was harvested from {len(roots)} servers ({', '.join(roots)}); "
+                                   "give one with --url")
+        policy = url_endpoint(roots[0], auth)
     report = route(load_cohort(state, query, parse_params(params)), policy, newest_google_store=newest_store,
                    lag=lag, discover=discover)
     click.echo(report.summary_text(), err=True)

@@ -13,6 +13,7 @@
     ├── CoverageError                routing a cohort to endpoints failed
     ├── HarvestError                 the metadata harvester could not run
     ├── PixelError                   slides, frames or thumbnails could not be read (routed client, wsidicom)
+    ├── ArchiveError                 a harvest directory cannot be opened as an archive (dicom_metadata, derived tables)
     └── ManifestError                a manifest could not be written or read (file:line)
 
 Every message says what was wrong, where, and how to fix it.
@@ -95,6 +96,10 @@ class HarvestError(CohortError):
 class PixelError(CohortError):
     """Pixels could not be read: a series outside the routed cohort, a missing optional extra,
     frames an endpoint would not serve or that cannot be decoded."""
+
+
+class ArchiveError(CohortError):
+    """A harvest directory cannot be built or opened as an archive, or its discovery failed."""
 
 
 class ManifestError(CohortError):

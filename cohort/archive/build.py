@@ -1,0 +1,184 @@
+"""Build an archive from a harvest directory: ``dicom_metadata`` and the derived idc-index tables, as Parquet.
+
+Layout (beside the harvest's ``instances/`` and ``log/``)::
+
+    DIR/archive/dicom_metadata.parquet     one row per counted instance (see .dicom_metadata)
+    DIR/archive/<table>.parquet            index, sm_index, sm_instance_index, ct_index, mr_index, pt_index
+    DIR/archive/archive_series.parquet     series -> endpoint and DICOMweb series URL (where it was harvested)
+    DIR/archive/state.json                 the instances parts and the label the files were built from
+
+The archive is rebuilt, whole, when the harvest's counted parts or the
+collection label differ from ``state.json``; files are written to a
+temporary directory and moved into place, ``state.json`` last, so a killed
+build leaves the previous archive (or none) and the next open builds again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from .._text import sql_list, sql_literal
+from ..errors import ArchiveError
+from . import derive
+from .dicom_metadata import attributes, merge_structure, representatives_sql, select_sql
+
+ARCHIVE = "archive"
+STATE = "state.json"
+DICOM_METADATA = "dicom_metadata"
+SERIES = "archive_series"
+#: Harvest columns that stand in for an attribute an instance's JSON lacks (partial tag sets, metadata
+#: without the file meta group): the harvester filled them from the request's UIDs or the JSON it had.
+FALLBACKS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "TransferSyntaxUID")
+#: Every table an archive holds, by its catalog name.
+TABLES = (DICOM_METADATA, *derive.DERIVED, SERIES)
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A built archive: where its tables are, what it was built from, and how big it is."""
+
+    harvest_dir: Path
+    directory: Path
+    collection_id: str
+    instances: int
+    attributes: int
+    built: bool  # False when the files on disk were already up to date
+    seconds: float
+
+    def path(self, table: str) -> Path:
+        return self.directory / f"{table}.parquet"
+
+    def __str__(self) -> str:
+        what = f"built in {self.seconds:,.1f} s" if self.built else "up to date"
+        return (f"archive {self.directory} ({what}): {self.instances:,} instances, {self.attributes:,} "
+                f"top-level attributes; collection_id {self.collection_id!r}")
+
+
+def counted_parts(harvest_dir: Path) -> list[Path]:
+    """The harvest's instances parts that count (a commit lists them), via the store's reading API."""
+    from ..harvest.store import INSTANCES, LOG, HarvestStore
+
+    store = HarvestStore(harvest_dir)
+    if not store.parts(LOG):
+        raise ArchiveError(f"{harvest_dir} holds no harvest (no committed log part): run "
+                           f"`cohort harvest ... -o {harvest_dir}` (or `cohort harvest --url URL --all`) first")
+    return store.parts(INSTANCES)  # committed parts only
+
+
+def build_archive(harvest_dir: str | os.PathLike, collection_id: str | None = None, *, force: bool = False) -> Archive:
+    """Build (or reuse) the archive of ``harvest_dir``; ``collection_id`` labels its series (default: the directory name)."""
+    started = time.monotonic()
+    root = Path(harvest_dir).resolve()
+    label = collection_id if collection_id is not None else root.name
+    parts = counted_parts(root)
+    directory = root / ARCHIVE
+    state = {"parts": [p.name for p in parts], "collection_id": label, "version": 1}
+    old = _read_state(directory)
+    if not force and old is not None and {k: old.get(k) for k in state} == state \
+            and all((directory / f"{t}.parquet").is_file() for t in TABLES):
+        return Archive(root, directory, label, old.get("instances", 0), old.get("attributes", 0), False,
+                       time.monotonic() - started)
+    tmp = directory / f".build-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+        instances, n_attributes = _build(root, parts, tmp, label)
+        for table in TABLES:
+            os.replace(tmp / f"{table}.parquet", directory / f"{table}.parquet")
+        state.update(instances=instances, attributes=n_attributes)
+        (tmp / STATE).write_text(json.dumps(state, indent=1))
+        os.replace(tmp / STATE, directory / STATE)
+    except OSError as exc:
+        raise ArchiveError(f"cannot write the archive in {directory} ({exc.strerror or exc}); free space or fix "
+                           "the directory's permissions and open it again") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Archive(root, directory, label, instances, n_attributes, True, time.monotonic() - started)
+
+
+def _read_state(directory: Path) -> dict | None:
+    try:
+        return json.loads((directory / STATE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _build(root: Path, parts: list[Path], out: Path, label: str) -> tuple[int, int]:
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    if parts:
+        source = f"read_parquet({sql_list(str(p) for p in parts)})"
+    else:  # a harvest whose series all came back empty: an archive with no rows
+        source = "(SELECT NULL::VARCHAR AS json, " + ", ".join(f"NULL::VARCHAR AS {c}" for c in FALLBACKS) + " WHERE false)"
+    metadata = out / f"{DICOM_METADATA}.parquet"
+    try:
+        n_attributes = write_dicom_metadata(con, source, metadata)
+    except duckdb.Error as exc:
+        raise ArchiveError(f"building dicom_metadata from {root} failed: {str(exc).splitlines()[0]}") from None
+    con.execute(f"CREATE VIEW dicom_metadata AS SELECT * FROM read_parquet({sql_literal(str(metadata))})")
+    con.execute(f"CREATE VIEW dicom_all AS {derive.dicom_all_sql('dicom_metadata', label)}")
+    con.execute(f"CREATE VIEW auxiliary_metadata AS {derive.AUXILIARY_SQL}")
+    for table in derive.DERIVED:
+        target = sql_literal(str(out / f"{table}.parquet"))
+        con.execute(f"COPY ({derive.derived_sql(table)}) TO {target} (FORMAT parquet, COMPRESSION zstd)")
+    _write_series(con, root, out)
+    instances = con.execute("SELECT count(*) FROM dicom_metadata").fetchone()[0]
+    return instances, n_attributes
+
+
+def write_dicom_metadata(con: duckdb.DuckDBPyConnection, source: str, path: Path) -> int:
+    """Write ``dicom_metadata`` of the harvest instances in ``source`` (SQL) to ``path``; the number of columns."""
+    tree: dict = {}
+    for (text,) in con.execute(representatives_sql(source)).fetchall():
+        try:
+            dataset = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(dataset, dict):
+            merge_structure(tree, dataset)
+    _merge_tree(tree, derive.required_structure())
+    attrs = attributes(tree)
+    # the harvest's own columns stand in for FALLBACKS attributes an instance's JSON lacks
+    inner = select_sql(attrs, source, extra=[f'"{c}" AS "h_{c}"' for c in FALLBACKS])
+    outer = ", ".join(f'coalesce("{a.name}", "h_{a.name}") AS "{a.name}"' if a.name in FALLBACKS else f'"{a.name}"'
+                      for a in attrs)
+    con.execute(f"COPY (SELECT {outer} FROM ({inner})) TO {sql_literal(str(path))} (FORMAT parquet, COMPRESSION zstd)")
+    return len(attrs)
+
+
+def _merge_tree(tree: dict, extra: dict) -> None:
+    """Add the tags of structure ``extra`` that ``tree`` lacks (recursively into sequence items)."""
+    for tag, node in extra.items():
+        mine = tree.setdefault(tag, {})
+        for key, value in node.items():
+            if key == "Value" and isinstance(value[0], dict):
+                target = mine.setdefault("Value", [{}])
+                if isinstance(target[0], dict):
+                    _merge_tree(target[0], value[0])
+            else:
+                mine.setdefault(key, value)
+
+
+def _write_series(con: duckdb.DuckDBPyConnection, root: Path, out: Path) -> None:
+    """archive_series: each series' endpoint and DICOMweb URL, from its latest successful log row."""
+    from ..harvest.store import LOG, HarvestStore
+
+    log = f"read_parquet({sql_list(str(p) for p in HarvestStore(root).parts(LOG))})"
+    target = sql_literal(str(out / f"{SERIES}.parquet"))
+    con.execute(f"""COPY (
+        SELECT StudyInstanceUID, SeriesInstanceUID, endpoint,
+               regexp_replace(url, '/(metadata|instances)$', '') AS series_url,
+               regexp_replace(url, '/studies/[^/]+/series/[^/]+/(metadata|instances)$', '') AS dicomweb_url,
+               finished_at AS harvested_at
+        FROM {log}
+        WHERE status = 'ok' AND url IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID ORDER BY finished_at DESC) = 1
+        ORDER BY StudyInstanceUID, SeriesInstanceUID
+    ) TO {target} (FORMAT parquet, COMPRESSION zstd)""")
