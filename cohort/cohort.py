@@ -149,11 +149,7 @@ class Cohort:
         catalog = catalog or default_catalog()
         wanted = list(dict.fromkeys(u.strip() for u in uids if u and u.strip()))
         table = uid_table(wanted)
-        unknown = catalog.sql(
-            "SELECT w.SeriesInstanceUID FROM _w w WHERE w.SeriesInstanceUID NOT IN "
-            "(SELECT SeriesInstanceUID FROM index UNION ALL SELECT SeriesInstanceUID FROM prior_versions_index)",
-            register={"_w": table},
-        ).column(0).to_pylist()
+        unknown = catalog.unknown_uids(wanted)
         if unknown:
             shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
             raise CohortInputError(
