@@ -207,6 +207,18 @@ class Catalog:
         """
         return self._run(sql, params, source, register, lambda result: result.to_arrow_table())
 
+    def rows(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        source: str | None = None,
+    ) -> tuple[list[str], list[tuple]]:
+        """Like :meth:`sql`, as column names and a list of tuples of Python values: neither pyarrow
+        nor pandas is imported (a CLI printing CSV starts as fast as DuckDB itself)."""
+        return self._run(sql, params, source, None, lambda result: ([d[0] for d in result.description],
+                                                                    result.fetchall()))
+
     def df(
         self,
         sql: str,

@@ -28,7 +28,6 @@ from importlib.metadata import version as _dist_version
 from pathlib import Path
 
 import platformdirs
-import requests
 
 from ._text import short_error
 from .errors import TableUnavailableError, UnknownTableError
@@ -189,6 +188,8 @@ class TableStore:
                 f"table {name!r} is not on this machine and downloads are off "
                 f"(it is published at {' and '.join(urls)}); {how_to}"
             )
+        import requests  # noqa: PLC0415 - only to download; keeps `import cohort` and queries light
+
         failures = []
         for url in urls:
             try:
@@ -202,6 +203,7 @@ class TableStore:
     def _download(self, name: str, url: str) -> Path:
         """Fetch one URL into a temporary file; only a complete, verified file is renamed into the cache."""
         import pyarrow.parquet as pq  # noqa: PLC0415 - keeps `import cohort` free of pyarrow
+        import requests  # noqa: PLC0415
 
         self.cache.mkdir(parents=True, exist_ok=True)
         target = self.cache / f"{name}.parquet"
@@ -229,6 +231,7 @@ class TableStore:
 
     def _sidecar_sha256(self, url: str) -> str | None:
         """The sha256 in ``<url>.sha256`` when the server has one (the mirror does)."""
+        import requests  # noqa: PLC0415
         try:
             r = requests.get(url + ".sha256", timeout=self.timeout)
         except requests.RequestException:
