@@ -83,6 +83,11 @@ def cli(state: _State, verbose: int, index_dir: str | None) -> None:
         harvest_log = logging.getLogger("cohort.harvest")
         if not any(isinstance(h, _EchoWarnings) for h in harvest_log.handlers):
             harvest_log.addHandler(_EchoWarnings(logging.WARNING))
+        # making the local index copy (once per idc-index-data version) takes a while: say so without -v too
+        copy_log = logging.getLogger("cohort.localcopy")
+        if not any(isinstance(h, _Notice) for h in copy_log.handlers):
+            copy_log.addHandler(_Notice(logging.INFO))
+            copy_log.setLevel(logging.INFO)
 
 
 class _EchoWarnings(logging.Handler):
@@ -90,6 +95,13 @@ class _EchoWarnings(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         click.echo(f"Warning: {record.getMessage()}", err=True)
+
+
+class _Notice(logging.Handler):
+    """Log records as plain lines on the current stderr (found at each message: the CLI runner swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
 
 
 # -- shared options -----------------------------------------------------------
@@ -163,7 +175,7 @@ def write_rows(columns: list[str], rows: list[tuple], fmt: str, output: str | No
             write(f)
         click.echo(f"wrote {len(rows):,} rows to {output}", err=True)
     else:
-        write(click.get_text_stream("stdout"))
+        write(sys.stdout)
 
 
 def write_frame(df, fmt: str | None, output: str | None, max_rows: int = 50) -> None:
