@@ -165,7 +165,8 @@ _CURRENT_SERIES = """
 #: Series no longer in the current release (``_uids`` then holds only UIDs that ``index`` lacks).
 _PRIOR_SERIES = """
     SELECT SeriesInstanceUID, StudyInstanceUID, collection_id, aws_bucket, series_size_MB,
-           min(min_idc_version) OVER (PARTITION BY SeriesInstanceUID), min_idc_version, max_idc_version, false
+           min(min_idc_version) OVER (PARTITION BY SeriesInstanceUID) AS first_version,
+           min_idc_version AS made, max_idc_version AS last, false AS in_current_release
     FROM prior_versions_index SEMI JOIN _uids USING (SeriesInstanceUID)
     QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID ORDER BY max_idc_version DESC) = 1
 """
