@@ -184,12 +184,13 @@ class Catalog:
         Up to :data:`LOOKUP_JOIN_ROWS` UIDs are looked up in the local copy's index (milliseconds
         for 1,000); more are checked with one hash join over the tables.
         """
-        from .cohort import uid_table  # noqa: PLC0415 - cohort imports this module
+        import pyarrow as pa  # noqa: PLC0415 - keeps `import cohort` light
 
         wanted = list(dict.fromkeys(uids))
         if not wanted:
             return []
-        unknown = set(self.sql(_UNKNOWN_UIDS_SQL, register={"_w": uid_table(wanted)}).column(0).to_pylist())
+        table = pa.table({"SeriesInstanceUID": pa.array(wanted, pa.string())})
+        unknown = set(self.sql(_UNKNOWN_UIDS_SQL, register={"_w": table}).column(0).to_pylist())
         return [u for u in wanted if u in unknown]
 
     # -- queries ----------------------------------------------------------
