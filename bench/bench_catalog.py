@@ -22,7 +22,7 @@ idc-index's best warm time; cold lookup within 2x of our cold groupby; cold grou
 20x faster and at most 1/10 of the peak memory of idc-index's best. Exit status 1 when a
 target is missed (unless --no-check). Prints ``ROW|`` lines for bench/run_all.py.
 
-    python bench/bench_catalog.py [--repeat 1] [--warm 7] [--no-pandas2] [--no-check]
+    python bench/bench_catalog.py [--repeat 1] [--warm 7] [--no-pandas2] [--no-pandas3] [--no-check]
 """
 
 from __future__ import annotations
@@ -150,6 +150,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="cold runs per tool and query (median shown)")
     parser.add_argument("--warm", type=int, default=7, help="warm runs per query (median shown)")
     parser.add_argument("--no-pandas2", action="store_true", help="skip idc-index with pandas<3")
+    parser.add_argument("--no-pandas3", action="store_true",
+                        help="skip idc-index with this environment's pandas 3 (seconds to minutes a query)")
     parser.add_argument("--no-check", action="store_true", help="always exit 0, even when a target is missed")
     args = parser.parse_args()
 
@@ -168,8 +170,9 @@ def main() -> int:
 
     # (python, tool, warm runs): idc-index with pandas 3 takes seconds a query, so it is run warm twice
     slow = pandas.__version__.split(".")[0] >= "3"
-    tools = {"idc-cohort": (sys.executable, "idc-cohort", args.warm),
-             f"idc-index pandas {pandas.__version__}": (sys.executable, "idc-index", 2 if slow else args.warm)}
+    tools = {"idc-cohort": (sys.executable, "idc-cohort", args.warm)}
+    if not (slow and args.no_pandas3):
+        tools[f"idc-index pandas {pandas.__version__}"] = (sys.executable, "idc-index", 2 if slow else args.warm)
     if not args.no_pandas2:
         python, note = pandas2_python()
         if python:
