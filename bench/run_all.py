@@ -7,7 +7,7 @@ each benchmark is written beside its rows, since other processes on the machine 
 timings (ratios within one run are what to compare). A benchmark that prints no ROW lines
 gets one row with the tail of its output.
 
-    python bench/run_all.py [--only catalog,cli] [--skip harvest] [--out bench/RESULTS.md]
+    python bench/run_all.py [--only catalog,cli] [--skip harvest] [--extra 'catalog=--no-pandas3'] [--out FILE]
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated names (bench_NAME.py) to run")
     parser.add_argument("--skip", default="", help="comma-separated names to leave out")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME=ARGS",
+                        help="arguments for one benchmark, e.g. --extra 'catalog=--no-pandas3 --warm 5'")
     args = parser.parse_args()
     only = {n for n in args.only.split(",") if n}
+    extra = {k: v.split() for k, _, v in (e.partition("=") for e in args.extra)}
     skip = {n for n in args.skip.split(",") if n}
 
     benches = [p for p in sorted(HERE.glob("bench_*.py"))
@@ -46,7 +49,8 @@ def main() -> int:
         before = loadavg()
         print(f"== {path.name} (load {before})", flush=True)
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(path), "--no-check"], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, str(path), "--no-check", *extra.get(name, [])],
+                              capture_output=True, text=True)
         took = time.perf_counter() - start
         after = loadavg()
         print(proc.stdout + proc.stderr, flush=True)
