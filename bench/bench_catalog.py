@@ -97,6 +97,18 @@ made = time.perf_counter() - t0
 result = measure(NAMES, WARM)
 print(json.dumps({"construct": made, "queries": result}))
 """
+# Makes the local index copy if it is not there yet (not timed) and picks 1,000 UIDs (every 1,044th series).
+PREPARE = """
+import json, sys
+import pandas
+import pyarrow.parquet as pq
+from cohort import Catalog
+catalog = Catalog(download=False)
+uids = pq.read_table(catalog.store.path("index"), columns=["SeriesInstanceUID"]).column(0).to_pylist()[::1044][:1000]
+json.dump(uids, open(sys.argv[1], "w"))
+print(f"local index copy: {catalog.local_copy}")
+print(f"this environment: pandas {pandas.__version__}")
+"""
 TARGET_WARM_MS = 10
 TARGET_WARM_RATIO = 5
 TARGET_COLD_LOOKUP_VS_GROUPBY = 2
@@ -155,24 +167,18 @@ def main() -> int:
     parser.add_argument("--no-check", action="store_true", help="always exit 0, even when a target is missed")
     args = parser.parse_args()
 
-    import pyarrow.parquet as pq
-
-    from cohort import Catalog
-
-    catalog = Catalog(download=False)  # makes the local index copy if it is not there yet (not timed)
-    print(f"local index copy: {catalog.local_copy}")
-    uids = pq.read_table(catalog.store.path("index"), columns=["SeriesInstanceUID"]).column(0).to_pylist()[::1044][:1000]
+    # The parent stays small: a child's peak RSS (wait4) starts from the parent's at fork time.
     uids_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-    json.dump(uids, uids_file)
     uids_file.close()
-
-    import pandas  # only for the label
+    prep = subprocess.run([sys.executable, "-c", PREPARE, uids_file.name], capture_output=True, text=True, check=True)
+    print(prep.stdout.strip())
+    pandas_version = prep.stdout.strip().splitlines()[-1].split()[-1]
 
     # (python, tool, warm runs): idc-index with pandas 3 takes seconds a query, so it is run warm twice
-    slow = pandas.__version__.split(".")[0] >= "3"
+    slow = pandas_version.split(".")[0] >= "3"
     tools = {"idc-cohort": (sys.executable, "idc-cohort", args.warm)}
     if not (slow and args.no_pandas3):
-        tools[f"idc-index pandas {pandas.__version__}"] = (sys.executable, "idc-index", 2 if slow else args.warm)
+        tools[f"idc-index pandas {pandas_version}"] = (sys.executable, "idc-index", 2 if slow else args.warm)
     if not args.no_pandas2:
         python, note = pandas2_python()
         if python:
