@@ -9,8 +9,6 @@ import logging
 
 from .catalog import Catalog
 from .cohort import Cohort, Counts, Provenance, default_catalog
-from .coverage import CoverageReport, Policy, route
-from .endpoints import Endpoint, EndpointKind, custom, google_store, idc_proxy
 from .errors import (
     ArchiveError,
     CatalogError,
@@ -32,8 +30,14 @@ from .queries import Parameter, SavedQuery, list_queries, load_query
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-#: Imported on first use, to keep ``import cohort`` light (the harvester is ``cohort.harvest``).
-_LAZY = {"ManifestInfo": "manifest", "read_manifest": "manifest", "write_manifest": "manifest"}
+#: Imported on first use, to keep ``import cohort`` light: DuckDB, but not requests, pandas or pyarrow
+#: (the harvester is ``cohort.harvest``).
+_LAZY = {
+    "ManifestInfo": "manifest", "read_manifest": "manifest", "write_manifest": "manifest",
+    "CoverageReport": "coverage", "Policy": "coverage", "route": "coverage",
+    "Endpoint": "endpoints", "EndpointKind": "endpoints", "custom": "endpoints", "google_store": "endpoints",
+    "idc_proxy": "endpoints",
+}
 
 
 def __getattr__(name: str):

@@ -5,6 +5,11 @@ for ``IDCClient.sql_query`` runs unchanged. They read the Parquet files in
 place: nothing is loaded into pandas, and making a catalog costs milliseconds.
 Optional tables are fetched the first time a query names them.
 
+The shipped ``index`` and ``prior_versions_index`` are read from a local DuckDB
+copy with an index on SeriesInstanceUID, made once per idc-index-data version
+(:mod:`cohort.localcopy`), so that looking series up by UID takes milliseconds;
+the views and their columns are the same either way.
+
 Queries run read-only. The connection is opened with DuckDB's own sandbox
 settings (``enable_external_access = false`` with ``allowed_paths`` limited to
 the index files, ``lock_configuration = true``), and every statement is
@@ -24,10 +29,18 @@ import duckdb
 
 from ._text import sql_list, sql_literal
 from .errors import ParameterError, QueryError, ReadOnlyError, TableUnavailableError, UnknownTableError
+from .localcopy import ALIAS as LOCAL_ALIAS
+from .localcopy import COPIED, LocalCopy
 from .tables import TableInfo, TableStore, idc_version
+from .tables import cache_dir as cache_dir_for
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+
+#: Joins whose smaller side has at most this many rows filter the other side with an IN list
+#: (DuckDB's ``dynamic_or_filter_threshold``; its default is 50). Matches ``index_scan_max_count``.
+LOOKUP_JOIN_ROWS = 2048
 
 
 class Catalog:
@@ -45,6 +58,11 @@ class Catalog:
     urls:
         URL templates (``{version}``, ``{name}``) to fetch optional tables from, tried in
         order; default: idc-index's GitHub release URL, then the Google Cloud mirror.
+    local_copy:
+        Read ``index`` and ``prior_versions_index`` from a local DuckDB copy indexed on
+        SeriesInstanceUID (made on first use, see :mod:`cohort.localcopy`): True (default) for
+        the per-version user cache, a directory to keep it elsewhere, or False to read the
+        shipped Parquet files. Falls back to the Parquet files when the copy cannot be made.
     """
 
     def __init__(
@@ -53,6 +71,7 @@ class Catalog:
         cache_dir: str | os.PathLike | None = None,
         download: bool = True,
         urls: tuple[str, ...] | None = None,
+        local_copy: bool | str | os.PathLike = True,
     ) -> None:
         kwargs: dict[str, Any] = {"index_dir": index_dir, "cache": cache_dir, "download": download}
         if urls is not None:
@@ -62,17 +81,28 @@ class Catalog:
         self.data_version = self.store.version
         self._extra_dirs: list[Path] = []
         self._extra_views: dict[str, str] = {}
+        self._local: LocalCopy | None = None
+        if local_copy is not False:
+            where = cache_dir_for(self.data_version) if local_copy is True else Path(local_copy)
+            sources = {name: self.store.tables[name].bundled_path for name in COPIED}
+            if all(sources.values()):
+                self._local = LocalCopy(where, sources, self.data_version)  # type: ignore[arg-type]
         self._connect()
 
     # -- connection -------------------------------------------------------
     def _connect(self) -> None:
         con = duckdb.connect()
+        if self._local is not None and not self._local.attach(con):
+            self._local = None  # logged; the shipped Parquet files are read instead
         # Literal lists, not bound parameters: binding makes duckdb import pandas (~0.3 s).
         paths = sorted({str(p) for name in self.store.tables for p in self.store.candidates(name)})
         con.execute(f"SET allowed_paths = {sql_list(paths)}")
         if self._extra_dirs:
             con.execute(f"SET allowed_directories = {sql_list([str(d) + os.sep for d in self._extra_dirs])}")
         for setting in (
+            # a join with up to this many rows on its small side looks the other side up with an IN filter,
+            # which the local copy answers from its index (a from_uids of 1,000 UIDs: index scans, not a full scan)
+            f"SET GLOBAL dynamic_or_filter_threshold = {LOOKUP_JOIN_ROWS}",  # GLOBAL: cursors see it too
             "SET enable_external_access = false",
             "SET autoinstall_known_extensions = false",
             "SET autoload_known_extensions = false",
@@ -88,6 +118,10 @@ class Catalog:
             con.execute(_create_view(name, select))
 
     def _create_view(self, name: str) -> None:
+        if self._local is not None and name in COPIED:
+            self._con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM {LOCAL_ALIAS}.main."{name}"')
+            self._views.add(name)
+            return
         path = self.store.path(name)
         try:
             self._con.execute(
@@ -111,6 +145,11 @@ class Catalog:
             self._connect()
         else:
             self._con.execute(_create_view(name, select_sql))
+
+    @property
+    def local_copy(self) -> Path | None:
+        """The local DuckDB copy that ``index`` and ``prior_versions_index`` are read from (None: the Parquet files)."""
+        return self._local.path if self._local is not None else None
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
@@ -137,6 +176,23 @@ class Catalog:
         self.ensure(name)
         return [r[0] for r in self._con.execute(f'DESCRIBE "{name}"').fetchall()]
 
+    # -- lookups ----------------------------------------------------------
+    def unknown_uids(self, uids: Iterable[str]) -> list[str]:
+        """The SeriesInstanceUIDs among ``uids`` that are in neither ``index`` nor ``prior_versions_index``,
+        in the order given.
+
+        Up to :data:`LOOKUP_JOIN_ROWS` UIDs are looked up in the local copy's index (milliseconds
+        for 1,000); more are checked with one hash join over the tables.
+        """
+        import pyarrow as pa  # noqa: PLC0415 - keeps `import cohort` light
+
+        wanted = list(dict.fromkeys(uids))
+        if not wanted:
+            return []
+        table = pa.table({"SeriesInstanceUID": pa.array(wanted, pa.string())})
+        unknown = set(self.sql(_UNKNOWN_UIDS_SQL, register={"_w": table}).column(0).to_pylist())
+        return [u for u in wanted if u in unknown]
+
     # -- queries ----------------------------------------------------------
     def sql(
         self,
@@ -151,6 +207,18 @@ class Catalog:
         ``register`` maps names to Arrow tables or pandas frames usable in the SQL.
         """
         return self._run(sql, params, source, register, lambda result: result.to_arrow_table())
+
+    def rows(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        source: str | None = None,
+    ) -> tuple[list[str], list[tuple]]:
+        """Like :meth:`sql`, as column names and a list of tuples of Python values: neither pyarrow
+        nor pandas is imported (a CLI printing CSV starts as fast as DuckDB itself)."""
+        return self._run(sql, params, source, None, lambda result: ([d[0] for d in result.description],
+                                                                    result.fetchall()))
 
     def df(
         self,
@@ -223,6 +291,18 @@ def _create_view(name: str, select_sql: str) -> str:
     if not schema:
         return f'CREATE OR REPLACE VIEW "{table}" AS {select_sql}'
     return f'CREATE SCHEMA IF NOT EXISTS "{schema}"; CREATE OR REPLACE VIEW "{schema}"."{table}" AS {select_sql}'
+
+
+# A semi-join with the few wanted UIDs on the small (build) side: DuckDB pushes them into the scan of
+# each table as an IN filter (dynamic_or_filter_threshold), which the local copy answers by index scan.
+_UNKNOWN_UIDS_SQL = """
+WITH known AS (
+    SELECT SeriesInstanceUID FROM index SEMI JOIN _w USING (SeriesInstanceUID)
+    UNION ALL
+    SELECT SeriesInstanceUID FROM prior_versions_index SEMI JOIN _w USING (SeriesInstanceUID)
+)
+SELECT SeriesInstanceUID FROM _w ANTI JOIN known USING (SeriesInstanceUID)
+"""
 
 
 def check_read_only(sql: str, *, source: str | None = None, params: Mapping[str, Any] | None = None) -> None:

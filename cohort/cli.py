@@ -142,6 +142,11 @@ def cli(state: _State, verbose: int, index_dir: str | None) -> None:
         harvest_log = logging.getLogger("cohort.harvest")
         if not any(isinstance(h, _EchoWarnings) for h in harvest_log.handlers):
             harvest_log.addHandler(_EchoWarnings(logging.WARNING))
+        # making the local index copy (once per idc-index-data version) takes a while: say so without -v too
+        copy_log = logging.getLogger("cohort.localcopy")
+        if not any(isinstance(h, _Notice) for h in copy_log.handlers):
+            copy_log.addHandler(_Notice(logging.INFO))
+            copy_log.setLevel(logging.INFO)
 
 
 class _EchoWarnings(logging.Handler):
@@ -149,6 +154,13 @@ class _EchoWarnings(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         click.echo(f"Warning: {record.getMessage()}", err=True)
+
+
+class _Notice(logging.Handler):
+    """Log records as plain lines on the current stderr (found at each message: the CLI runner swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
 
 
 # -- shared options -----------------------------------------------------------
@@ -217,11 +229,38 @@ def url_endpoint(url: str | None, auth: str):
     return custom(url, auth_from_name(auth))
 
 
-def write_frame(df, fmt: str | None, output: str | None, max_rows: int = 50) -> None:
-    """Print or save a pandas DataFrame in one of FORMATS."""
+def output_format(fmt: str | None, output: str | None) -> str:
+    """The -f format, else the -o suffix when it names one, else table."""
     if fmt is None:
         suffix = Path(output).suffix.lstrip(".").lower() if output else ""
         fmt = suffix if suffix in FORMATS else "table"
+    return fmt
+
+
+def write_rows(columns: list[str], rows: list[tuple], fmt: str, output: str | None) -> None:
+    """Print or save rows of Python values as CSV or TSV with the csv module (no pandas to import);
+    list and struct cells as JSON."""
+    import csv  # noqa: PLC0415
+
+    def cell(v: Any) -> Any:
+        return json.dumps(v, default=str) if isinstance(v, (list, dict)) else v
+
+    def write(stream) -> None:
+        writer = csv.writer(stream, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([cell(v) for v in row] for row in rows)
+
+    if output:
+        with _writing(output), open(output, "w", newline="", encoding="utf-8") as f:
+            write(f)
+        click.echo(f"wrote {len(rows):,} rows to {output}", err=True)
+    else:
+        write(sys.stdout)
+
+
+def write_frame(df, fmt: str | None, output: str | None, max_rows: int = 50) -> None:
+    """Print or save a pandas DataFrame in one of FORMATS."""
+    fmt = output_format(fmt, output)
     if fmt == "parquet":
         if not output:
             raise click.UsageError("--format parquet needs -o PATH")
@@ -365,6 +404,9 @@ def query_cmd(state: _State, query: str, params: tuple[str, ...], fmt: str | Non
         _report_unknown_and_empty(state, c.result.num_rows, c.result.column("SeriesInstanceUID").to_pylist(),
                                   saved.sql, bound)
         write_frame(c.by_collection(), fmt, output, _max_rows(max_rows))
+        return
+    if output_format(fmt, output) in ("csv", "tsv"):  # without pandas: starts as fast as DuckDB
+        write_rows(*state.catalog.rows(saved.sql, bound, source=saved.source), output_format(fmt, output), output)
         return
     df = state.catalog.df(saved.sql, bound, source=saved.source)
     uids = df["SeriesInstanceUID"].tolist() if "SeriesInstanceUID" in df.columns else None

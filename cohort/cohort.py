@@ -178,11 +178,7 @@ class Cohort:
             raise CohortInputError(f"SeriesInstanceUIDs are strings; got {type(bad[0]).__name__} {bad[0]!r}")
         wanted = list(dict.fromkeys(u.strip() for u in items if u and u.strip()))
         table = uid_table(wanted)
-        unknown = catalog.sql(
-            "SELECT w.SeriesInstanceUID FROM _w w WHERE w.SeriesInstanceUID NOT IN "
-            "(SELECT SeriesInstanceUID FROM index UNION ALL SELECT SeriesInstanceUID FROM prior_versions_index)",
-            register={"_w": table},
-        ).column(0).to_pylist()
+        unknown = catalog.unknown_uids(wanted)
         if unknown:
             shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
             raise CohortInputError(

@@ -28,7 +28,6 @@ from importlib.metadata import version as _dist_version
 from pathlib import Path
 
 import platformdirs
-import requests
 
 from ._text import short_error
 from .errors import CatalogError, TableUnavailableError, UnknownTableError
@@ -210,6 +209,8 @@ class TableStore:
             raise TableUnavailableError(
                 f"{what}, nor cached, and downloads are off (it is published at {' and '.join(urls)}); {how_to}"
             )
+        import requests  # noqa: PLC0415 - only to download; keeps `import cohort` and queries light
+
         failures = []
         for url in urls:
             try:
@@ -221,6 +222,7 @@ class TableStore:
     def _download(self, name: str, url: str) -> Path:
         """Fetch one URL into a temporary file; only a complete, verified file is renamed into the cache."""
         import pyarrow.parquet as pq  # noqa: PLC0415 - keeps `import cohort` free of pyarrow
+        import requests  # noqa: PLC0415
 
         self.cache.mkdir(parents=True, exist_ok=True)
         target = self.cache / f"{name}.parquet"
@@ -248,6 +250,7 @@ class TableStore:
 
     def _sidecar_sha256(self, url: str) -> str | None:
         """The sha256 in ``<url>.sha256`` when the server has one (the mirror does)."""
+        import requests  # noqa: PLC0415
         try:
             r = requests.get(url + ".sha256", timeout=self.timeout)
         except requests.RequestException:
