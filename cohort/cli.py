@@ -137,11 +137,17 @@ def url_endpoint(url: str | None, auth: str):
     return custom(url, auth_from_name(auth))
 
 
-def write_frame(df, fmt: str | None, output: str | None, max_rows: int = 50) -> None:
+def write_frame(df, fmt: str | None, output: str | None, max_rows: int | None = 50) -> None:
     """Print or save a pandas DataFrame in one of FORMATS."""
     if fmt is None:
         suffix = Path(output).suffix.lstrip(".").lower() if output else ""
-        fmt = suffix if suffix in FORMATS else "table"
+        if output and suffix not in FORMATS:
+            file_formats = ", ".join(f".{f}" for f in FORMATS if f != "table")
+            raise click.BadParameter(f"cannot tell the format of {output!r} from its suffix; name the file "
+                                     f"{file_formats}, or give -f {{{','.join(FORMATS)}}}", param_hint="-o/--output")
+        fmt = suffix or "table"
+    if output:
+        max_rows = None  # a file gets every row
     if fmt == "parquet":
         if not output:
             raise click.UsageError("--format parquet needs -o PATH")
@@ -154,7 +160,7 @@ def write_frame(df, fmt: str | None, output: str | None, max_rows: int = 50) -> 
 
         with pd.option_context("display.max_columns", 20, "display.width", 200, "display.max_colwidth", 60):
             text = df.to_string(index=False, max_rows=max_rows) if len(df) else "(no rows)"
-        if len(df) > max_rows:
+        if max_rows is not None and len(df) > max_rows:
             text += f"\n[{len(df):,} rows]"
     elif fmt in ("csv", "tsv"):
         text = _lists_as_json(df).to_csv(index=False, sep="," if fmt == "csv" else "\t")
