@@ -50,7 +50,7 @@ def manifest_table(cohort: Cohort, provider: Provider | str = Provider.AWS,
         },
     )
     found = table.column("found")
-    if not pc.all(found).as_py():
+    if pc.all(found).as_py() is False:  # None for an empty cohort: written as "the cohort is empty"
         missing = table.filter(pc.invert(found)).select(["SeriesInstanceUID", "wanted_uuid"]).to_pylist()
         unknown = [r["SeriesInstanceUID"] for r in missing if r["wanted_uuid"] is None]
         if unknown:
