@@ -233,7 +233,11 @@ def output_format(fmt: str | None, output: str | None) -> str:
     """The -f format, else the -o suffix when it names one, else table."""
     if fmt is None:
         suffix = Path(output).suffix.lstrip(".").lower() if output else ""
-        fmt = suffix if suffix in FORMATS else "table"
+        if output and suffix not in FORMATS:
+            file_formats = ", ".join(f".{f}" for f in FORMATS if f != "table")
+            raise click.BadParameter(f"cannot tell the format of {output!r} from its suffix; name the file "
+                                     f"{file_formats}, or give -f {{{','.join(FORMATS)}}}", param_hint="-o/--output")
+        fmt = suffix or "table"
     return fmt
 
 
@@ -253,14 +257,16 @@ def write_rows(columns: list[str], rows: list[tuple], fmt: str, output: str | No
     if output:
         with _writing(output), open(output, "w", newline="", encoding="utf-8") as f:
             write(f)
-        click.echo(f"wrote {len(rows):,} rows to {output}", err=True)
+        click.echo(f"wrote {plural(len(rows), 'row')} to {output}", err=True)
     else:
         write(sys.stdout)
 
 
-def write_frame(df, fmt: str | None, output: str | None, max_rows: int = 50) -> None:
-    """Print or save a pandas DataFrame in one of FORMATS."""
+def write_frame(df, fmt: str | None, output: str | None, max_rows: int | None = 50) -> None:
+    """Print or save a pandas DataFrame in one of FORMATS (a file gets every row)."""
     fmt = output_format(fmt, output)
+    if output:
+        max_rows = None
     if fmt == "parquet":
         if not output:
             raise click.UsageError("--format parquet needs -o PATH")
@@ -273,7 +279,7 @@ def write_frame(df, fmt: str | None, output: str | None, max_rows: int = 50) -> 
 
         with pd.option_context("display.max_columns", 20, "display.width", 200, "display.max_colwidth", 60):
             text = df.to_string(index=False, max_rows=max_rows) if len(df) else "(no rows)"
-        if len(df) > max_rows:
+        if max_rows is not None and len(df) > max_rows:
             text += f"\n[{len(df):,} rows]"
     elif fmt in ("csv", "tsv"):
         text = _lists_as_json(df).to_csv(index=False, sep="," if fmt == "csv" else "\t")

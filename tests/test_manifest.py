@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -203,17 +204,24 @@ def test_dicomweb_urls_follow_the_coverage_route_of_each_revision(catalog):
 def test_our_csv_reads_with_pandas_and_every_format_carries_provenance(catalog, outdir):
     cohort = Cohort.from_query("series_by_collection", catalog=catalog, collection_id="cmb_gec", modality="SM")
     infos = {fmt: write_manifest(cohort, outdir / f"prov.{fmt}", citations=False) for fmt in FORMATS}
-    df = pd.read_csv(infos["csv"].path, comment="#")
+    df = pd.read_csv(infos["csv"].path)  # no options: a plain table, provenance in the sidecar
     assert list(df.columns) == list(COLUMNS) and len(df) == len(cohort)
     assert df["viewer_url"].str.startswith("https://viewer.imaging.datacommons.cancer.gov/slim/studies/").all()
     assert (df["dicomweb_series_url"].str.rsplit("/", n=1).str[1] == df["SeriesInstanceUID"]).all()
-    assert len(pd.read_csv(infos["tsv"].path, comment="#", sep="\t")) == len(cohort)
+    assert len(pd.read_csv(infos["tsv"].path, sep="\t")) == len(cohort)
+    assert duckdb.sql(f"SELECT count(*) FROM read_csv('{infos['tsv'].path}')").fetchone()[0] == len(cohort)
+    commented = write_manifest(cohort, outdir / "prov_comments.csv", citations=False, comments=True)
+    assert commented.path.read_text().startswith("# ")
+    assert len(pd.read_csv(commented.path, comment="#")) == len(cohort)
 
     json_prov = json.loads(infos["json"].path.read_text())["provenance"]
     parquet_prov = json.loads(pq.read_schema(infos["parquet"].path).metadata[PARQUET_KEY])
-    header_prov = read_manifest(infos["csv"].path, catalog).provenance.params["manifest_provenance"]
+    sidecar_prov = read_manifest(infos["csv"].path, catalog).provenance.params["manifest_provenance"]
+    (outdir / "prov_comments.csv.provenance.json").unlink()  # read the `#` lines alone
+    header_prov = read_manifest(commented.path, catalog).provenance.params["manifest_provenance"]
     text_keys = PROVENANCE_KEYS - {"citations"} | {"citation_status", "cite"}  # one `# cite:` line per DOI
-    for prov, keys in ((json_prov, PROVENANCE_KEYS), (parquet_prov, PROVENANCE_KEYS), (header_prov, text_keys)):
+    for prov, keys in ((json_prov, PROVENANCE_KEYS), (parquet_prov, PROVENANCE_KEYS),
+                       (sidecar_prov, PROVENANCE_KEYS), (header_prov, text_keys)):
         assert keys <= set(prov)
         assert prov["params"] == {"collection_id": "cmb_gec", "modality": "SM"}
         assert prov["sha256"] == cohort.provenance.sha256 and prov["query_name"] == "series_by_collection"
@@ -380,3 +388,41 @@ def test_a_manifest_path_that_cannot_be_created_is_a_manifest_error(tmp_path, ca
     blocker.write_text("x")
     with pytest.raises(ManifestError, match="cannot write the manifest"):
         write_manifest(cohort, blocker / "sub" / "m.s5cmd", citations=False)
+
+
+def test_a_row_naming_only_a_series_uid_resolves_to_its_current_revision(catalog, tmp_path):
+    # revised series: in index and, with older revisions, in prior_versions_index
+    revised = catalog.sql("SELECT i.SeriesInstanceUID, i.crdc_series_uuid FROM index i WHERE i.SeriesInstanceUID IN "
+                          "(SELECT SeriesInstanceUID FROM prior_versions_index) ORDER BY 1 LIMIT 5").to_pylist()
+    # series that left the release: the revision with the highest max_idc_version, picked here in Python
+    prior = pq.read_table(catalog.store.path("prior_versions_index"),
+                          columns=["SeriesInstanceUID", "crdc_series_uuid", "max_idc_version"]).to_pylist()
+    current = set(catalog.sql("SELECT SeriesInstanceUID FROM index").column(0).to_pylist())
+    newest: dict[str, tuple[int, str]] = {}
+    for r in prior:
+        if r["SeriesInstanceUID"] not in current:
+            best = newest.get(r["SeriesInstanceUID"])
+            if best is None or r["max_idc_version"] > best[0]:
+                newest[r["SeriesInstanceUID"]] = (r["max_idc_version"], r["crdc_series_uuid"])
+    left = sorted(u for u, (_, _) in newest.items() if sum(p["SeriesInstanceUID"] == u for p in prior) > 1)[:3]
+    assert len(revised) == 5 and len(left) == 3
+    path = tmp_path / "uids.csv"
+    path.write_text("SeriesInstanceUID\n" + "".join(f"{u}\n" for u in [r["SeriesInstanceUID"] for r in revised] + left))
+    got = _pairs(read_manifest(path, catalog))
+    assert got == {(r["SeriesInstanceUID"], r["crdc_series_uuid"]) for r in revised} | {(u, newest[u][1]) for u in left}
+
+
+def test_a_revision_listed_twice_in_prior_versions_index_is_one_row(catalog, tmp_path):
+    # the same crdc_series_uuid in two rows of prior_versions_index (GCS bucket of v19, then of v20-v21)
+    uuid = "da4fcde2-946c-4862-b4e1-865cf6a62d3c"
+    rows = catalog.sql("SELECT * FROM prior_versions_index WHERE crdc_series_uuid = $u", {"u": uuid}).to_pylist()
+    assert len(rows) == 2
+    path = tmp_path / "twice.s5cmd"
+    path.write_text(f"cp s3://idc-open-data/{uuid}/* .\n")
+    back = read_manifest(path, catalog)
+    assert len(back.result) == 1
+    row = back.result.to_pylist()[0]
+    assert (row["min_idc_version"], row["max_idc_version"]) == (min(r["min_idc_version"] for r in rows),
+                                                                max(r["max_idc_version"] for r in rows))
+    out = write_manifest(back, tmp_path / "again.s5cmd", citations=False)
+    assert [ln for ln in out.path.read_text().splitlines() if not ln.startswith("#")] == [f"cp s3://idc-open-data/{uuid}/* ."]

@@ -70,6 +70,11 @@ def format_for(format: ManifestFormat | str | None, path: Path) -> ManifestForma
     return SUFFIXES.get(path.suffix.lower(), ManifestFormat.S5CMD)
 
 
+def sidecar(path: Path) -> Path:
+    """The provenance file beside a CSV/TSV manifest: ``PATH.provenance.json``."""
+    return path.with_name(path.name + ".provenance.json")
+
+
 def buckets_table() -> pa.Table:
     """The AWS bucket and GCS bucket of each current bucket, for SQL joins."""
     return pa.table({"aws_bucket": list(GCS_BUCKETS), "gcs_bucket": list(GCS_BUCKETS.values())})

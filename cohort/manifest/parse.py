@@ -22,7 +22,7 @@ from .._text import skip_whitespace
 from ..errors import ManifestError
 from .formats import (
     COLUMNS, ENDPOINT_URLS, ID_COLUMNS, PARQUET_KEY, S5CMD_FORM, S5CMD_LINE, SERIES_URL, UUID_PATTERN,
-    ManifestFormat, Provider,
+    ManifestFormat, Provider, sidecar,
 )
 
 _HEADER = re.compile(r"^#\s*([A-Za-z_][A-Za-z0-9_]*):\s?(.*)$")
@@ -63,7 +63,21 @@ def parse(path: Path) -> tuple[ManifestFormat, list[Ref], dict, list[tuple[int, 
         return (ManifestFormat.S5CMD, *_parse_s5cmd(path, lines))
     tsv = path.suffix.lower() == ".tsv" or "\t" in first
     refs, header = _parse_delimited(path, lines, "\t" if tsv else ",")
+    header = _sidecar_header(path) or header
     return (ManifestFormat.TSV if tsv else ManifestFormat.CSV), refs, header, []
+
+
+def _sidecar_header(path: Path) -> dict:
+    """The provenance in ``PATH.provenance.json`` beside a CSV/TSV manifest, if there is one."""
+    side = sidecar(path)
+    if not side.is_file():
+        return {}
+    try:
+        header = json.loads(side.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"the provenance file {side.name} is not readable JSON ({exc}); delete it or write "
+                            "the manifest again", path=str(path)) from None
+    return header if isinstance(header, dict) else {}
 
 
 def _parse_s5cmd(path: Path, lines: list[str]) -> tuple[list[Ref], dict, list[tuple[int, Provider]]]:

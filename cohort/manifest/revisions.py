@@ -44,17 +44,22 @@ def manifest_table(cohort: Cohort, provider: Provider | str = Provider.AWS,
         _EXPORT_SQL,
         {"current": cohort.catalog.idc_version, "slim": SLIM_URL, "ohif": OHIF_URL},
         register={
-            "cohort": cohort.to_arrow(),
             "_want": pa.table({"SeriesInstanceUID": uids, "crdc_series_uuid": pinned}),
             "_buckets": buckets_table(),
             "_routes": (routes or route(cohort)).routes,
         },
     )
-    missing = table.filter(pc.is_null(table.column("crdc_series_uuid")))
-    if missing.num_rows:
+    found = table.column("found")
+    if pc.all(found).as_py() is False:  # None for an empty cohort: written as "the cohort is empty"
+        missing = table.filter(pc.invert(found)).select(["SeriesInstanceUID", "wanted_uuid"]).to_pylist()
+        unknown = [r["SeriesInstanceUID"] for r in missing if r["wanted_uuid"] is None]
+        if unknown:
+            raise ManifestError(listing(
+                f"series in neither index nor prior_versions_index of IDC v{cohort.catalog.idc_version}",
+                unknown, "check for typos, or make the cohort with Cohort.from_uids, which checks them"))
         raise ManifestError(listing(
             "series with a crdc_series_uuid that is not a revision of that series",
-            [f"{r['SeriesInstanceUID']} / {r['wanted_uuid']}" for r in missing.to_pylist()],
+            [f"{r['SeriesInstanceUID']} / {r['wanted_uuid']}" for r in missing],
             "take crdc_series_uuid from the same index row as the SeriesInstanceUID",
         ))
     if provider is Provider.GCS:
@@ -68,41 +73,67 @@ def manifest_table(cohort: Cohort, provider: Provider | str = Provider.AWS,
     return table.select(list(COLUMNS))
 
 
-_VERSIONS_SQL = """
-versions AS (
-    SELECT i.SeriesInstanceUID, i.crdc_series_uuid, i.aws_bucket, b.gcs_bucket, i.series_size_MB,
-           i.series_revised_idc_version AS min_idc_version, $current AS max_idc_version,
-           true AS in_current_release
-    FROM index i LEFT JOIN _buckets b USING (aws_bucket)
+def _revisions(restrict: str = "") -> str:
+    """The CTEs ``cur`` (current revisions), ``prior`` (earlier ones), ``versions`` (both) and
+    ``newest`` (each series' current revision, else its newest), with the same columns.
+
+    ``prior_versions_index`` lists some revisions twice (the same crdc_series_uuid with the
+    GCS bucket of v19 and of v20-v21): ``prior`` has one row per revision, spanning them all,
+    with the newest row's buckets. ``restrict``: a WHERE clause on SeriesInstanceUID.
+    """
+    return f"""
+cur AS MATERIALIZED (
+    SELECT i.SeriesInstanceUID, i.crdc_series_uuid, i.collection_id, i.PatientID, i.StudyInstanceUID, i.Modality,
+           i.aws_bucket, b.gcs_bucket, i.series_size_MB, i.series_revised_idc_version AS min_idc_version,
+           $current AS max_idc_version, true AS in_current_release, i.instanceCount, i.source_DOI,
+           i.license_short_name
+    FROM index i LEFT JOIN _buckets b USING (aws_bucket) {restrict}
+),
+prior AS MATERIALIZED (
+    SELECT p.SeriesInstanceUID, p.crdc_series_uuid, p.collection_id, p.PatientID, p.StudyInstanceUID, p.Modality,
+           p.aws_bucket, p.gcs_bucket, p.series_size_MB,
+           min(p.min_idc_version) OVER (PARTITION BY p.crdc_series_uuid) AS min_idc_version,
+           p.max_idc_version, false AS in_current_release
+    FROM prior_versions_index p {restrict}
+    QUALIFY row_number() OVER (PARTITION BY p.crdc_series_uuid ORDER BY p.max_idc_version DESC) = 1
+),
+versions AS (SELECT * FROM cur UNION ALL BY NAME SELECT * FROM prior),
+newest AS (
+    SELECT * FROM cur
     UNION ALL BY NAME
-    SELECT SeriesInstanceUID, crdc_series_uuid, aws_bucket, gcs_bucket, series_size_MB,
-           min_idc_version, max_idc_version, false AS in_current_release
-    FROM prior_versions_index
+    SELECT * FROM (
+        SELECT * FROM prior ANTI JOIN cur USING (SeriesInstanceUID)
+        QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID ORDER BY max_idc_version DESC) = 1
+    )
 )"""
 
+
+# Plain equi-joins only (hash joins): a series' revision is picked by joining on
+# SeriesInstanceUID alone (unpinned: ``newest``) or on SeriesInstanceUID and the pinned
+# crdc_series_uuid; a pinned uuid that is not found keeps its row, with found = false.
 _EXPORT_SQL = f"""
-WITH {_VERSIONS_SQL},
-want AS (SELECT DISTINCT SeriesInstanceUID, crdc_series_uuid AS wanted_uuid FROM _want),
+WITH want AS (SELECT DISTINCT SeriesInstanceUID, crdc_series_uuid AS wanted_uuid FROM _want),
+{_revisions("WHERE SeriesInstanceUID IN (SELECT SeriesInstanceUID FROM want)")},
 picked AS (
+    SELECT w.SeriesInstanceUID, w.wanted_uuid, n.* EXCLUDE (SeriesInstanceUID)
+    FROM (SELECT * FROM want WHERE wanted_uuid IS NULL) w LEFT JOIN newest n USING (SeriesInstanceUID)
+    UNION ALL BY NAME
     SELECT w.SeriesInstanceUID, w.wanted_uuid, v.* EXCLUDE (SeriesInstanceUID)
-    FROM want w LEFT JOIN versions v
-      ON v.SeriesInstanceUID = w.SeriesInstanceUID AND (w.wanted_uuid IS NULL OR v.crdc_series_uuid = w.wanted_uuid)
-    QUALIFY row_number() OVER (PARTITION BY w.SeriesInstanceUID, w.wanted_uuid
-                               ORDER BY v.max_idc_version DESC NULLS LAST) = 1
+    FROM (SELECT * FROM want WHERE wanted_uuid IS NOT NULL) w
+    LEFT JOIN versions v ON v.SeriesInstanceUID = w.SeriesInstanceUID AND v.crdc_series_uuid = w.wanted_uuid
 )
-SELECT s.PatientID, s.collection_id, s.StudyInstanceUID, p.SeriesInstanceUID, s.Modality, p.crdc_series_uuid,
-       p.wanted_uuid, s.source_DOI, s.license_short_name, p.series_size_MB,
-       CASE WHEN p.in_current_release THEN s.instanceCount END AS instanceCount,
-       p.min_idc_version, p.max_idc_version, p.in_current_release,
+SELECT p.PatientID, p.collection_id, p.StudyInstanceUID, p.SeriesInstanceUID, p.Modality, p.crdc_series_uuid,
+       p.wanted_uuid, p.crdc_series_uuid IS NOT NULL AS found, c.source_DOI, c.license_short_name,
+       p.series_size_MB, p.instanceCount, p.min_idc_version, p.max_idc_version, p.in_current_release,
        's3://' || p.aws_bucket || '/' || p.crdc_series_uuid || '/*' AS aws_url,
        'gs://' || p.gcs_bucket || '/' || p.crdc_series_uuid || '/*' AS gcs_url,
        r.endpoint AS dicomweb_endpoint, r.series_url AS dicomweb_series_url,
        CASE WHEN NOT p.in_current_release THEN NULL
-            WHEN s.Modality = 'SM' THEN $slim || s.StudyInstanceUID || '/series/' || p.SeriesInstanceUID
-            ELSE $ohif || s.StudyInstanceUID END AS viewer_url
-FROM picked p JOIN cohort s USING (SeriesInstanceUID)
+            WHEN p.Modality = 'SM' THEN $slim || p.StudyInstanceUID || '/series/' || p.SeriesInstanceUID
+            ELSE $ohif || p.StudyInstanceUID END AS viewer_url
+FROM picked p LEFT JOIN cur c USING (SeriesInstanceUID)
 LEFT JOIN _routes r ON r.SeriesInstanceUID = p.SeriesInstanceUID AND r.revision_version = p.min_idc_version
-ORDER BY s.collection_id, s.PatientID, s.StudyInstanceUID, p.SeriesInstanceUID, p.max_idc_version
+ORDER BY p.collection_id, p.PatientID, p.StudyInstanceUID, p.SeriesInstanceUID, p.max_idc_version
 """
 
 
@@ -112,11 +143,9 @@ def release(row: dict) -> str:
     return f"v{hi}" if lo == hi else f"v{lo}-v{hi}"
 
 
-#: A revision named by its crdc_series_uuid; a series named only by its UID: its newest revision.
+#: A revision named by its crdc_series_uuid; a series named only by its UID: its current revision, else its newest.
 _BY_UUID = "SELECT r.line, v.* FROM _refs r JOIN versions v ON v.crdc_series_uuid = r.ref_uuid"
-_BY_UID = """SELECT r.line, v.* FROM _refs r JOIN versions v ON v.SeriesInstanceUID = r.ref_uid
-    WHERE r.ref_uuid IS NULL
-    QUALIFY row_number() OVER (PARTITION BY r.line ORDER BY v.max_idc_version DESC) = 1"""
+_BY_UID = "SELECT r.line, n.* FROM _refs r JOIN newest n ON n.SeriesInstanceUID = r.ref_uid WHERE r.ref_uuid IS NULL"
 
 
 def resolve(path: Path, refs: list[Ref], catalog: Catalog) -> list[dict]:
@@ -129,7 +158,7 @@ def resolve(path: Path, refs: list[Ref], catalog: Catalog) -> list[dict]:
     })
     matches = [sql for sql, needed in ((_BY_UUID, any(r.uuid for r in refs)), (_BY_UID, any(not r.uuid for r in refs)))
                if needed]  # each join scans the whole index: run only those the manifest needs
-    sql = (f"WITH {_VERSIONS_SQL}, m AS ({' UNION ALL BY NAME '.join(matches)}) "
+    sql = (f"WITH {_revisions()}, m AS ({' UNION ALL BY NAME '.join(matches)}) "
            "SELECT r.*, m.* EXCLUDE (line) FROM _refs r LEFT JOIN m USING (line) ORDER BY r.line")
     rows = catalog.sql(sql, {"current": catalog.idc_version},
                        register={"_refs": refs_table, "_buckets": buckets_table()}).to_pylist()

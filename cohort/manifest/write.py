@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import datetime as _dt
 import json
+import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .._text import sql_literal
 from ..citations import Citations, cite
 from ..coverage import CoverageReport, route
 from ..errors import ManifestError
-from .formats import ENDPOINT_URLS, PARQUET_KEY, ManifestFormat, Provider, format_for
+from .formats import ENDPOINT_URLS, PARQUET_KEY, ManifestFormat, Provider, format_for, sidecar
 from .revisions import manifest_table
 
 if TYPE_CHECKING:
@@ -48,6 +54,7 @@ def write_manifest(
     provider: Provider | str = Provider.AWS,
     routes: CoverageReport | None = None,
     citations: Citations | bool = True,
+    comments: bool = False,
 ) -> ManifestInfo:
     """Write ``cohort`` as a manifest; the format defaults to the file's suffix (else s5cmd).
 
@@ -57,6 +64,11 @@ def write_manifest(
     given for current revisions only (the IDC viewer shows the current release).
     ``citations``: True fetches them (cached; skipped offline), False lists the DOIs
     only, or pass :class:`Citations` made with :func:`cohort.citations.cite`.
+
+    CSV and TSV manifests are plain tables (``pandas.read_csv(path)`` and DuckDB's
+    ``read_csv`` read them with no options); their provenance goes to the sidecar file
+    ``PATH.provenance.json``. ``comments=True`` also writes it as ``# key: value`` lines
+    above the table, as IDC Portal exports do (then readers need ``comment="#"``).
     """
     path = Path(path)
     fmt = format_for(format, path)
@@ -65,34 +77,31 @@ def write_manifest(
     table = manifest_table(cohort, provider, routes)
     if not table.num_rows:
         raise ManifestError("the cohort is empty: a manifest needs at least one series", path=str(path))
-    dois = [d for d in set(table.column("source_DOI").to_pylist()) if d]
     if not isinstance(citations, Citations):
-        citations = cite(dois, fetch=bool(citations))
+        citations = cite(_distinct(table, "source_DOI"), fetch=bool(citations))
     provenance = _provenance(cohort, table, fmt, provider, path, citations, routes)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if fmt is ManifestFormat.S5CMD:
-            _write_s5cmd(path, table, provider, provenance)
-        elif fmt in (ManifestFormat.CSV, ManifestFormat.TSV):
-            _write_delimited(path, table, provenance, "," if fmt is ManifestFormat.CSV else "\t")
-        elif fmt is ManifestFormat.JSON:
-            records = table.to_pylist()
-            path.write_text(json.dumps({"provenance": provenance, "series": records}, indent=1) + "\n", "utf-8")
-        else:
-            meta = {PARQUET_KEY: json.dumps(provenance).encode()}
-            pq.write_table(table.replace_schema_metadata(meta), path)
-    except OSError as exc:
-        raise ManifestError(f"cannot write the manifest: {exc.strerror or exc}", path=str(path)) from None
+        with _replacing(path) as tmp:
+            if fmt is ManifestFormat.S5CMD:
+                _write_s5cmd(tmp, path.name, table, provider, provenance)
+            elif fmt in (ManifestFormat.CSV, ManifestFormat.TSV):
+                _write_delimited(tmp, table, provenance, "," if fmt is ManifestFormat.CSV else "\t", comments)
+                with _replacing(sidecar(path)) as side:
+                    side.write_text(json.dumps(provenance, indent=1) + "\n", encoding="utf-8")
+            elif fmt is ManifestFormat.JSON:
+                _write_json(tmp, table, provenance)
+            else:
+                pq.write_table(table.replace_schema_metadata({PARQUET_KEY: json.dumps(provenance).encode()}), tmp)
+    except (OSError, duckdb.IOException) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise ManifestError(f"cannot write the manifest: {reason}", path=str(path)) from None
     return ManifestInfo(path, fmt, provider, table.num_rows, provenance["size_MB"], citations, provenance)
 
 
 def _provenance(cohort: Cohort, table: pa.Table, fmt: ManifestFormat, provider: Provider, path: Path,
                 citations: Citations, routes: CoverageReport) -> dict[str, Any]:
-    rows = table.to_pylist()
-    licences: dict[str, int] = {}
-    for r in rows:
-        key = r["license_short_name"] or "unknown (earlier release)"
-        licences[key] = licences.get(key, 0) + 1
+    licences = pc.value_counts(pc.fill_null(table.column("license_short_name"), "unknown (earlier release)"))
     if fmt is ManifestFormat.S5CMD:
         download = f"s5cmd --no-sign-request --endpoint-url {ENDPOINT_URLS[provider]} run {path.name}"
     else:
@@ -105,16 +114,21 @@ def _provenance(cohort: Cohort, table: pa.Table, fmt: ManifestFormat, provider: 
         "endpoint_url": ENDPOINT_URLS[provider],
         "download": download,
         "dicomweb_policy": str(routes.policy),
-        "series": len({r["SeriesInstanceUID"] for r in rows}),
-        "revisions": len(rows),
-        "studies": len({r["StudyInstanceUID"] for r in rows}),
-        "patients": len({r["PatientID"] for r in rows}),
-        "collections": len({r["collection_id"] for r in rows}),
-        "size_MB": round(sum(r["series_size_MB"] or 0 for r in rows), 2),
-        "licenses": dict(sorted(licences.items())),
-        "source_DOIs": sorted({r["source_DOI"] for r in rows if r["source_DOI"]}),
+        "series": len(_distinct(table, "SeriesInstanceUID")),
+        "revisions": table.num_rows,
+        "studies": len(_distinct(table, "StudyInstanceUID")),
+        "patients": len(_distinct(table, "PatientID")),
+        "collections": len(_distinct(table, "collection_id")),
+        "size_MB": round(pc.sum(table.column("series_size_MB")).as_py() or 0, 2),
+        "licenses": dict(sorted((v["values"], v["counts"]) for v in licences.to_pylist())),
+        "source_DOIs": _distinct(table, "source_DOI"),
         "citations": citations.to_dict(),
     }
+
+
+def _distinct(table: pa.Table, column: str) -> list:
+    """The column's distinct non-null values, sorted."""
+    return sorted(pc.unique(table.column(column).drop_null()).to_pylist())
 
 
 def _header_lines(provenance: dict[str, Any]) -> list[str]:
@@ -143,23 +157,62 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _write_s5cmd(path: Path, table: pa.Table, provider: Provider, provenance: dict) -> None:
-    column = "aws_url" if provider is Provider.AWS else "gcs_url"
-    urls = ["s3://" + u.split("://", 1)[1] for u in table.column(column).to_pylist()]
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` that replaces it once written: a failed write leaves no partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _copy(table: pa.Table, path: Path, options: str) -> None:
+    """DuckDB's ``COPY`` of an Arrow table to a file (its CSV writer quotes a field only when it must)."""
+    con = duckdb.connect()  # not the catalog's connection: that one may not write files
+    try:
+        con.register("_rows", table)
+        con.execute(f"COPY _rows TO {sql_literal(str(path))} ({options})")
+    finally:
+        con.close()
+
+
+def _write_s5cmd(path: Path, name: str, table: pa.Table, provider: Provider, provenance: dict) -> None:
+    urls = table.column("aws_url" if provider is Provider.AWS else "gcs_url")
+    lines = pc.binary_join_element_wise("cp ", pc.replace_substring_regex(urls, "^gs://", "s3://"), " .", "")
     head = [
         "# To download the files in this manifest, first install s5cmd (https://github.com/peak/s5cmd),",
         "# then run the following command:",
         f"# {provenance['download']}",
-        f"# or with idc-index: idc download {path.name}",
+        f"# or with idc-index: idc download {name}",
     ]
-    body = [f"cp {u} ." for u in urls]
-    path.write_text("\n".join(head + _header_lines(provenance) + body) + "\n", encoding="utf-8")
+    path.write_text("\n".join(head + _header_lines(provenance) + lines.to_pylist()) + "\n", encoding="utf-8")
 
 
-def _write_delimited(path: Path, table: pa.Table, provenance: dict, delimiter: str) -> None:
-    with path.open("w", encoding="utf-8", newline="") as out:
-        out.write("\n".join(_header_lines(provenance)) + "\n")
-        writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
-        writer.writerow(table.column_names)
-        for row in table.to_pylist():
-            writer.writerow(["" if v is None else (str(v).lower() if isinstance(v, bool) else v) for v in row.values()])
+def _write_delimited(path: Path, table: pa.Table, provenance: dict, delimiter: str, comments: bool) -> None:
+    options = f"HEADER, DELIMITER {sql_literal(delimiter)}"
+    if not comments:
+        _copy(table, path, options)
+        return
+    body = path.with_name(path.name + ".body")
+    try:
+        _copy(table, body, options)
+        with path.open("w", encoding="utf-8", newline="") as out, body.open(encoding="utf-8", newline="") as rows:
+            out.write("\n".join(_header_lines(provenance)) + "\n")
+            shutil.copyfileobj(rows, out)
+    finally:
+        body.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, table: pa.Table, provenance: dict) -> None:
+    """``{"provenance": {...}, "series": [...]}``, one series object a line."""
+    body = path.with_name(path.name + ".body")
+    try:
+        _copy(table, body, "FORMAT json, ARRAY true")
+        with path.open("w", encoding="utf-8") as out, body.open(encoding="utf-8") as rows:
+            out.write('{"provenance": ' + json.dumps(provenance, indent=1) + ',\n"series": ')
+            shutil.copyfileobj(rows, out)
+            out.write("}\n")
+    finally:
+        body.unlink(missing_ok=True)
