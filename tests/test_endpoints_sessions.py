@@ -202,7 +202,8 @@ def test_auth_from_name_unknown_message():
     with pytest.raises(EndpointError) as err:
         auth_from_name("kerberos:x")
     assert str(err.value) == (
-        "unknown authentication 'kerberos:x': use none, google, bearer[:ENV_VAR] or basic[:USER_VAR:PASSWORD_VAR]")
+        "unknown authentication 'kerberos:x': use none, google, bearer[:ENV_VAR], basic[:USER_VAR:PASSWORD_VAR] "
+        "or header:NAME:ENV_VAR")
 
 
 def test_endpoint_values():

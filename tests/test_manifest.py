@@ -10,6 +10,8 @@ without header) and to idc-index's parser; no real Portal export file was availa
 
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 
 import duckdb
@@ -404,7 +406,8 @@ def test_a_row_naming_only_a_series_uid_resolves_to_its_current_revision(catalog
             best = newest.get(r["SeriesInstanceUID"])
             if best is None or r["max_idc_version"] > best[0]:
                 newest[r["SeriesInstanceUID"]] = (r["max_idc_version"], r["crdc_series_uuid"])
-    left = sorted(u for u, (_, _) in newest.items() if sum(p["SeriesInstanceUID"] == u for p in prior) > 1)[:3]
+    revisions = Counter(p["SeriesInstanceUID"] for p in prior)
+    left = sorted(u for u in newest if revisions[u] > 1)[:3]
     assert len(revised) == 5 and len(left) == 3
     path = tmp_path / "uids.csv"
     path.write_text("SeriesInstanceUID\n" + "".join(f"{u}\n" for u in [r["SeriesInstanceUID"] for r in revised] + left))
