@@ -14,7 +14,9 @@
     ├── HarvestError                 the metadata harvester could not run
     ├── PixelError                   slides, frames or thumbnails could not be read (routed client, wsidicom)
     ├── ArchiveError                 a harvest directory cannot be opened as an archive (dicom_metadata, derived tables)
-    └── ManifestError                a manifest could not be written or read (file:line)
+    ├── ManifestError                a manifest could not be written or read (file:line)
+    └── DownloadError                a download could not start or did not finish
+        └── DiskSpaceError           the destination has less free space than the download needs
 
 Every message says what was wrong, where, and how to fix it.
 """
@@ -110,3 +112,17 @@ class ManifestError(CohortError):
         self.line = line
         where = f"{path}:{line}: " if path and line else (f"{path}: " if path else "")
         super().__init__(where + message)
+
+
+class DownloadError(CohortError):
+    """A download could not start (nothing selected) or idc-index / s5cmd failed during it."""
+
+
+class DiskSpaceError(DownloadError):
+    """The destination has less free space than the series to download need (checked before starting)."""
+
+    def __init__(self, message: str, *, needed_bytes: int, free_bytes: int, dest: str) -> None:
+        self.needed_bytes = needed_bytes
+        self.free_bytes = free_bytes
+        self.dest = dest
+        super().__init__(message)

@@ -350,7 +350,7 @@ def test_cli_manifest_and_download_dry_run(catalog, outdir):
     plan = plan_download(parquet, outdir / "dl", catalog)
     result = runner.invoke(cli, ["download", str(parquet), "--dry-run", "--dest", str(outdir / "dl")])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == f"would download {n:,} series, {plan.size_MB / 1000:,.2f} GB from GCS " \
+    assert result.stdout.strip() == f"would download {n:,} series, {plan.size_MB / 1000:,.2f} GB from GCS " \
                                     f"into {(outdir / 'dl').resolve()}"
     assert not (outdir / "dl").exists()
 

@@ -68,22 +68,60 @@ def manifest_cmd(state: _State, source: str, params: tuple[str, ...], output: st
 
 
 @cli.command("download")
-@click.argument("manifest", type=click.Path(dir_okay=False, exists=True))
-@click.option("--dest", default=".", show_default=True, type=click.Path(file_okay=False),
-              help="Directory to download into (idc-index lays out collection/patient/study/series).")
-@click.option("--dry-run", is_flag=True, help="Check the manifest and print size and destination; download nothing.")
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False, exists=True))
+@click.option("--collection", "collections", multiple=True, metavar="ID", help="A collection_id to download (repeatable).")
+@click.option("--patient", "patients", multiple=True, metavar="ID", help="A PatientID to download (repeatable).")
+@click.option("--study", "studies", multiple=True, metavar="UID", help="A StudyInstanceUID to download (repeatable).")
+@click.option("--series", "series", multiple=True, metavar="UID", help="A SeriesInstanceUID to download (repeatable).")
+@click.option("-d", "--dest", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Directory to download into.")
+@click.option("--dir-template", default=None, metavar="TEMPLATE",
+              help="idc-index's dirTemplate: the layout under DEST from %collection_id, %PatientID, "
+                   "%StudyInstanceUID, %Modality and %SeriesInstanceUID joined by / - _; '' puts every file in DEST "
+                   "[default: %collection_id/%PatientID/%StudyInstanceUID/%Modality_%SeriesInstanceUID].")
+@click.option("--provider", type=click.Choice(["aws", "gcs"]), default="aws", show_default=True,
+              help="With a selection: the cloud to download from (a manifest names its own).")
+@click.option("--dry-run", is_flag=True, help="Check the selection or manifest and the free space, print size and "
+              "destination; download nothing.")
 @pass_state
-def download_cmd(state: _State, manifest: str, dest: str, dry_run: bool) -> None:
-    """Download a manifest's series with idc-index (s5cmd); any manifest format is accepted."""
-    from ..manifest import download, plan_download
+def download_cmd(state: _State, manifest: str | None, collections: tuple[str, ...], patients: tuple[str, ...],
+                 studies: tuple[str, ...], series: tuple[str, ...], dest: str, dir_template: str | None,
+                 provider: str, dry_run: bool) -> None:
+    """Download the series of a MANIFEST (any format), or of collections, patients, studies or series, with
+    idc-index (s5cmd), after checking that DEST has the space. Values of one option add up; different options
+    narrow each other.
 
-    plan = plan_download(manifest, dest, catalog=state.catalog)
+    \b
+    cohort download paad.s5cmd -d data
+    cohort download --collection tcga_paad --dry-run
+    cohort download --patient TCGA-2J-AAB1 --patient TCGA-2J-AAB4 -d data --dir-template %PatientID/%Modality
+    """
+    from ..errors import DiskSpaceError, DownloadError
+    from ..manifest import DEFAULT_DIR_TEMPLATE, download, plan_download, plan_selection
+
+    template = DEFAULT_DIR_TEMPLATE if dir_template is None else (dir_template or None)
+    selected = collections or patients or studies or series
+    if manifest and selected:
+        raise click.UsageError("give a MANIFEST or --collection/--patient/--study/--series, not both")
+    if manifest:
+        plan = plan_download(manifest, dest, catalog=state.catalog, dir_template=template)
+    elif selected:
+        plan = plan_selection(dest, collection=collections, patient=patients, study=studies, series=series,
+                              catalog=state.catalog, provider=provider, dir_template=template)
+    else:
+        raise click.UsageError("nothing to download: give a MANIFEST, or --collection, --patient, --study or --series")
+    free = plan.check_disk_space()
     if dry_run:
         click.echo(f"would download {plan}")
+        click.echo(f"needs {plan.needed_bytes:,} bytes; {free:,} bytes free", err=True)
         return
     click.echo(f"downloading {plan} with idc-index", err=True)
-    download(plan)
-
+    try:
+        download(plan)
+    except DiskSpaceError:
+        raise
+    except DownloadError as exc:
+        raise Incomplete(str(exc)) from exc
 
 
 @cli.command("coverage")

@@ -31,7 +31,7 @@ Modules: :mod:`.formats` (formats, providers, buckets, columns), :mod:`.write`,
 :mod:`.read`, :mod:`.download`.
 """
 
-from .download import DownloadPlan, download, plan_download
+from .download import DEFAULT_DIR_TEMPLATE, DownloadPlan, download, plan_download, plan_selection
 from .formats import (
     COLUMNS, ENDPOINT_URLS, GCS_BUCKETS, LEGACY_GCS_BUCKETS, OHIF_URL, PARQUET_KEY, SLIM_URL, SUFFIXES,
     ManifestFormat, Provider,
@@ -42,6 +42,7 @@ from .write import ManifestInfo, write_manifest
 
 __all__ = [
     "COLUMNS",
+    "DEFAULT_DIR_TEMPLATE",
     "ENDPOINT_URLS",
     "GCS_BUCKETS",
     "LEGACY_GCS_BUCKETS",
@@ -57,6 +58,7 @@ __all__ = [
     "manifest_provider",
     "manifest_table",
     "plan_download",
+    "plan_selection",
     "read_manifest",
     "write_manifest",
 ]
