@@ -227,6 +227,8 @@ def _parse_json(path: Path, text: str) -> tuple[list[Ref], dict]:
         start = _member_start(text, "series")
     elif isinstance(doc, list):
         start = skip_whitespace(text, 0)
+    elif isinstance(doc, dict) and set(doc) & {*ID_COLUMNS, "aws_url", "gcs_url", "series_aws_url"}:
+        return [_row_ref(path, 1, doc)], {}  # JSON Lines with a single series object
     else:
         raise ManifestError('a JSON manifest is a list of series objects or {"provenance": ..., "series": [...]}',
                             path=str(path), line=1)
