@@ -15,6 +15,7 @@ from collections import Counter
 import json
 
 import duckdb
+import idc_index_data
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -140,12 +141,12 @@ def test_s5cmd_manifest_lines_and_header(pool, catalog, outdir):
     gcs = write_manifest(cohort, outdir / "form_gcs.s5cmd", provider="gcs", citations=False)
     aws_lines = [ln for ln in aws.path.read_text().splitlines() if not ln.startswith("#")]
     gcs_lines = [ln for ln in gcs.path.read_text().splitlines() if not ln.startswith("#")]
-    buckets = {r["crdc_series_uuid"]: r["aws_bucket"] for r in catalog.sql(
-        "SELECT crdc_series_uuid, aws_bucket FROM (SELECT crdc_series_uuid, aws_bucket FROM index UNION ALL "
-        "SELECT crdc_series_uuid, aws_bucket FROM prior_versions_index) JOIN _u USING (crdc_series_uuid)",
-        register={"_u": pa.table({"crdc_series_uuid": [r["crdc_series_uuid"] for r in rows]})}).to_pylist()}
-    assert sorted(aws_lines) == sorted(f"cp s3://{buckets[r['crdc_series_uuid']]}/{r['crdc_series_uuid']}/* ."
-                                       for r in rows)
+    # expected from the index files' own series_aws_url column, read with pyarrow (not our bucket join)
+    urls = {}
+    for parquet in (idc_index_data.IDC_INDEX_PARQUET_FILEPATH, idc_index_data.PRIOR_VERSIONS_INDEX_PARQUET_FILEPATH):
+        for r in pq.read_table(parquet, columns=["crdc_series_uuid", "series_aws_url"]).to_pylist():
+            urls.setdefault(r["crdc_series_uuid"], r["series_aws_url"])
+    assert sorted(aws_lines) == sorted("cp " + urls[r["crdc_series_uuid"]] + " ." for r in rows)
     gcs_buckets = {ln.split("/")[2] for ln in gcs_lines}
     assert gcs_buckets & {"idc-open-cr", "idc-open-idc1"} == {"idc-open-cr", "idc-open-idc1"}
     assert not gcs_buckets & {"idc-open-data-cr", "idc-open-data-two"}

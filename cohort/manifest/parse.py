@@ -8,6 +8,7 @@ line number, and the provenance header the file carries; nothing is resolved her
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -54,7 +55,7 @@ def parse(path: Path) -> tuple[ManifestFormat, list[Ref], dict, list[tuple[int, 
     except OSError as exc:
         raise ManifestError(f"cannot read the manifest ({exc.strerror or exc}); check its permissions",
                             path=str(path)) from None
-    lines = text.splitlines()
+    lines = _physical_lines(text)
     first = next((ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
     if first.startswith(("{", "[")):
         refs, header = _parse_json(path, text)
@@ -62,7 +63,7 @@ def parse(path: Path) -> tuple[ManifestFormat, list[Ref], dict, list[tuple[int, 
     if path.suffix.lower() in (".s5cmd", ".txt") or S5CMD_LINE.match(first) or first.startswith(("cp ", "sync ")):
         return (ManifestFormat.S5CMD, *_parse_s5cmd(path, lines))
     tsv = path.suffix.lower() == ".tsv" or "\t" in first
-    refs, header = _parse_delimited(path, lines, "\t" if tsv else ",")
+    refs, header = _parse_delimited(path, text, "\t" if tsv else ",")
     header = _sidecar_header(path) or header
     return (ManifestFormat.TSV if tsv else ManifestFormat.CSV), refs, header, []
 
@@ -123,35 +124,63 @@ def _header_item(header: dict, line: str) -> None:
         header[key] = value
 
 
-def _parse_delimited(path: Path, lines: list[str], delimiter: str) -> tuple[list[Ref], dict]:
+def _physical_lines(text: str) -> list[str]:
+    """The file's lines as an editor numbers them: split at CR, LF or CRLF only (not at U+2028,
+    U+0085 and the other separators ``str.splitlines`` also breaks at, which may sit inside a field)."""
+    return [ln.rstrip("\r\n") for ln in io.StringIO(text, newline="")]
+
+
+def _parse_delimited(path: Path, text: str, delimiter: str) -> tuple[list[Ref], dict]:
+    """CSV/TSV read as CSV over the whole text, so a quoted field may hold a newline; ``#`` lines
+    and blank lines count only between rows. Errors name the physical line where the row starts."""
     header: dict[str, Any] = {}
     preamble = []
     columns: list[str] | None = None
     head_no = 0
     refs = []
-    for no, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        if raw.lstrip().startswith("#"):
-            _header_item(header, raw.strip())
-            continue
+    kind = "TSV" if delimiter == chr(9) else "CSV"
+    state = {"no": 0, "start": 0, "between": True}
+
+    def feed() -> Iterator[str]:
+        for raw in io.StringIO(text, newline=""):
+            state["no"] += 1
+            if state["between"]:  # not inside a quoted field of the row being read
+                if not raw.strip():
+                    continue
+                if raw.lstrip().startswith("#"):
+                    _header_item(header, raw.strip())
+                    continue
+                state["start"], state["between"] = state["no"], False
+            yield raw
+        if not state["between"]:  # the reader still wants lines: a quoted field never closed
+            state["open"] = True
+
+    reader = csv.reader(feed(), delimiter=delimiter)
+    while True:
         try:
-            fields = next(csv.reader([raw], delimiter=delimiter))
+            fields = next(reader)
+        except StopIteration:
+            break
         except csv.Error as exc:  # e.g. "field larger than field limit (131072)"
-            kind = "TSV" if delimiter == chr(9) else "CSV"
-            raise ManifestError(f"cannot read this line ({len(raw):,} characters) as {kind}: {exc}; a manifest line "
-                                "holds one series' columns (check for an unclosed quote or a file that is not a "
-                                "manifest)", path=str(path), line=no) from None
+            raise ManifestError(f"cannot read this row as {kind}: {exc}; a manifest row holds one series' "
+                                "columns (check for an unclosed quote or a file that is not a manifest)",
+                                path=str(path), line=state["start"]) from None
+        no, state["between"] = state["start"], True
+        if state.get("open"):
+            raise ManifestError(f"a quoted field of this row is never closed (the row runs to the end of the file, "
+                                f"line {state['no']}); close the quote or double a quote inside the field (\"\")",
+                                path=str(path), line=no)
         if columns is None:
             if any(f.strip() in ID_COLUMNS for f in fields):
                 columns, head_no = [f.strip() for f in fields], no
             else:
-                preamble.append(raw.strip())  # the IDC Portal's header: cohort name, filters, date, count
+                preamble.append(delimiter.join(fields).strip())  # the IDC Portal's header: cohort name, filters, date, count
             continue
         if len(fields) != len(columns):
-            raise ManifestError(f"{len(fields)} fields, but the column header (line {head_no}) has {len(columns)}; "
-                                f"quote values that contain {'a tab' if delimiter == chr(9) else 'commas'}",
-                                path=str(path), line=no)
+            span = f" (the row runs to line {state['no']}: is a quote left open?)" if state["no"] > no else ""
+            raise ManifestError(f"{len(fields)} fields, but the column header (line {head_no}) has {len(columns)}"
+                                f"{span}; quote values that contain "
+                                f"{'a tab' if delimiter == chr(9) else 'commas'}", path=str(path), line=no)
         refs.append(_row_ref(path, no, dict(zip(columns, fields))))
     if columns is None:
         raise ManifestError(f"no column header row naming {' or '.join(ID_COLUMNS)} found; a series manifest "
@@ -198,6 +227,8 @@ def _parse_json(path: Path, text: str) -> tuple[list[Ref], dict]:
         start = _member_start(text, "series")
     elif isinstance(doc, list):
         start = skip_whitespace(text, 0)
+    elif isinstance(doc, dict) and set(doc) & {*ID_COLUMNS, "aws_url", "gcs_url", "series_aws_url"}:
+        return [_row_ref(path, 1, doc)], {}  # JSON Lines with a single series object
     else:
         raise ManifestError('a JSON manifest is a list of series objects or {"provenance": ..., "series": [...]}',
                             path=str(path), line=1)
@@ -237,7 +268,7 @@ def _member_start(text: str, key: str) -> int:
 def _json_lines(path: Path, text: str, error: json.JSONDecodeError) -> list[tuple[int, dict]]:
     """JSON Lines (one object per line), as BigQuery-style exports write; else the parse error."""
     records: list[tuple[int, dict]] = []
-    for no, line in enumerate(text.splitlines(), 1):
+    for no, line in enumerate(_physical_lines(text), 1):
         if not line.strip():
             continue
         try:
