@@ -110,11 +110,13 @@ def download_cmd(state: _State, manifest: str | None, collections: tuple[str, ..
                               catalog=state.catalog, provider=provider, dir_template=template)
     else:
         raise click.UsageError("nothing to download: give a MANIFEST, or --collection, --patient, --study or --series")
-    free = plan.check_disk_space()
-    if dry_run:
+    if dry_run:  # a plan, not a download: a shortfall is reported, not an error
+        free = plan.free_bytes()
         click.echo(f"would download {plan}")
-        click.echo(f"needs {plan.needed_bytes:,} bytes; {free:,} bytes free", err=True)
+        short = f"; NOT ENOUGH: {plan.needed_bytes - free:,} bytes short" if free < plan.needed_bytes else ""
+        click.echo(f"needs {plan.needed_bytes:,} bytes; {free:,} bytes free{short}", err=True)
         return
+    plan.check_disk_space()
     click.echo(f"downloading {plan} with idc-index", err=True)
     try:
         download(plan)
