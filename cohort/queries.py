@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,15 +241,7 @@ class SavedQuery:
         meta: dict[str, str] = {}
         params: list[Parameter] = []
         param_lines: dict[str, int] = {}
-        for lineno, line in enumerate(text.splitlines(), 1):
-            stripped = line.strip()
-            if not stripped:
-                continue
-            if not stripped.startswith("--"):
-                break
-            m = _HEADER.match(stripped)
-            if not m:
-                continue
+        for lineno, m in _header_matches(text):
             key, rest = m.group(1).lower(), m.group(2).strip()
             if key == "param":
                 param = _parse_param(rest, f"{where}:{lineno}")
@@ -444,16 +436,23 @@ def query_name(path: Path) -> str:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return path.stem
-    for line in text.splitlines():
+    for _, m in _header_matches(text):
+        if m.group(1).lower() == "name" and _NAME.match(m.group(2).strip()):
+            return m.group(2).strip()
+    return path.stem
+
+
+def _header_matches(text: str) -> Iterator[tuple[int, re.Match[str]]]:
+    """(line number, match) of each ``-- name|description|param`` line of the header (the leading comments)."""
+    for lineno, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped:
             continue
         if not stripped.startswith("--"):
-            break
+            return
         m = _HEADER.match(stripped)
-        if m and m.group(1).lower() == "name" and _NAME.match(m.group(2).strip()):
-            return m.group(2).strip()
-    return path.stem
+        if m:
+            yield lineno, m
 
 
 def _files() -> list[tuple[str, Path]]:
