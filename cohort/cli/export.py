@@ -64,7 +64,7 @@ def manifest_cmd(state: _State, source: str, params: tuple[str, ...], output: st
     from ..manifest import write_manifest
 
     info = write_manifest(load_cohort(state, source, parse_params(params)), output, fmt, provider,
-                          citations=citations)
+                          citations=citations, comments=comments)
     click.echo(f"wrote {info.series:,} series ({info.size_MB / 1000:,.2f} GB) to {info.path} [{info.format.value}, "
                f"{info.provider.value}]; citations: {info.citations.summary}", err=True)
     click.echo(f"download with: {info.command}", err=True)
