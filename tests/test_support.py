@@ -305,3 +305,43 @@ fi
         for p in others:
             p.send_signal(signal.SIGTERM)
             p.wait(5)
+
+
+def test_raw_frames_answer_as_the_dicomweb_plugin_does(orthanc_factory, tmp_path):
+    """``raw_frames=True`` serves WADO-RS frames from Orthanc's REST API: the same frames, part headers and
+    statuses as the plugin's own answer, faults still injected first."""
+    from dicomweb_client.api import DICOMwebClient
+    from pydicom.uid import generate_uid
+
+    from tests.support.proxy import FaultProxy
+    from tests.support.slides import dicomizer_slide, slide_image
+
+    server = orthanc_factory()
+    study, series = generate_uid(), generate_uid()
+    server.upload_many(dicomizer_slide(tmp_path, slide_image(1, 600, 500), study, series, tile=256))
+    direct = DICOMwebClient(server.dicomweb_url)
+    level0 = max(direct.search_for_instances(study, series, fields=["NumberOfFrames", "TotalPixelMatrixColumns"]),
+                 key=lambda i: i["00480006"]["Value"][0])
+    sop, n = level0["00080018"]["Value"][0], level0["00280008"]["Value"][0]
+    assert n == 6
+    media = (("application/octet-stream", "*"),)
+    path = f"/studies/{study}/series/{series}/instances/{sop}/frames/"
+    accept = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
+    with FaultProxy(server.url, raw_frames=True, schedule={"/frames/2$": ["pass", "503"]}) as proxy:
+        routed = DICOMwebClient(proxy.dicomweb_url)
+        for numbers in ([1], [2], [6, 1, 3]):
+            assert routed.retrieve_instance_frames(study, series, sop, numbers, media_types=media) == \
+                direct.retrieve_instance_frames(study, series, sop, numbers, media_types=media)
+        assert requests.get(proxy.dicomweb_url + path + "2", headers=accept, timeout=5).status_code == 503
+        for numbers in ("7", "1,7"):  # out of range: 400 from both
+            ours = requests.get(proxy.dicomweb_url + path + numbers, headers=accept, timeout=5)
+            theirs = requests.get(server.dicomweb_url + path + numbers, headers=accept, timeout=5)
+            assert ours.status_code == theirs.status_code == 400
+        ours = requests.get(proxy.dicomweb_url + path + "3", headers=accept, timeout=5)
+        theirs = requests.get(server.dicomweb_url + path + "3", headers=accept, timeout=5)
+        part_headers = [r.content.split(b"\r\n\r\n")[0].split(b"\r\n")[2:] for r in (ours, theirs)]
+        assert part_headers[0] == part_headers[1]  # Content-Type (image/jpeg; transfer-syntax=...), Length, MIME
+        assert ours.headers["Content-Type"].split("; boundary=")[0] == theirs.headers["Content-Type"].split(
+            "; boundary=")[0]
+    assert [k for _, t, k in proxy.log if t.endswith("/frames/2")] == ["pass", "503"]
+    assert sum(1 for _, t, _ in proxy.log if "/frames/" in t) == 7
