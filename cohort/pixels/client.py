@@ -76,8 +76,12 @@ class PoliteAdapter(HTTPAdapter):
     """A transport adapter that sends every request under a retry policy and a shared rate limiter.
 
     The body of a non-streamed response is read inside the attempt, so a body cut short is
-    retried like a reset connection. What is left after the retries is returned (an HTTP error
-    status) or raised (a connection error), for dicomweb-client to handle as usual.
+    retried like a reset connection. A streamed request (dicomweb-client's ``iter_*`` methods)
+    is retried until its status and headers arrive; a successful body is then left in the
+    socket for the caller to read as it comes (a body cut short reaches the caller as a
+    ``requests`` exception: frames already yielded cannot be taken back). What is left after
+    the retries is returned (an HTTP error status) or raised (a connection error), for
+    dicomweb-client to handle as usual.
     """
 
     def __init__(self, policy: RetryPolicy, limiter: RateLimiter | None) -> None:
@@ -86,15 +90,24 @@ class PoliteAdapter(HTTPAdapter):
         self.limiter = limiter
 
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):  # noqa: D102
+        unread: list[requests.Response] = []
+
         def attempt() -> requests.Response:
             response = super(PoliteAdapter, self).send(request, stream=stream, timeout=self.policy.timeout,
                                                        verify=verify, cert=cert, proxies=proxies)
-            _ = response.content  # read the body here: a cut body is an attempt that failed
+            if stream and response.ok:
+                response._content = b""  # cohort.retry.call counts the bytes of .content: not the stream's
+                unread.append(response)
+            else:
+                _ = response.content  # read the body here: a cut body is an attempt that failed
             return response
 
         result = call(attempt, policy=self.policy, limiter=self.limiter)
         if result.error is not None:
             raise result.error
+        if result.response in unread:
+            # requests' "not read yet" (.content marked it read): iter_content streams from the socket
+            result.response._content, result.response._content_consumed = False, False
         return result.response
 
 
