@@ -271,19 +271,19 @@ class FaultProxy:
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
         for fresh in (False, True):  # a kept-alive connection the upstream closed meanwhile: once more, anew
             reader, writer, reused = await self._connection(fresh)
+            status_line = None
             try:
                 writer.write(request)
                 status_line = await reader.readuntil(b"\r\n")
-            except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
-                writer.transport.abort()
-                if reused:
-                    continue
-                raise _UpstreamError(str(e) or type(e).__name__) from None
-            try:
                 return await self._response(reader, writer, method, status_line)
             except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
                 writer.transport.abort()
+                if reused and status_line is None and not isinstance(e, ValueError):
+                    continue
                 raise _UpstreamError(str(e) or type(e).__name__) from None
+            except BaseException:  # cancelled (a timeout, stop()): the connection is in an unknown state
+                writer.transport.abort()
+                raise
         raise _UpstreamError("no connection")
 
     async def _connection(self, fresh: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
