@@ -301,7 +301,7 @@ def _report(args: argparse.Namespace, runs: dict[str, dict]) -> tuple[list[str],
                          f" ms")
     ratio_thr, share = rate_ours / rate_thr, rate_ours / bound
     server = {k: v for k, v in runs.items() if k.endswith("no latency")}
-    (thr_name, thr_sb), (ours_name, ours_sb) = server.items()
+    thr_sb, ours_sb = server.values()
     sb_ours, sb_thr = (r["instances"] / r["seconds"] for r in (ours_sb, thr_sb))
     checks = [ratio_thr >= 1.1, share >= 0.9, round(sb_ours / sb_thr, 2) >= 1.0]
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
