@@ -39,16 +39,47 @@ MUTMUT = Path(sys.executable).parent / "mutmut"
 EQUIVALENT_LIST = REPO / "bench" / "MUTATION.md"
 
 #: module -> (files mutated, relative to the repository root, as mutmut globs; the tests that run).
+#: The test lists are the fast tests that reach the module; within them, tests that need a slow
+#: fixture (SLOW_FIXTURES: the real index, Orthanc) are deselected unless the module keeps them (KEEP).
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "retry": (["cohort/retry.py"], ["tests/test_retry.py", "tests/test_retry_rates.py"]),
-    "queries": (["cohort/queries.py"], ["tests/test_queries.py", "tests/test_queries_params.py"]),
-    "endpoints": (["cohort/endpoints.py"], ["tests/test_endpoints.py", "tests/test_endpoints_sessions.py"]),
-    "coverage": (["cohort/coverage.py"], ["tests/test_coverage.py", "tests/test_coverage_routing.py"]),
-    "manifest": (["cohort/manifest.py", "cohort/manifest/*"], ["tests/test_manifest*.py"]),
-    "harvest": (["cohort/harvest/*"], ["tests/test_harvest_metadata.py", "tests/test_harvest_store.py",
-                                       "tests/test_harvest_cassettes.py"]),
-    "catalog": (["cohort/catalog.py"], ["tests/test_catalog.py"]),
+    "queries": (["cohort/queries.py"], ["tests/test_queries_params.py", "tests/test_mut_queries.py"]),
+    "endpoints": (["cohort/endpoints.py"], ["tests/test_endpoints.py", "tests/test_endpoints_sessions.py",
+                                            "tests/test_mut_endpoints.py"]),
+    "coverage": (["cohort/coverage.py"], ["tests/test_coverage.py", "tests/test_coverage_routing.py",
+                                          "tests/test_mut_coverage.py"]),
+    "manifest.formats": (["cohort/manifest/formats.py"], ["tests/test_mut_manifest*.py"]),
+    "manifest.parse": (["cohort/manifest/parse.py"], ["tests/test_manifest_fields.py", "tests/test_mut_manifest*.py"]),
+    "manifest.read": (["cohort/manifest/read.py"], ["tests/test_mut_manifest*.py"]),
+    "manifest.revisions": (["cohort/manifest/revisions.py"], ["tests/test_mut_manifest*.py"]),
+    "manifest.write": (["cohort/manifest/write.py"], ["tests/test_manifest_fields.py", "tests/test_mut_manifest*.py"]),
+    "manifest.download": (["cohort/manifest/download.py"], ["tests/test_download.py", "tests/test_mut_manifest*.py"]),
+    "harvest.metadata": (["cohort/harvest/metadata.py"], ["tests/test_harvest_metadata.py", "tests/test_harvest_values.py",
+                                                          "tests/test_mut_harvest*.py"]),
+    "harvest.probe": (["cohort/harvest/probe.py"], ["tests/test_mut_harvest*.py"]),
+    "harvest.selection": (["cohort/harvest/selection.py"], ["tests/test_mut_harvest*.py"]),
+    "harvest.lock": (["cohort/harvest/lock.py"], ["tests/test_harvest_store.py", "tests/test_mut_harvest*.py"]),
+    "harvest.store": (["cohort/harvest/store.py"], ["tests/test_harvest_store.py", "tests/test_mut_harvest*.py"]),
+    "harvest.stream": (["cohort/harvest/stream.py"], ["tests/test_harvest_stream.py", "tests/test_mut_harvest*.py"]),
+    "harvest.runner": (["cohort/harvest/runner.py"], ["tests/test_harvest_cassettes.py", "tests/test_mut_harvest*.py"]),
+    "catalog": (["cohort/catalog.py"], ["tests/test_catalog.py", "tests/test_mut_catalog.py"]),
 }
+#: Names that stand for several modules (a package measured one file at a time).
+GROUPS = {group: [name for name in MODULES if name.startswith(group + ".")] for group in ("manifest", "harvest")}
+#: Fixtures that make a test too slow to run once per mutant (seconds each: the index, an Orthanc).
+SLOW_FIXTURES = ("catalog", "fixture_catalog", "index_dir", "orthanc", "orthanc_factory")
+#: Modules whose tests keep some of the slow fixtures (the module cannot be reached without them).
+KEEP: dict[str, tuple[str, ...]] = {"catalog": ("catalog", "fixture_catalog", "index_dir")}
+CONFTEST_HOOK = """
+
+# -- added by bench/mutation.py in its scratch copy: deselect tests needing a slow fixture ---------
+def pytest_collection_modifyitems(config, items):
+    slow = set({slow!r})
+    kept = [item for item in items if not slow & set(getattr(item, "fixturenames", ()))]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+"""
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 
 
@@ -70,6 +101,7 @@ def prepare(name: str) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("cohort", "tests", "queries", "notebooks"):
         shutil.copytree(REPO / folder, work / folder, ignore=ignore)
+    _add_hook(name, work)
     shared = REPO.parent / "shared"
     if shared.is_dir():  # tests find ../shared/realdata beside the tree mutmut runs in (work/mutants)
         (work / "shared").symlink_to(shared)
@@ -84,6 +116,28 @@ def prepare(name: str) -> Path:
     )
     text = re.sub(r"\[tool\.mutmut\].*?(?=^\[|\Z)", section + "\n", text, flags=re.S | re.M)
     (work / "pyproject.toml").write_text(text, encoding="utf-8")
+    return work
+
+
+def _add_hook(name: str, work: Path) -> None:
+    slow = tuple(f for f in SLOW_FIXTURES if f not in KEEP.get(name, ()))
+    with (work / "tests" / "conftest.py").open("a", encoding="utf-8") as out:
+        out.write(CONFTEST_HOOK.format(slow=slow))
+
+
+def refresh_tests(name: str) -> Path:
+    """Copy the current tests into an earlier run's scratch tree (its mutants and results stay)."""
+    work = WORK / name
+    mutate, _ = MODULES[name]
+    for pattern in mutate:
+        for path in REPO.glob(pattern):
+            copy = work / path.relative_to(REPO)
+            if not copy.exists() or copy.read_bytes() != path.read_bytes():
+                raise SystemExit(f"{path.relative_to(REPO)} changed since the last run of {name}: run it again "
+                                 "without --again")
+    shutil.rmtree(work / "tests")
+    shutil.copytree(REPO / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    _add_hook(name, work)
     return work
 
 
@@ -105,12 +159,17 @@ def equivalent_names() -> set[str]:
     return set(re.findall(r"^- `(cohort\.[^`]+)`", EQUIVALENT_LIST.read_text(encoding="utf-8"), flags=re.M))
 
 
-def run(name: str, jobs: int, show: bool) -> Counter:
-    work = prepare(name)
+def run(name: str, jobs: int, show: bool, again: bool = False) -> Counter:
+    names: list[str] = []
+    if again:
+        work = refresh_tests(name)
+        names = [m for m, status in results(work).items() if status not in KILLED]
+    else:
+        work = prepare(name)
     started = time.monotonic()
     log = work / "mutmut.log"
-    with log.open("w") as out:
-        proc = subprocess.run([str(MUTMUT), "run", "--max-children", str(jobs)], cwd=work, stdout=out,
+    with log.open("a" if again else "w") as out:
+        proc = subprocess.run([str(MUTMUT), "run", "--max-children", str(jobs), *names], cwd=work, stdout=out,
                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-2000:]
@@ -146,16 +205,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", metavar="MODULE",
                         help=f"some of {', '.join(MODULES)} (default: all)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="mutants run at once")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants run at once (default 2)")
+    parser.add_argument("--again", action="store_true",
+                        help="re-run only the previous run's survivors against the current tests (the module's "
+                             "code must be unchanged)")
     parser.add_argument("--survivors", action="store_true", help="print each survivor's diff")
     parser.add_argument("--list", action="store_true", help="list the modules and their tests")
     args = parser.parse_args()
+    args.modules = [m for name in args.modules for m in GROUPS.get(name, [name])]
     unknown = sorted(set(args.modules) - set(MODULES))
     if unknown:
-        parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
+        parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join([*MODULES, *GROUPS])}")
     if args.list:
         for name, (mutate, tests) in MODULES.items():
-            print(f"{name:10} {' '.join(mutate)}  <-  {' '.join(_tests(tests))}")
+            print(f"{name:18} {' '.join(mutate)}  <-  {' '.join(_tests(tests))}")
         return
     if not MUTMUT.exists():
         raise SystemExit(f"mutmut is not installed beside {sys.executable}: pip install -e '.[test,mutation]'")
@@ -165,15 +228,18 @@ def main() -> None:
     rows = []
     for name in args.modules or list(MODULES):
         print(f"{name}: running mutmut in {WORK / name} ...", flush=True)
-        counts = run(name, args.jobs, args.survivors)
+        counts = run(name, args.jobs, args.survivors, args.again)
         total.update(counts)
         rows.append((name, counts))
         print(f"{name}: {score(counts)}  ({counts['killed']} killed, {counts['survived']} survived, "
               f"{counts['equivalent']} equivalent of {counts['mutants']}; {counts['seconds']} s)", flush=True)
     print()
-    print(f"{'module':10} {'mutants':>7} {'killed':>6} {'equiv':>5} {'survived':>8} {'score':>6}")
+    print(f"{'module':18} {'mutants':>7} {'killed':>6} {'equiv':>5} {'survived':>8} {'score':>6} {'time':>6}")
     for name, c in rows + [("overall", total)]:
-        print(f"{name:10} {c['mutants']:7} {c['killed']:6} {c['equivalent']:5} {c['survived']:8} {score(c):>6}")
+        print(f"{name:18} {c['mutants']:7} {c['killed']:6} {c['equivalent']:5} {c['survived']:8} {score(c):>6} "
+              f"{c['seconds']:5}s")
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
+    print(f"load average at the end: {' '.join(load)}")
 
 
 if __name__ == "__main__":
