@@ -45,7 +45,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "retry": (["cohort/retry.py"], ["tests/test_retry.py", "tests/test_retry_rates.py"]),
     "queries": (["cohort/queries.py"], ["tests/test_queries_params.py", "tests/test_mut_queries.py"]),
     "endpoints": (["cohort/endpoints.py"], ["tests/test_endpoints.py", "tests/test_endpoints_sessions.py",
-                                            "tests/test_mut_endpoints.py"]),
+                                            "tests/test_mut_endpoints.py", "tests/test_header_auth.py"]),
     "coverage": (["cohort/coverage.py"], ["tests/test_coverage.py", "tests/test_coverage_routing.py",
                                           "tests/test_mut_coverage.py"]),
     "manifest.formats": (["cohort/manifest/formats.py"], ["tests/test_mut_manifest*.py"]),
@@ -70,12 +70,18 @@ GROUPS = {group: [name for name in MODULES if name.startswith(group + ".")] for 
 SLOW_FIXTURES = ("catalog", "fixture_catalog", "index_dir", "orthanc", "orthanc_factory")
 #: Modules whose tests keep some of the slow fixtures (the module cannot be reached without them).
 KEEP: dict[str, tuple[str, ...]] = {"catalog": ("catalog", "fixture_catalog", "index_dir")}
+#: Tests deselected for a module although they reach it: end-to-end runs that take seconds each and
+#: whose checks of the module the faster tests make too (names as in the test file).
+SKIP_TESTS: dict[str, tuple[str, ...]] = {
+    "harvest.metadata": ("test_a_harvest_of_adversarial_bodies_writes_and_counts",),
+}
 CONFTEST_HOOK = """
 
 # -- added by bench/mutation.py in its scratch copy: deselect tests needing a slow fixture ---------
 def pytest_collection_modifyitems(config, items):
-    slow = set({slow!r})
-    kept = [item for item in items if not slow & set(getattr(item, "fixturenames", ()))]
+    slow, names = set({slow!r}), set({names!r})
+    kept = [item for item in items
+            if not slow & set(getattr(item, "fixturenames", ())) and getattr(item, "originalname", item.name) not in names]
     if len(kept) != len(items):
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
@@ -105,6 +111,13 @@ def prepare(name: str) -> Path:
     shared = REPO.parent / "shared"
     if shared.is_dir():  # tests find ../shared/realdata beside the tree mutmut runs in (work/mutants)
         (work / "shared").symlink_to(shared)
+    _write_config(name, work)
+    return work
+
+
+def _write_config(name: str, work: Path) -> None:
+    """``pyproject.toml`` whose [tool.mutmut] mutates only ``name`` against its own tests."""
+    mutate, tests = MODULES[name]
     text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     section = (
         "[tool.mutmut]\n"
@@ -116,13 +129,12 @@ def prepare(name: str) -> Path:
     )
     text = re.sub(r"\[tool\.mutmut\].*?(?=^\[|\Z)", section + "\n", text, flags=re.S | re.M)
     (work / "pyproject.toml").write_text(text, encoding="utf-8")
-    return work
 
 
 def _add_hook(name: str, work: Path) -> None:
     slow = tuple(f for f in SLOW_FIXTURES if f not in KEEP.get(name, ()))
     with (work / "tests" / "conftest.py").open("a", encoding="utf-8") as out:
-        out.write(CONFTEST_HOOK.format(slow=slow))
+        out.write(CONFTEST_HOOK.format(slow=slow, names=SKIP_TESTS.get(name, ())))
 
 
 def refresh_tests(name: str) -> Path:
@@ -138,6 +150,7 @@ def refresh_tests(name: str) -> Path:
     shutil.rmtree(work / "tests")
     shutil.copytree(REPO / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     _add_hook(name, work)
+    _write_config(name, work)
     return work
 
 

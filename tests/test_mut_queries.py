@@ -434,7 +434,7 @@ def test_search_path_files_first_of_a_name_wins(tmp_path, monkeypatch):
     assert by_name["series_by_collection"].query.description == "mine first"
     assert by_name["broken"].error == (f"{mine / 'broken.sql'}:1: parameter type NUMBER is not one of BIGINT, BOOLEAN, "
                                        "DATE, DOUBLE, INTEGER, VARCHAR (or a list, e.g. VARCHAR[])")
-    assert not by_name["broken"].ok and by_name["broken"].query is None
+    assert not by_name["broken"].ok and by_name["broken"].query is None and by_name["broken"].path == mine / "broken.sql"
     assert by_name["dup"].ok and by_name["dup"].error is None
     assert [q.name for q in list_queries()] == [n for n in names if n not in ("broken", "zz")]
     assert load_query("dup").description == "a in mine"
@@ -472,3 +472,80 @@ def test_unknown_name_names_the_renamed_file_close_names_and_all(tmp_path, monke
     with pytest.raises(QueryFileError) as err:
         load_query("series_by_colection")
     assert "; did you mean series_by_collection, " in _message(err) or "; did you mean series_by_collection?" in _message(err)
+
+
+# -- what the first mutation run showed untested (bench/MUTATION.md) ----------------------------------
+def test_sql_error_without_a_line_is_line_1():
+    with pytest.raises(QueryFileError) as err:
+        SavedQuery.parse("-- name: q\n\nSELECT (")
+    assert _message(err) == "<sql>:1: the SQL does not parse: Parser Error: syntax error at end of input"
+
+
+def test_a_type_with_trailing_letters_is_refused():
+    with pytest.raises(QueryFileError) as err:
+        SavedQuery.parse("-- param p VARCHARX\nSELECT $p")
+    assert _message(err) == ("<sql>:1: parameter type VARCHARX is not one of BIGINT, BOOLEAN, DATE, DOUBLE, INTEGER, "
+                             "VARCHAR (or a list, e.g. VARCHAR[])")
+
+
+def test_settings_are_listed_with_commas(monkeypatch):
+    monkeypatch.setitem(queries_module.SETTINGS, "other_setting", lambda: 1)
+    with pytest.raises(QueryFileError) as err:
+        SavedQuery.parse("-- param p INTEGER = @nothing\nSELECT $p")
+    assert _message(err) == "<sql>:1: default @nothing names no setting; settings are @newest_google_store, @other_setting"
+
+
+def test_a_setting_that_does_not_convert_names_the_setting(monkeypatch):
+    monkeypatch.setitem(queries_module.SETTINGS, "bad_setting", lambda: "x")
+    with pytest.raises(ParameterError) as err:
+        Parameter("n", "INTEGER", None, False, setting="bad_setting").default_value()
+    assert _message(err) == "parameter 'n' expects INTEGER, got 'x' (in setting @bad_setting)"
+
+
+def test_a_bad_item_of_a_command_line_list_names_the_source():
+    with pytest.raises(ParameterError) as err:
+        Parameter("m", "INTEGER[]").convert(CommandLineValue("m", ("1,x",)), "q.sql")
+    assert _message(err) == "parameter 'm' expects INTEGER[], got 'x' (in q.sql)"
+
+
+def test_bind_sql_conversion_error_names_the_parameter():
+    with pytest.raises(ParameterError) as err:
+        bind_sql("SELECT $n", {"n": CommandLineValue("n", ("x",), "INTEGER")})
+    assert _message(err) == "parameter 'n' expects INTEGER, got 'x'"
+
+
+def test_a_string_literal_right_before_in_is_blanked_not_removed():
+    with pytest.raises(ParameterError, match="tests for a substring"):
+        bind_sql("SELECT 'T'IN $m", {"m": "CT,MR"})
+
+
+def test_undeclared_parameter_lines_count_newlines_in_strings_and_a_leading_newline():
+    with pytest.raises(QueryFileError) as err:
+        SavedQuery.parse("-- name: q\nSELECT 'a\nb' AS s,\n $x")
+    assert _message(err).startswith("<sql>:4: the SQL uses $x ")
+    with pytest.raises(QueryFileError) as err:
+        SavedQuery.parse("\nSELECT 1,\n $x,\n$x")
+    assert _message(err).startswith("<sql>:3: the SQL uses $x ")
+
+
+def test_names_with_capitals():
+    assert parse_assignments(["Modality=SM"]) == {"Modality": CommandLineValue("Modality", ("SM",))}
+    q = SavedQuery.parse("-- param Organ VARCHAR\nSELECT $Organ")
+    assert [p.name for p in q.parameters] == ["Organ"] and q.bind({"Organ": "x"}) == {"Organ": "x"}
+
+
+def test_unknown_name_lists_every_renamed_file_and_three_close_names(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write(a, "chest.sql", "-- name: ct_chest\nSELECT 1")
+    _write(b, "chest.sql", "-- name: chest_ct\nSELECT 1")
+    for n in (1, 2, 3, 4):
+        _write(a, f"abcd{n}.sql", "SELECT 1")
+    monkeypatch.setenv("COHORT_QUERY_PATH", os.pathsep.join([str(a), str(b)]))
+    with pytest.raises(QueryFileError) as err:
+        load_query("chest")
+    assert _message(err).startswith(
+        f"no saved query named 'chest' ({b / 'chest.sql'} is named 'chest_ct' by its -- name: header; "
+        f"{a / 'chest.sql'} is named 'ct_chest' by its -- name: header: run it by that name); did you mean ")
+    with pytest.raises(QueryFileError) as err:
+        load_query("abcd")
+    assert _message(err).startswith("no saved query named 'abcd'; did you mean abcd4, abcd3, abcd2? Available: ")
