@@ -48,20 +48,20 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
                                             "tests/test_mut_endpoints.py", "tests/test_header_auth.py"]),
     "coverage": (["cohort/coverage.py"], ["tests/test_coverage.py", "tests/test_coverage_routing.py",
                                           "tests/test_mut_coverage.py"]),
-    "manifest.formats": (["cohort/manifest/formats.py"], ["tests/test_mut_manifest*.py"]),
-    "manifest.parse": (["cohort/manifest/parse.py"], ["tests/test_manifest_fields.py", "tests/test_mut_manifest*.py"]),
-    "manifest.read": (["cohort/manifest/read.py"], ["tests/test_mut_manifest*.py"]),
-    "manifest.revisions": (["cohort/manifest/revisions.py"], ["tests/test_mut_manifest*.py"]),
-    "manifest.write": (["cohort/manifest/write.py"], ["tests/test_manifest_fields.py", "tests/test_mut_manifest*.py"]),
-    "manifest.download": (["cohort/manifest/download.py"], ["tests/test_download.py", "tests/test_mut_manifest*.py"]),
+    "manifest.formats": (["cohort/manifest/formats.py"], ["tests/test_mut_manifest_parse.py"]),
+    "manifest.parse": (["cohort/manifest/parse.py"], ["tests/test_manifest_fields.py", "tests/test_mut_manifest_parse.py"]),
+    "manifest.read": (["cohort/manifest/read.py"], ["tests/test_manifest.py"]),
+    "manifest.revisions": (["cohort/manifest/revisions.py"], ["tests/test_manifest.py"]),
+    "manifest.write": (["cohort/manifest/write.py"], ["tests/test_manifest.py", "tests/test_manifest_fields.py"]),
+    "manifest.download": (["cohort/manifest/download.py"], ["tests/test_download.py"]),
     "harvest.metadata": (["cohort/harvest/metadata.py"], ["tests/test_harvest_metadata.py", "tests/test_harvest_values.py",
-                                                          "tests/test_mut_harvest*.py"]),
-    "harvest.probe": (["cohort/harvest/probe.py"], ["tests/test_mut_harvest*.py"]),
-    "harvest.selection": (["cohort/harvest/selection.py"], ["tests/test_mut_harvest*.py"]),
-    "harvest.lock": (["cohort/harvest/lock.py"], ["tests/test_harvest_store.py", "tests/test_mut_harvest*.py"]),
-    "harvest.store": (["cohort/harvest/store.py"], ["tests/test_harvest_store.py", "tests/test_mut_harvest*.py"]),
-    "harvest.stream": (["cohort/harvest/stream.py"], ["tests/test_harvest_stream.py", "tests/test_mut_harvest*.py"]),
-    "harvest.runner": (["cohort/harvest/runner.py"], ["tests/test_harvest_cassettes.py", "tests/test_mut_harvest*.py"]),
+                                                          "tests/test_mut_harvest_metadata.py"]),
+    "harvest.probe": (["cohort/harvest/probe.py"], ["tests/test_mut_harvest_probe.py"]),
+    "harvest.selection": (["cohort/harvest/selection.py"], ["tests/test_mut_harvest_selection.py"]),
+    "harvest.lock": (["cohort/harvest/lock.py"], ["tests/test_mut_harvest_lock.py"]),
+    "harvest.store": (["cohort/harvest/store.py"], ["tests/test_harvest_store.py"]),
+    "harvest.stream": (["cohort/harvest/stream.py"], ["tests/test_harvest_stream.py"]),
+    "harvest.runner": (["cohort/harvest/runner.py"], ["tests/test_harvest_cassettes.py"]),
     "catalog": (["cohort/catalog.py"], ["tests/test_catalog.py", "tests/test_mut_catalog.py"]),
 }
 #: Names that stand for several modules (a package measured one file at a time).
@@ -69,7 +69,9 @@ GROUPS = {group: [name for name in MODULES if name.startswith(group + ".")] for 
 #: Fixtures that make a test too slow to run once per mutant (seconds each: the index, an Orthanc).
 SLOW_FIXTURES = ("catalog", "fixture_catalog", "index_dir", "orthanc", "orthanc_factory")
 #: Modules whose tests keep some of the slow fixtures (the module cannot be reached without them).
-KEEP: dict[str, tuple[str, ...]] = {"catalog": ("catalog", "fixture_catalog", "index_dir")}
+_INDEX = ("catalog", "fixture_catalog", "index_dir")
+KEEP: dict[str, tuple[str, ...]] = {name: _INDEX for name in ("catalog", "coverage", "manifest.read", "manifest.revisions",
+                                                               "manifest.write", "manifest.download")}
 #: Tests deselected for a module although they reach it: end-to-end runs that take seconds each and
 #: whose checks of the module the faster tests make too (names as in the test file).
 SKIP_TESTS: dict[str, tuple[str, ...]] = {
