@@ -176,9 +176,12 @@ def equivalent_names() -> set[str]:
 
 def run(name: str, jobs: int, show: bool, again: bool = False) -> Counter:
     names: list[str] = []
+    previous: dict[str, str] = {}
     if again:
-        work = refresh_tests(name)
-        names = [m for m, status in results(work).items() if status not in KILLED]
+        work = WORK / name
+        previous = results(work)
+        names = [m for m, status in previous.items() if status not in KILLED]
+        refresh_tests(name)
     else:
         work = prepare(name)
     started = time.monotonic()
@@ -190,6 +193,9 @@ def run(name: str, jobs: int, show: bool, again: bool = False) -> Counter:
         tail = log.read_text(errors="replace")[-2000:]
         raise SystemExit(f"mutmut failed on {name} (exit {proc.returncode}); the end of {log}:\n{tail}")
     statuses = results(work)
+    for mutant, status in statuses.items():  # a changed test selection resets mutmut's other results: keep ours
+        if mutant not in names and status == "not checked" and mutant in previous:
+            statuses[mutant] = previous[mutant]
     equivalent = equivalent_names()
     counts: Counter = Counter()
     survivors = []

@@ -191,3 +191,39 @@ def test_a_file_that_keeps_being_replaced(tmp_path, monkeypatch):
     assert str(err.value) == (f"cannot lock {tmp_path / LOCK_NAME}: it keeps being replaced; is another harvest "
                               "starting?")
     assert len(calls) == 10 and not lock.held
+
+
+# -- what the first mutation run showed untested (bench/MUTATION.md) ----------------------------------
+def test_the_lock_file_is_rw_r__r__less_the_umask(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    with DirectoryLock(tmp_path, "r"):
+        assert os.stat(tmp_path / LOCK_NAME).st_mode & 0o777 == 0o644 & ~umask
+
+
+def test_release_when_the_file_is_already_gone(tmp_path):
+    lock = DirectoryLock(tmp_path, "r").acquire()
+    (tmp_path / LOCK_NAME).unlink()
+    lock.release()
+    assert not lock.held
+
+
+def test_a_holder_with_bytes_that_are_not_utf8_is_still_read(tmp_path, caplog):
+    stale = ('{"pid": 999999999, "host": "%s", "run_id": "r\xff", "started": "s"}' % HOST).encode("latin-1")
+    (tmp_path / LOCK_NAME).write_bytes(stale)
+    with caplog.at_level(logging.WARNING, logger="cohort.harvest.lock"), DirectoryLock(tmp_path, "new"):
+        pass
+    assert [r.getMessage() for r in caplog.records] == [
+        f"taking over the harvest lock {tmp_path / LOCK_NAME} left by PID 999999999 on host {HOST} (run r\ufffd, "
+        "started s) (that process is gone)"]
+
+
+def test_only_the_first_4096_bytes_are_read(tmp_path, caplog):
+    head = '{"pid": 999999999, "host": "%s", "run_id": "' % HOST
+    tail = '"}'
+    text = head + "x" * (4097 - len(head) - len(tail)) + tail
+    assert len(text.encode()) == 4097
+    (tmp_path / LOCK_NAME).write_text(text)
+    with caplog.at_level(logging.WARNING, logger="cohort.harvest.lock"), DirectoryLock(tmp_path, "new"):
+        pass
+    assert caplog.records == []  # cut at 4096 bytes it is not JSON: junk, taken over silently

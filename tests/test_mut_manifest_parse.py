@@ -291,3 +291,67 @@ def test_not_text_and_not_readable(tmp_path):
     path = _file(tmp_path, "m.csv", b"SeriesInstanceUID\n\xff\xfe\n")
     assert _error(path) == f"{path}: not a text manifest (not UTF-8 at byte 18) and not Parquet"
     assert _error(tmp_path) == f"{tmp_path}: cannot read the manifest (Is a directory); check its permissions"
+
+
+# -- what the first mutation run showed untested (bench/MUTATION.md) ----------------------------------
+def test_an_indented_comment_line_between_rows(tmp_path):
+    path = _file(tmp_path, "m.csv", f"SeriesInstanceUID\n{UID1}\n   # key: 5\n{UID2}\n")
+    _, refs, header, _ = parse(path)
+    assert refs == [Ref(2, uid=UID1), Ref(4, uid=UID2)] and header == {"key": 5}
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ('{"crdc_series_uuid": "nope"}\n{"crdc_series_uuid": "x"}\n', 1),  # JSON Lines
+    ('{"crdc_series_uuid": "nope"}', 1),  # one series object
+    ('[\n{"crdc_series_uuid": "nope"}]', 2),  # a list
+])
+def test_a_bad_json_row_names_file_and_line(tmp_path, text, line):
+    path = _file(tmp_path, "m.json", text)
+    assert _error(path) == (f"{path}:{line}: crdc_series_uuid 'nope' is not a UUID (e.g. "
+                            "1cac0ac8-f1b1-4566-84e0-37716cf63939)")
+
+
+@pytest.mark.parametrize("key", ["aws_url", "gcs_url", "series_aws_url"])
+def test_one_json_object_named_by_a_url_only(tmp_path, key):
+    _, refs, _, _ = parse(_file(tmp_path, "m.json", json.dumps({key: f"s3://b/{U1}/*", "note": 1})))
+    assert refs == [Ref(1, uuid=U1)]
+
+
+@pytest.mark.parametrize("column", ["aws_url", "series_aws_url"])
+def test_a_parquet_row_named_by_a_url(tmp_path, column):
+    pq.write_table(pa.table({"SeriesInstanceUID": [None, UID2], column: [f"s3://b/{U1}/*", None]}), tmp_path / "m.parquet")
+    assert parse(tmp_path / "m.parquet")[1] == [Ref(1, uuid=U1), Ref(2, uid=UID2)]
+
+
+def test_a_bad_parquet_row_names_file_and_row(tmp_path):
+    pq.write_table(pa.table({"crdc_series_uuid": [U1, "nope"]}), tmp_path / "m.parquet")
+    assert _error(tmp_path / "m.parquet") == (f"{tmp_path / 'm.parquet'}:2: crdc_series_uuid 'nope' is not a UUID "
+                                              "(e.g. 1cac0ac8-f1b1-4566-84e0-37716cf63939)")
+
+
+def test_a_destination_named_x_is_kept(tmp_path):
+    path = _file(tmp_path, "m.s5cmd", f"cp s3://idc-open-data/{U1}/* X\n")
+    assert parse(path)[1] == [Ref(1, uuid=U1, bucket="idc-open-data")]
+
+
+def test_a_file_of_comments_only_has_no_header_row(tmp_path):
+    for text in ("# only: a comment\n", ""):
+        path = _file(tmp_path, "m.csv", text)
+        assert _error(path).startswith(f"{path}:1: no column header row naming SeriesInstanceUID")
+
+
+@pytest.mark.parametrize(("name", "text", "shown"), [
+    ("m", "  # indented comment\ncp s3://b/x .\n", "cp s3://b/x ."),
+    ("m", "sync s3://b/x dest\n", "sync s3://b/x dest"),
+    ("m.txt", "rm x\n", "rm x"),
+])
+def test_s5cmd_by_first_word_or_txt_suffix_then_a_bad_line(tmp_path, name, text, shown):
+    path = _file(tmp_path, name, text)
+    line = text.count("\n")
+    assert _error(path) == (f"{path}:{line}: not an s5cmd copy line: {shown!r}; expected "
+                            "`cp s3://<bucket>/<crdc_series_uuid>/* <destination>`")
+
+
+def test_a_one_column_tsv_by_its_suffix(tmp_path):
+    fmt, refs, _, _ = parse(_file(tmp_path, "m.tsv", f"SeriesInstanceUID\n{UID1}\n"))
+    assert fmt is ManifestFormat.TSV and refs == [Ref(2, uid=UID1)]
