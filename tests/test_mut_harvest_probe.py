@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -14,7 +15,7 @@ import requests
 from cohort import HarvestError, custom
 from cohort.endpoints import BearerTokenAuth
 from cohort.harvest.probe import ACCEPT_JSON, AUTH_STATUSES, probe, snippet
-from cohort.retry import RetryPolicy
+from cohort.retry import RateLimiter, RetryPolicy
 
 FAST = RetryPolicy(timeout=5, max_attempts=2, backoff_base=0.0, backoff_max=0.0, jitter=0.0)
 
@@ -23,6 +24,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         server = self.server
         server.requests.append((self.path, dict(self.headers)))
+        if getattr(server, "delay", 0):
+            time.sleep(server.delay)
         code, reason, ctype, body = server.answer
         self.send_response(code, reason)
         if ctype:
@@ -40,6 +43,7 @@ class _Handler(BaseHTTPRequestHandler):
 def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.requests = []
+    httpd.handle_error = lambda request, address: None  # a client that timed out and left is not an error here
     httpd.answer = (200, None, "application/dicom+json", "[]")
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -170,3 +174,25 @@ def test_snippet(server):
     _answer(server, 500, "z" * 250, "text/plain")
     assert snippet(requests.get(server.url + "/x", timeout=5)) == "z" * 200
     assert json.loads(json.dumps(ACCEPT_JSON)) == {"Accept": "application/dicom+json, application/json"}
+
+
+# -- what the first mutation run showed untested (bench/MUTATION.md) ----------------------------------
+def test_the_probe_takes_a_token_of_the_runs_rate_limiter(server):
+    _answer(server, 200, "[]")
+    limiter = RateLimiter(1e-6, burst=1)  # one token now, the next in 11 days
+    probe(custom(server.url), FAST, limiter)
+    stopped = threading.Event()
+    stopped.set()
+    assert limiter.acquire(stopped) is False  # the probe took the only token
+    assert RateLimiter(1e-6, burst=1).acquire(stopped) is True
+
+
+def test_the_probe_waits_no_longer_than_the_policy_timeout(server):
+    _answer(server, 200, "[]")
+    server.delay = 3
+    try:
+        with pytest.raises(HarvestError) as err:
+            probe(custom(server.url, name="slow"), RetryPolicy(timeout=0.5, max_attempts=1))
+    finally:
+        server.delay = 0
+    assert "failed after 1 attempts (ReadTimeout: " in str(err.value)
