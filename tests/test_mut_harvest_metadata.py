@@ -332,3 +332,42 @@ def test_issues_keep_dataset_order():
     assert row["issues"] == ["00280010 Rows: cannot read 'x' as int32: value dropped",
                              "00280011 Columns: present without Value",
                              "00280010: US value sent as string"]
+
+
+# -- what the first mutation run showed untested (bench/MUTATION.md) ----------------------------------
+def test_an_int_of_exactly_200_bits_is_shown_by_its_size():
+    row = _row(t00280010={"vr": "US", "Value": [2**199]})
+    assert row["issues"] == ["00280010 Rows: cannot read <200-bit int> as int32: value dropped"]
+    row = _row(t00280010={"vr": "US", "Value": [2**198]})
+    assert row["issues"] == [f"00280010 Rows: cannot read {2**198} as int32: value dropped"]  # 199 bits: digits
+
+
+def test_dropped_values_add_up_across_columns_spacing_and_lens_power():
+    row = _row(t00280010={"vr": "US", "Value": [2.5]}, t00280011={"vr": "US", "Value": [True]},
+               t00280030={"vr": "DS", "Value": [True, 1]},
+               t00480105={"vr": "SQ", "Value": [{"00480112": {"vr": "DS", "Value": [[40]]}}]})
+    assert (row["Rows"], row["Columns"], row["PixelSpacing"], row["ObjectiveLensPower"]) == (None, None, None, None)
+    assert row["values_dropped"] == 4
+
+
+def test_a_single_valued_column_reads_only_its_first_value():
+    row = _row(t00280010={"vr": "US", "Value": [5, "x"]})
+    assert row["Rows"] == 5 and row["values_dropped"] == 0
+    assert row["issues"] == ["00280010: US value sent as string"]
+
+
+def test_every_sequence_of_a_dataset_is_scanned():
+    row = instance_row({**SOP, "00400555": {"vr": "SQ", "Value": [{"0040A160": {"Value": ["t"]}}]},
+                        "0040A730": {"vr": "SQ", "Value": [{"00181050": {"vr": "DS", "Value": ["2"]}}]}})
+    assert row["issues"] == ["00400555[0].0040A160: no vr", "0040A730[0].00181050: DS value sent as string"]
+
+
+def test_elements_after_a_sequence_too_deep_are_still_scanned():
+    inner = {"0040A730": {"vr": "SQ", "Value": [{"00181050": {"vr": "DS", "Value": ["1"]}}]},
+             "00691003": {"Value": ["a"]}}
+    for _ in range(MAX_DEPTH):
+        inner = {"0040A730": {"vr": "SQ", "Value": [inner]}}
+    row = instance_row({**SOP, **inner})
+    deep = "0040A730[0]." * MAX_DEPTH
+    assert row["issues"] == [f"{deep}0040A730: sequences nested deeper than 64 levels are not scanned",
+                             f"{deep}00691003: no vr"]
