@@ -69,7 +69,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "harvest.selection": (["cohort/harvest/selection.py"], ["tests/test_mut_harvest_selection.py"]),
     "harvest.lock": (["cohort/harvest/lock.py"], ["tests/test_mut_harvest_lock.py"]),
     "harvest.store": (["cohort/harvest/store.py"], ["tests/test_harvest_store.py"]),
-    "harvest.stream": (["cohort/harvest/stream.py"], ["tests/test_harvest_stream.py"]),
+    "harvest.stream": (["cohort/harvest/stream.py"], ["tests/test_harvest_stream.py", "tests/test_mut_harvest_stream.py"]),
     "harvest.runner": (["cohort/harvest/runner.py"], ["tests/test_harvest_cassettes.py"]),
     "catalog": (["cohort/catalog.py"], ["tests/test_catalog.py", "tests/test_mut_catalog.py"]),
 }
