@@ -223,3 +223,15 @@ def test_leftovers_of_a_killed_build_do_not_matter(tmp_path, small_sources):
     assert con.execute('SELECT count(*) FROM idc_local_copy."index"').fetchone()[0] == 300
     uids = pq.read_table(small_sources["index"], columns=["SeriesInstanceUID"]).column(0).to_pylist()
     assert copy.uid_set().known(uids[:50] + ["nope"]) == [True] * 50 + [False]
+
+
+def test_a_lookup_imports_neither_pandas_nor_pyarrow_compute(catalog, shipped_uids):
+    """Both cost a second and tens of MB on a cold start (pa.array(ndarray), Array.to_numpy and take import them)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cohort; c = cohort.Catalog(download=False); assert c._local.uid_set() is not None; "
+            f"assert c.unknown_uids({shipped_uids[0][:50]!r} + ['1.2.3.x']) == ['1.2.3.x']; "
+            "print(sorted(m for m in ('pandas', 'pyarrow.compute') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
