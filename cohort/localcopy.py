@@ -188,7 +188,7 @@ class LocalCopy:
         try:
             con = duckdb.connect(str(tmp))
             try:
-                # FSST: half the CPU of making the copy, and every row fetched by an index scan decoded
+                # without FSST: half the CPU to make the copy, and no string to decode when an index scan fetches a row
                 con.execute("SET disabled_compression_methods = 'fsst'")
                 for name, column in COPIED.items():
                     source = sql_literal(str(self.sources[name]))
