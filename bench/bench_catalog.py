@@ -15,7 +15,9 @@ Queries, written once and run unchanged by every tool:
 
 Cold: a fresh Python process per query (imports, start-up, the query); wall time from process
 start to exit, peak RSS of the child (``os.wait4``). Warm: in one process per tool, the median
-of --warm runs of each query after a first one. All tools must give the same answers.
+of --warm runs of each query after a first one, wall time (the targets) and CPU time of the
+process's threads (printed beside it: other processes on a busy machine inflate it less). All
+tools must give the same answers.
 
 Targets (issue 13): warm lookup and lookup1000 at most 10 ms and at least 5x faster than
 idc-index's best warm time; cold lookup within 2x of our cold groupby; cold groupby at least
@@ -62,10 +64,12 @@ def measure(names, warm):
     out = {}
     for name in names:
         t = time.perf_counter(); d = RUN(name); first = time.perf_counter() - t
-        times = []
+        times, cpu = [], []
         for _ in range(warm):
-            t = time.perf_counter(); RUN(name); times.append(time.perf_counter() - t)
-        out[name] = {"first": first, "warm": statistics.median(times) if times else None, "digest": d}
+            t, c = time.perf_counter(), time.process_time(); RUN(name)
+            times.append(time.perf_counter() - t); cpu.append(time.process_time() - c)
+        out[name] = {"first": first, "warm": statistics.median(times) if times else None,
+                     "warm_cpu": statistics.median(cpu) if cpu else None, "digest": d}
     return out
 t0 = time.perf_counter()
 """
@@ -192,7 +196,7 @@ def main() -> int:
     warm: dict[str, dict] = {}
     cold: dict[str, dict[str, tuple[float, float]]] = {}
     digests: dict[str, dict[str, dict]] = {}
-    print(f"{'tool':<26} {'query':<11} {'cold s':>8} {'peak MB':>8} {'warm ms':>9} {'made s':>7}  load")
+    print(f"{'tool':<26} {'query':<11} {'cold s':>8} {'peak MB':>8} {'warm ms':>9} {'CPU ms':>8} {'made s':>7}  load")
     for label, (python, tool, n_warm) in tools.items():
         # warm: one process, every query
         _, _, result = run_child(python, child_code(tool, names, n_warm, uids_file.name))
@@ -203,7 +207,8 @@ def main() -> int:
             cold[label][name] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
             digests.setdefault(name, {})[label] = result["queries"][name]["digest"]
             w = result["queries"][name]["warm"] * 1000
-            print(f"{label:<26} {name:<11} {cold[label][name][0]:>8.2f} {cold[label][name][1]:>8.0f} {w:>9.1f} "
+            c = result["queries"][name]["warm_cpu"] * 1000
+            print(f"{label:<26} {name:<11} {cold[label][name][0]:>8.2f} {cold[label][name][1]:>8.0f} {w:>9.1f} {c:>8.1f} "
                   f"{result['construct']:>7.2f}  {load()}", flush=True)
 
     for name, by_tool in digests.items():

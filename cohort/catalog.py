@@ -181,17 +181,21 @@ class Catalog:
         """The SeriesInstanceUIDs among ``uids`` that are in neither ``index`` nor ``prior_versions_index``,
         in the order given.
 
-        Up to :data:`LOOKUP_JOIN_ROWS` UIDs are looked up in the local copy's index (milliseconds
-        for 1,000); more are checked with one hash join over the tables.
+        The local copy's UID file (:mod:`cohort.uidset`) says which are known (about a millisecond for
+        1,000); the rest, or all of them without that file, are looked up in the tables with a join.
         """
-        import pyarrow as pa  # noqa: PLC0415 - keeps `import cohort` light
-
         wanted = list(dict.fromkeys(uids))
+        uid_set = self._local.uid_set() if self._local is not None else None
+        if uid_set is not None and wanted:
+            wanted = [u for u, known in zip(wanted, uid_set.known(wanted)) if not known]
         if not wanted:
             return []
-        table = pa.table({"SeriesInstanceUID": pa.array(wanted, pa.string())})
-        unknown = set(self.sql(_UNKNOWN_UIDS_SQL, register={"_w": table}).column(0).to_pylist())
-        return [u for u in wanted if u in unknown]
+        import pyarrow as pa  # noqa: PLC0415 - keeps `import cohort` light
+
+        asked = [u for u in wanted if _is_utf8(u)]  # others (lone surrogates) are in no table
+        table = pa.table({"SeriesInstanceUID": pa.array(asked, pa.string())})
+        known = set(asked) - set(self.sql(_UNKNOWN_UIDS_SQL, register={"_w": table}).column(0).to_pylist())
+        return [u for u in wanted if u not in known]
 
     # -- queries ----------------------------------------------------------
     def sql(
@@ -303,6 +307,14 @@ WITH known AS (
 )
 SELECT SeriesInstanceUID FROM _w ANTI JOIN known USING (SeriesInstanceUID)
 """
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_read_only(sql: str, *, source: str | None = None, params: Mapping[str, Any] | None = None) -> None:

@@ -367,8 +367,10 @@ def _route_rows(cohort: Cohort, params: dict[str, Any]) -> pa.Table:
     uids = cohort.result.select(["SeriesInstanceUID"])
     routes = catalog.sql(_route_sql(_CURRENT_SERIES, params), source="cohort.coverage.route",
                          register={"_uids": uids})
-    if routes.num_rows in (uids.num_rows, pc.count_distinct(uids.column(0)).as_py()):
-        return routes  # every UID of the cohort is a current series
+    # every UID of the cohort is a current series (each index row is routed at most once, so the first
+    # test, which is free, holds when the cohort's UIDs are distinct; counting them costs 0.1-0.3 s for 1 M)
+    if routes.num_rows == uids.num_rows or routes.num_rows == pc.count_distinct(uids.column(0)).as_py():
+        return routes
     missing = catalog.sql(_MISSING_SQL, source="cohort.coverage.route", register={"_uids": uids})
     if not missing.num_rows:
         return routes

@@ -84,7 +84,8 @@ def test_made_once_then_reused(tmp_path, small_sources, caplog):
     assert n == pq.read_metadata(small_sources["index"]).num_rows == 500
     assert _attach(LocalCopy(tmp_path / "cache", small_sources, data_version())) is not None
     assert _made(caplog) == 1
-    assert [p.name for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock"] == [copy.path.name]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock") == sorted(
+        [copy.path.name, "sources.json", copy.uid_file.name])
 
 
 def test_made_again_when_the_shipped_file_changes(tmp_path, small_sources, parquet_catalog):
