@@ -89,6 +89,21 @@ def _cell(nb, source_start: str):
     return cells[0]
 
 
+def _png(cell):
+    """The PNG a cell displayed, opened with Pillow (a chart shows as one)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    images = [o.data["image/png"] for o in cell.outputs
+              if o.output_type in ("execute_result", "display_data") and "image/png" in o.data]
+    assert len(images) == 1, f"the cell starting {cell.source[:40]!r} shows {len(images)} PNG images"
+    image = Image.open(io.BytesIO(base64.b64decode(images[0])))
+    image.load()
+    return image
+
+
 def _run(name: str, tmp_path_factory, values=None):
     work = tmp_path_factory.mktemp(name.split("_")[0])
     nb = render.execute(NOTEBOOKS / name, work, values)  # raises CellExecutionError naming a failing cell
@@ -113,7 +128,9 @@ def _counts(table) -> str:
 # -- 01 discover: the shipped index only ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def discover(tmp_path_factory):
-    return _run("01_discover.ipynb", tmp_path_factory)[0]
+    nb, work = _run("01_discover.ipynb", tmp_path_factory)
+    nb.metadata["_work"] = work
+    return nb
 
 
 @pytest.mark.slow  # a real kernel over the whole index (kept out of the mutation runs)
@@ -141,6 +158,16 @@ def test_discover_shows_counts_from_the_index(discover):
     biggest = max(series_per_collection.to_pylist(), key=lambda r: r["SeriesInstanceUID_count"])
     assert top[0] == f"IDC v{idc_index_data.__version__.split('.')[0]}"
     assert next(line.split() for line in top if line.strip().startswith("0 "))[1] == biggest["collection_id"]
+
+
+@pytest.mark.slow
+def test_discover_shows_and_saves_the_composition_chart(discover):
+    from PIL import Image
+
+    shown = _png(_cell(discover, "from cohort.charts import cohort_chart"))
+    assert shown.width > 600 and shown.height > 400
+    with Image.open(discover.metadata["_work"] / "composition.png") as saved:
+        assert saved.format == "PNG" and saved.size[0] > 600
 
 
 @pytest.mark.slow
@@ -191,6 +218,7 @@ def test_pathology_selects_the_slides_of_the_fixture(pathology, local):
     assert _text(_cell(nb, "by_organ = ")).startswith(
         f"Pancreas: {len(organ)} slides; stained with hematoxylin stain at 40x: {len(stained)}; "
         f"both: {len(organ & stained)}\n")
+    assert _png(_cell(nb, "from cohort.charts import coverage_chart")).width > 600
     assert f"checked {min(5, len(organ & stained))} series: {min(5, len(organ & stained))} present, 0 missing" \
         in _text(_cell(nb, "checked = "))
 
@@ -263,6 +291,7 @@ def test_metadata_notebook_harvests_every_instance_once_and_resumes(scale, local
     n = len(ct)
     assert _text(_cell(nb, "endpoint = ")).startswith(
         f"{n} series (0 already complete; this run: ok {n}), {n * CT_INSTANCES} instances,")
+    assert _png(_cell(nb, "from cohort.charts import harvest_chart")).width > 600
     assert _text(_cell(nb, "again = ")).startswith(f"{n} series ({n} already complete; this run: nothing to do), 0 ")
     parts = sorted((work / "metadata" / "harvest" / "instances").glob("*.parquet"))
     table = pq.read_table(parts, columns=["SeriesInstanceUID", "SOPInstanceUID"]) if parts else None
