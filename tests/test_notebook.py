@@ -335,3 +335,21 @@ def test_metadata_notebook_derives_sm_index_of_the_own_archive(scale, local):
             for r in sm} == written
     assert _text(_cell(nb, "own = Catalog")).startswith(
         f"{len(local.slides)} series, {len(local.slides)} studies, {len(local.slides)} patients, 1 collection")
+
+
+def test_render_writes_a_copy_with_outputs_where_git_ignores_it(tmp_path, monkeypatch):
+    """render.py's output step, on a tiny notebook executed for real (the stories run in the tests above)."""
+    monkeypatch.setattr(render, "RENDERED", tmp_path / "rendered")
+    source = tmp_path / "tiny.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("n = 2", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print(n * 21)")], metadata={"kernelspec": {"name": "python3",
+                                                                              "display_name": "Python 3",
+                                                                              "language": "python"}}), source)
+    nb = render.execute(source, tmp_path, {"n": 3})
+    [written] = render.write_rendered(nb, source.name, html=False)
+    assert written == tmp_path / "rendered" / "tiny.ipynb"
+    again = nbformat.read(written, as_version=4)
+    assert again.cells[1].source == "# injected parameters\nn = 3\n"
+    assert again.cells[2].outputs[0].text == "63\n"
+    assert nbformat.read(source, as_version=4).cells[1].outputs == []  # the source is left without outputs
