@@ -110,9 +110,19 @@ def _read_state(directory: Path) -> dict | None:
         return None
 
 
-def _build(root: Path, parts: list[Path], out: Path, label: str) -> tuple[int, int]:
+def quiet_connection() -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection without a progress bar. In Jupyter without ipywidgets DuckDB refuses to change
+    that setting at all (it shows no bar there either), so the refusal is ignored."""
     con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")
+    try:
+        con.execute("SET enable_progress_bar = false")
+    except duckdb.InvalidInputException:
+        pass
+    return con
+
+
+def _build(root: Path, parts: list[Path], out: Path, label: str) -> tuple[int, int]:
+    con = quiet_connection()
     if parts:
         source = f"read_parquet({sql_list(str(p) for p in parts)})"
     else:  # a harvest whose series all came back empty: an archive with no rows

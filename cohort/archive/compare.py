@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from .._text import sql_literal
 from ..errors import ArchiveError
-from .build import build_archive
+from .build import build_archive, quiet_connection
 from .derive import DERIVED, duckdb_type, schema
 
 #: The columns that identify a row of each table.
@@ -52,8 +52,7 @@ def compare(harvest_dir: str | os.PathLike, reference: str | os.PathLike, table:
                            f"(`cohort fetch {table}` downloads it)")
     archive = build_archive(harvest_dir)
     key = KEYS[table]
-    con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")
+    con = quiet_connection()
     con.execute(f"CREATE VIEW a AS SELECT * FROM read_parquet({sql_literal(str(archive.path(table)))})")
     try:
         con.execute(f"CREATE VIEW r AS SELECT * FROM read_parquet({sql_literal(str(path))})")
