@@ -11,7 +11,7 @@ from cohort.tables import known_tables
 
 #: Not needed to import the package, nor to print a query's result as CSV.
 HEAVY = ("pandas", "requests", "tqdm", "pyarrow", "dicomweb_client", "google.auth",
-         "cohort.harvest", "cohort.manifest", "cohort.coverage", "cohort.endpoints")
+         "cohort.harvest", "cohort.manifest", "cohort.coverage", "cohort.endpoints", "matplotlib", "cohort.charts")
 
 
 def _heavy_after(code: str) -> list[str]:
