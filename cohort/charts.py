@@ -212,7 +212,8 @@ def coverage_chart(report: CoverageReport, *, top: int = TOP) -> Chart:
 # -- a harvest ---------------------------------------------------------------------
 def harvest_chart(out_dir: str | os.PathLike, *, catalog=None) -> Chart:
     """A harvest directory's results: series per status (each series' latest outcome; failed
-    statuses in red), series per number of instances harvested (bins :data:`INSTANCE_BINS`) and,
+    statuses in red), series per number of instances harvested (bins :data:`INSTANCE_BINS`, up to the
+    largest series' bin) and,
     per typed attribute, the percentage of harvested instances that have a value.
 
     ``catalog``: the :class:`~cohort.catalog.Catalog` to open the harvest's views in
@@ -243,6 +244,8 @@ def harvest_chart(out_dir: str | os.PathLike, *, catalog=None) -> Chart:
     binned = [0] * len(labels)
     for n in counts:
         binned[_bin(n, edges)] += 1
+    shown = max([i + 1 for i, n in enumerate(binned) if n] or [1])  # up to the largest series' bin
+    labels, binned = labels[:shown], binned[:shown]
     _barh(inst_ax, labels, binned, "series per instances harvested", "series", colors=_PALETTE[2])
     inst_ax.set_ylabel("instances in the series")
 

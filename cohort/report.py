@@ -167,16 +167,25 @@ def build_report(
 
 
 def reproduce_commands(cohort: Cohort, *, source: str | None, policy: Any, newest_store: int | None) -> list[str]:
-    """Shell commands that install the same versions and make the cohort, its coverage, citations and report."""
+    """Shell commands that install the same versions and make the cohort, its coverage, citations and report.
+
+    ``source``: the saved query name, .sql file or manifest the cohort was read from (default: the saved
+    query's name). A cohort made in Python gets a first comment line saying what file to write first.
+    """
     prov = cohort.provenance
-    name = source or (prov.query_name if prov.sql and prov.query_name and prov.query_name != "sql" else None)
     pins = (f"pip install {shlex.quote(f'idc-cohort[charts]=={prov.package_version}')} "
             f"{shlex.quote(f'idc-index-data=={prov.idc_index_data_version}')}")
-    if name is None:
-        return [f"# this cohort was not made from a saved query, .sql file or manifest: save its SQL as "
-                f"cohort.sql (see Provenance) and run", pins,
-                *_commands("cohort.sql", {}, policy, newest_store)]
-    return [pins, *_commands(name, prov.params, policy, newest_store)]
+    saved = prov.sql is not None and prov.query_name is not None  # a saved query or .sql file, with parameters
+    if source is not None:
+        return [pins, *_commands(source, prov.params if saved else {}, policy, newest_store)]
+    if saved:
+        return [pins, *_commands(prov.query_name, prov.params, policy, newest_store)]
+    if prov.sql is not None:
+        return ["# save the SQL of the Provenance section as cohort.sql (give each parameter a type: "
+                "-p NAME:TYPE=VALUE), then", pins, *_commands("cohort.sql", prov.params, policy, newest_store)]
+    return ["# this cohort was made in Python: write it as a manifest first, "
+            "e.g. cohort.manifest.write_manifest(cohort, 'cohort.csv'), then", pins,
+            *_commands("cohort.csv", {}, policy, newest_store)]
 
 
 def _commands(name: str, params: Mapping[str, Any], policy: Any, newest_store: int | None) -> list[str]:

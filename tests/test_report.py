@@ -165,7 +165,7 @@ def test_report_cli_refuses_bad_arguments(tmp_path):
     result = runner.invoke(cli, ["report", *QUERY, "--pin", "20", "--policy", "google", "-o", str(tmp_path / "r.html")])
     assert result.exit_code == 2 and "only one of" in result.output
     result = runner.invoke(cli, ["report", *QUERY, "-o", str(tmp_path / "no" / "r.html")])
-    assert result.exit_code == 1 and "does not exist" in result.output
+    assert result.exit_code == 2 and "does not exist" in result.output  # before any work
     with pytest.raises(CohortInputError, match="does not exist"):
         Report("", "t", None, None, None).write(tmp_path / "no" / "r.html")
 
@@ -233,3 +233,49 @@ def test_report_in_chromium_loads_quietly_and_shows_both_charts(kich, tmp_path):
         assert max(ey) - min(ey) == pytest.approx(max(sy) - min(sy), abs=3), name
         spans[name] = (min(sy), max(sy))
     assert spans["cohort"][1] < spans["coverage"][0]  # composition above coverage, as in the page
+
+
+def test_reproduce_commands_per_kind_of_cohort(catalog):
+    from cohort.coverage import Policy
+    from cohort.report import reproduce_commands
+
+    saved = Cohort.from_query("series_by_collection", collection_id="tcga_kich", modality="SM", catalog=catalog)
+    commands = reproduce_commands(saved, source=None, policy=Policy.parse("proxy"), newest_store=None)
+    assert commands[0] == (f"pip install 'idc-cohort[charts]=={saved.provenance.package_version}' "
+                           f"idc-index-data=={idc_index_data.__version__}")
+    assert "cohort query series_by_collection -p collection_id=tcga_kich -p modality=SM --summary" in commands
+    assert ("cohort coverage series_by_collection -p collection_id=tcga_kich -p modality=SM --policy proxy "
+            "--by reason") in commands
+    pinned = reproduce_commands(saved, source="my query.sql", policy=Policy.pinned(20), newest_store=None)
+    assert ("cohort report 'my query.sql' -p collection_id=tcga_kich -p modality=SM --pin 20 -o report.html"
+            in pinned)
+    python_made = Cohort.from_uids(saved.series_uids[:2], catalog=catalog)
+    commands = reproduce_commands(python_made, source=None, policy=Policy.parse("google"), newest_store=24)
+    assert commands[0].startswith("# this cohort was made in Python: write it as a manifest")
+    assert "cohort coverage cohort.csv --policy google --newest-store 24 --by reason" in commands
+
+
+def test_report_of_a_manifest_and_its_commands_run(tmp_path):
+    """A report of a manifest names the manifest, without -p; its coverage command, run, gives the page's split."""
+    runner = CliRunner()
+    manifest = tmp_path / "kich.csv"
+    result = runner.invoke(cli, ["manifest", *QUERY, "-p", "modality=SM", "-o", str(manifest), "--no-citations"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "kich.html"
+    result = runner.invoke(cli, ["report", str(manifest), "--policy", "google", "--newest-store", "22", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    parsed = _Page(out.read_text(encoding="utf-8"))
+    reproduce = next(p for p in parsed.text if p.startswith("pip install"))
+    coverage = next(line for line in reproduce.splitlines() if line.startswith("cohort coverage"))
+    assert coverage == f"cohort coverage {manifest} --policy google --newest-store 22 --by reason"
+    import shlex
+
+    result = runner.invoke(cli, [*shlex.split(coverage)[1:], "-f", "csv"])
+    assert result.exit_code == 0, result.output
+    n = _plain("SELECT count(*) FROM INDEX WHERE collection_id = 'tcga_kich' AND Modality = 'SM'")[0][0]
+    lines = result.stdout.strip().splitlines()[1:]
+    assert sum(int(line.rsplit(",", 2)[1]) for line in lines) == n
+    for line in lines:  # each row of the command's output is a row of the page's coverage table
+        endpoint, rest = line.split(",", 1)
+        reason, series, _ = rest.rsplit(",", 2)
+        assert f"{endpoint} {reason.strip(chr(34))} {int(series):,}" in parsed.visible

@@ -68,6 +68,8 @@ def report_cmd(state: _State, query: str, params: tuple[str, ...], output: str, 
         raise click.UsageError("give only one of --policy, --pin and --url")
     if Path(output).suffix.lower() not in (".html", ".htm"):
         raise click.UsageError(f"{output}: name the report .html")
+    if not Path(output).absolute().parent.is_dir():
+        raise click.UsageError(f"{output}: directory {Path(output).absolute().parent} does not exist")
     cohort = load_cohort(state, query, parse_params(params))
     policy = custom(url) if url else (pin or routing)
     report = build_report(cohort, policy=policy, newest_google_store=newest_store, source=query,
