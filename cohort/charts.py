@@ -166,7 +166,8 @@ def cohort_chart(cohort: Cohort, *, top: int = TOP) -> Chart:
     by_coll.set_title("series per collection, by modality", fontsize=11)
     by_coll.set_xlabel("series")
     if coll_labels:
-        by_coll.legend(fontsize=7, title="Modality", title_fontsize=8, loc="best")
+        by_coll.legend(fontsize=7, title="Modality", title_fontsize=8,
+                       loc="lower right" if len(coll_labels) < 5 else "best")
         by_coll.margins(x=0.15)
     else:
         _empty(by_coll)

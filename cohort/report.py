@@ -20,6 +20,8 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
+import math
+import numbers
 import os
 import re
 import shlex
@@ -124,8 +126,8 @@ def build_report(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{e(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{e(title)}</h1>",
-        f'<p class="muted">IDC v{e(prov.idc_version)} · report made {e(made)} by idc-cohort '
-        f"{e(prov.package_version)}</p>",
+        (f'<p class="muted">IDC v{e(prov.idc_version)} · report made {e(made)} by idc-cohort '
+         f"{e(prov.package_version)}</p>"),
         '<section id="provenance"><h2>Provenance</h2>',
         _table([("query", prov.query_name or "SQL"), ("source", prov.source or ""),
                  ("parameters", _params_text(prov.params)), ("IDC release", f"v{prov.idc_version}"),
@@ -144,9 +146,9 @@ def build_report(
         f'<figure class="chart" id="chart-cohort">{cohort_svg}</figure>',
         "</section>",
         '<section id="coverage"><h2>Coverage</h2>',
-        f"<p>{e(coverage.summary_text().splitlines()[0])}. Routed from the index's own records (buckets and "
-        "revisions), without asking the endpoints; check that they answer with "
-        "<code>cohort coverage … --verify</code>.</p>",
+        (f"<p>{e(coverage.summary_text().splitlines()[0])}. Routed from the index's own records (buckets and "
+         "revisions), without asking the endpoints; check that they answer with "
+         "<code>cohort coverage … --verify</code>.</p>"),
         f'<figure class="chart" id="chart-coverage">{coverage_svg}</figure>',
         _frame(coverage.by_reason(), TABLE_ROWS),
         "</section>",
@@ -181,10 +183,10 @@ def reproduce_commands(cohort: Cohort, *, source: str | None, policy: Any, newes
     if saved:
         return [pins, *_commands(prov.query_name, prov.params, policy, newest_store)]
     if prov.sql is not None:
-        return ["# save the SQL of the Provenance section as cohort.sql (give each parameter a type: "
-                "-p NAME:TYPE=VALUE), then", pins, *_commands("cohort.sql", prov.params, policy, newest_store)]
-    return ["# this cohort was made in Python: write it as a manifest first, "
-            "e.g. cohort.manifest.write_manifest(cohort, 'cohort.csv'), then", pins,
+        return [("# save the SQL of the Provenance section as cohort.sql (give each parameter a type: "
+                 "-p NAME:TYPE=VALUE), then"), pins, *_commands("cohort.sql", prov.params, policy, newest_store)]
+    return [("# this cohort was made in Python: write it as a manifest first, "
+             "e.g. cohort.manifest.write_manifest(cohort, 'cohort.csv'), then"), pins,
             *_commands("cohort.csv", {}, policy, newest_store)]
 
 
@@ -246,28 +248,24 @@ def _table(rows: Sequence[tuple[str, Any]], numeric: bool = False) -> str:
 
 def _frame(df, limit: int) -> str:
     """A pandas frame as an escaped HTML table (the first ``limit`` rows, then how many more)."""
-    import pandas as pd  # noqa: PLC0415
-
     head = df.head(limit)
-    cols = list(head.columns)
-    header = "".join(f"<th>{_esc(c)}</th>" for c in cols)
-    rows = []
-    for rec in head.itertuples(index=False):
-        cells = []
-        for value in rec:
-            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not numeric and not isinstance(value, (str, type(None))) and hasattr(value, "__len__"):
-                value = ", ".join(str(v) for v in value)  # a list cell (e.g. source DOIs)
-            elif numeric and pd.isna(value):
-                value = ""
-            elif isinstance(value, float):
-                value = f"{value:,.3f}"
-            elif isinstance(value, int):
-                value = f"{value:,}"
-            cells.append(f'<td class="n">{_esc(value)}</td>' if numeric else f"<td>{_esc(value)}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+    header = "".join(f"<th>{_esc(c)}</th>" for c in head.columns)
+    rows = ["<tr>" + "".join(_cell(v) for v in rec) + "</tr>" for rec in head.itertuples(index=False)]
     more = f'<p class="muted">and {len(df) - limit:,} more rows</p>' if len(df) > limit else ""
     return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>{more}"
+
+
+def _cell(value: Any) -> str:
+    """One table cell: numbers right-aligned with thousands separators (NaN empty), lists comma-separated."""
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        if isinstance(value, numbers.Integral):
+            text = f"{int(value):,}"
+        else:
+            text = "" if math.isnan(float(value)) else f"{float(value):,.3f}"
+        return f'<td class="n">{text}</td>'
+    if value is not None and not isinstance(value, str) and hasattr(value, "__len__"):
+        value = ", ".join(str(v) for v in value)  # a list cell (e.g. source DOIs)
+    return f"<td>{_esc(value)}</td>"
 
 
 def _citations(citations: Citations) -> str:

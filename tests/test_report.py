@@ -127,6 +127,7 @@ def test_report_numbers_are_the_index_counts(page):
             "--by reason") in visible
     assert f"idc-index-data=={idc_index_data.__version__}" in visible
     assert [tag for tag, attrs in parsed.tags if tag == "figure"] == ["figure", "figure"]
+    assert f"tcga_kich {series:,} {patients:,} {studies:,} {instances:,} {mb / 1000:,.3f}" in visible  # per collection
 
 
 def test_report_escapes_values_and_names_no_external_url(page):
@@ -176,7 +177,8 @@ def _console(page: Path) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         run = subprocess.run([find_chromium(), *FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr",
                               "--v=0", "--dump-dom", page.resolve().as_uri()],
-                             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+                             check=False, capture_output=True, text=True, timeout=120,
+                             stdin=subprocess.DEVNULL)
     assert "</html>" in run.stdout or "<body" in run.stdout, run.stderr[-2000:]
     return [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
 
