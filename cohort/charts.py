@@ -52,6 +52,9 @@ OTHER = "other ({n})"
 #: Instance-count bins of :func:`harvest_chart`: [1, 2), [2, 5), ... [10000, inf)
 INSTANCE_BINS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10000)
 _FINAL_COLOR, _FAILED_COLOR = "#4c72b0", "#c44e52"
+#: Endpoint colours of :func:`coverage_chart` (none of them in _PALETTE: a page with both charts tells them
+#: apart), and the colour of "unavailable".
+COVERAGE_COLORS, UNAVAILABLE_COLOR = ("#2a9d8f", "#e9c46a", "#264653", "#f4a261"), "#e76f51"
 _PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c",
             "#ccb974", "#64b5cd")
 
@@ -69,7 +72,7 @@ def _figure(rows: int, cols: int, title: str) -> tuple[Chart, list]:
     fig = Chart(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
-    fig.suptitle(title, fontsize=13)
+    fig.suptitle("\n".join(textwrap.fill(line, 120) for line in title.splitlines()), fontsize=12)
     return fig, axes
 
 
@@ -128,7 +131,7 @@ def cohort_chart(cohort: Cohort, *, top: int = TOP) -> Chart:
         "GROUP BY 1 ORDER BY series DESC, licence"
     ).to_pylist()
     p = cohort.provenance
-    fig, (by_coll, size, by_mod, by_lic) = _figure(2, 2, f"{p.label} · IDC v{p.idc_version} · {cohort.counts}")
+    fig, (by_coll, size, by_mod, by_lic) = _figure(2, 2, f"{p.label} · IDC v{p.idc_version}\n{cohort.counts}")
 
     coll_series: dict[str, int] = {}
     coll_gb: dict[str, float] = {}
@@ -163,7 +166,8 @@ def cohort_chart(cohort: Cohort, *, top: int = TOP) -> Chart:
     by_coll.set_title("series per collection, by modality", fontsize=11)
     by_coll.set_xlabel("series")
     if coll_labels:
-        by_coll.legend(fontsize=7, title="Modality", title_fontsize=8, loc="best")
+        by_coll.legend(fontsize=7, title="Modality", title_fontsize=8,
+                       loc="lower right" if len(coll_labels) < 5 else "best")
         by_coll.margins(x=0.15)
     else:
         _empty(by_coll)
@@ -189,9 +193,9 @@ def coverage_chart(report: CoverageReport, *, top: int = TOP) -> Chart:
     FigureCanvasAgg(fig)
     ends, reasons = fig.subplots(1, 2, width_ratios=[1, 2.2])
     fig.suptitle(f"coverage of {report.routes.num_rows:,} series · policy {report.policy} · "
-                 f"IDC v{report.idc_version} · newest Google store {store}", fontsize=13)
+                 f"IDC v{report.idc_version} · newest Google store {store}", fontsize=12)
     names = by_endpoint["endpoint"].tolist()
-    colour = {name: (_FAILED_COLOR if name == "unavailable" else _PALETTE[i % 3])
+    colour = {name: (UNAVAILABLE_COLOR if name == "unavailable" else COVERAGE_COLORS[i % len(COVERAGE_COLORS)])
               for i, name in enumerate(names)}
     _barh(ends, names, by_endpoint["series"].tolist(), "series per endpoint", "series",
           colors=[colour[n] for n in names])
@@ -200,7 +204,7 @@ def coverage_chart(report: CoverageReport, *, top: int = TOP) -> Chart:
     colors = [colour[e] for e in by_reason["endpoint"]]
     if len(labels) > top:
         labels, values = _top(labels, values, top)
-        colors = colors[: top - 1] + ["#8c8c8c"]
+        colors = colors[: top - 1] + ["#aaaaaa"]
     _barh(reasons, labels, values, "series per endpoint and reason", "series", colors=colors)
     reasons.tick_params(axis="y", labelsize=7)
     return fig
@@ -209,7 +213,8 @@ def coverage_chart(report: CoverageReport, *, top: int = TOP) -> Chart:
 # -- a harvest ---------------------------------------------------------------------
 def harvest_chart(out_dir: str | os.PathLike, *, catalog=None) -> Chart:
     """A harvest directory's results: series per status (each series' latest outcome; failed
-    statuses in red), series per number of instances harvested (bins :data:`INSTANCE_BINS`) and,
+    statuses in red), series per number of instances harvested (bins :data:`INSTANCE_BINS`, up to the
+    largest series' bin) and,
     per typed attribute, the percentage of harvested instances that have a value.
 
     ``catalog``: the :class:`~cohort.catalog.Catalog` to open the harvest's views in
@@ -240,6 +245,8 @@ def harvest_chart(out_dir: str | os.PathLike, *, catalog=None) -> Chart:
     binned = [0] * len(labels)
     for n in counts:
         binned[_bin(n, edges)] += 1
+    shown = max([i + 1 for i, n in enumerate(binned) if n] or [1])  # up to the largest series' bin
+    labels, binned = labels[:shown], binned[:shown]
     _barh(inst_ax, labels, binned, "series per instances harvested", "series", colors=_PALETTE[2])
     inst_ax.set_ylabel("instances in the series")
 

@@ -6,7 +6,7 @@ the commands are in one module per kind of work, imported here to register them.
 
 from __future__ import annotations
 
-from . import export, harvest, select  # noqa: F401 - registers the commands
+from . import export, harvest, report, select  # noqa: F401 - registers the commands
 from ._base import EXIT_INCOMPLETE, EXIT_INTERRUPTED, cli, main
 
 __all__ = ["EXIT_INCOMPLETE", "EXIT_INTERRUPTED", "cli", "main"]

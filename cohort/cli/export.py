@@ -24,6 +24,7 @@ from ._base import (
     url_endpoint,
     write_frame,
 )
+from .report import plot_option, save_plot
 
 
 
@@ -149,12 +150,13 @@ def download_cmd(state: _State, manifest: str | None, collections: tuple[str, ..
 @click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 32), help="With --verify: requests at once.")
 @output_options
 @max_rows_option
+@plot_option("the split by endpoint and reason")
 @archive_option
 @pass_state
 def coverage_cmd(state: _State, query: str, params: tuple[str, ...], routing: str | None, pin: int | None,
                  url: str | None, auth: str, newest_store: int | None, lag: int, discover: bool, by: str,
                  verify: bool, sample: int | None, workers: int, fmt: str | None, output: str | None,
-                 max_rows: int, archive_dir: str | None) -> None:
+                 max_rows: int, plot: str | None, archive_dir: str | None) -> None:
     """Which DICOMweb endpoint serves each series of QUERY (saved query, .sql file or manifest), and why.
 
     \b
@@ -183,6 +185,10 @@ def coverage_cmd(state: _State, query: str, params: tuple[str, ...], routing: st
     report = route(load_cohort(state, query, parse_params(params)), policy, newest_google_store=newest_store,
                    lag=lag, discover=discover)
     click.echo(report.summary_text(), err=True)
+    if plot:
+        from ..charts import coverage_chart  # noqa: PLC0415 - matplotlib only for --plot
+
+        save_plot(lambda: coverage_chart(report), plot)
     if verify:
         checked = report.verify(sample, workers=workers, rate=None if url else 10.0)
         click.echo(checked.summary_text(), err=True)

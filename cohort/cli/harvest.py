@@ -21,6 +21,7 @@ from ._base import (
     url_endpoint,
     write_frame,
 )
+from .report import plot_option, save_plot
 
 
 
@@ -116,7 +117,8 @@ def harvest_cmd(state: _State, query: str | None, params: tuple[str, ...], out_d
 @click.option("--repair", is_flag=True,
               help="Move damaged parts (missing, truncated, altered) into DIR/quarantine/; the next harvest "
                    "asks for their series again. Nothing is deleted.")
-def harvest_status_cmd(out_dir: str, fmt: str | None, output: str | None, repair: bool) -> None:
+@plot_option("the results: series per status, instances per series, attribute completeness")
+def harvest_status_cmd(out_dir: str, fmt: str | None, output: str | None, repair: bool, plot: str | None) -> None:
     """Series, instances and bytes per status in a harvest directory (each series' latest outcome).
 
     Every committed part is checked first (size and sha256); a damaged one is named, and
@@ -132,6 +134,10 @@ def harvest_status_cmd(out_dir: str, fmt: str | None, output: str | None, repair
         else:
             click.echo("nothing to repair: every committed part is intact", err=True)
     write_frame(harvest_status(out_dir).to_pandas(), fmt, output)
+    if plot:
+        from ..charts import harvest_chart  # noqa: PLC0415 - matplotlib only for --plot
+
+        save_plot(lambda: harvest_chart(out_dir), plot)
 
 
 

@@ -26,6 +26,7 @@ from ._base import (
     write_frame,
     write_rows,
 )
+from .report import plot_option, save_plot
 
 
 
@@ -75,10 +76,11 @@ def _report_unknown_and_empty(state: _State, rows: int, uids: list[str] | None, 
 @output_options
 @click.option("--summary", is_flag=True, help="Print the cohort's counts and per-collection summary instead of rows.")
 @max_rows_option
+@plot_option("the cohort's composition (series per collection and modality, size, licences)")
 @archive_option
 @pass_state
 def query_cmd(state: _State, query: str, params: tuple[str, ...], fmt: str | None, output: str | None,
-              summary: bool, max_rows: int, archive_dir: str | None) -> None:
+              summary: bool, max_rows: int, plot: str | None, archive_dir: str | None) -> None:
     """Run a saved query (by NAME) or a .sql FILE on the index.
 
     When nothing matches, says which parameter values are not in the index and
@@ -88,12 +90,17 @@ def query_cmd(state: _State, query: str, params: tuple[str, ...], fmt: str | Non
     cohort query series_by_collection -p collection_id=tcga_paad -p modality=SM
     cohort query series_by_patient -p patient_ids=TCGA-F2-A7TX -p patient_ids=TCGA-2J-AAB1
     cohort query my_query.sql -o cohort.parquet
+    cohort query series_by_collection -p collection_id=tcga_paad --summary --plot paad.svg
     """
     saved = _queries.load_query(query)
     bound = saved.bind(parse_params(params))
     open_archive_dir(state, archive_dir)
+    c = Cohort.from_query(saved, bound, catalog=state.catalog) if summary or plot else None
+    if plot:
+        from ..charts import cohort_chart  # noqa: PLC0415 - matplotlib only for --plot
+
+        save_plot(lambda: cohort_chart(c), plot)
     if summary:
-        c = Cohort.from_query(saved, bound, catalog=state.catalog)
         click.echo(f"{saved.name} on IDC v{c.provenance.idc_version}: {c.counts}")
         _report_unknown_and_empty(state, c.result.num_rows, c.result.column("SeriesInstanceUID").to_pylist(),
                                   saved.sql, bound)
