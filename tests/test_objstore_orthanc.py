@@ -77,6 +77,8 @@ def _plan(monkeypatch, k, mode):
         calls["n"] += 1
         if calls["n"] == k and mode == "fail":
             raise OSError(5, f"injected: PUT {rel} answered 500 InternalError after 5 attempts")
+        if k and calls["n"] > k and mode == "die":  # dead: nothing after the k-th PUT reaches the store
+            raise _Died(rel)
         real(self, rel, data)
         if calls["n"] == k and mode == "die":
             raise _Died(rel)

@@ -140,7 +140,13 @@ class LocalFiles(Files):
             entries = sorted(self.path(sub).iterdir())
         except (FileNotFoundError, NotADirectoryError):
             return {}
-        return {p.name: (self._stat(p) if p.is_file() else None) for p in entries}
+        out: dict[str, Stat | None] = {}
+        for p in entries:
+            try:
+                out[p.name] = self._stat(p) if p.is_file() else None
+            except FileNotFoundError:  # a writer's temp file renamed meanwhile (readers take no lock)
+                continue
+        return out
 
     @staticmethod
     def _stat(path: Path) -> Stat:
