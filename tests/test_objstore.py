@@ -184,7 +184,7 @@ def test_a_deleted_or_truncated_object_is_named_then_repaired_into_quarantine(s3
     else:
         fs.pipe_file(key, fs.cat_file(key)[: bad.bytes // 2])
     for reader in (lambda: HarvestStore(url).open(), lambda: harvest_status(url),
-                   lambda: open_harvest(Catalog(download=False), url)):
+                   lambda: open_harvest(Catalog(download=False, local_copy=False), url)):
         with pytest.raises(HarvestError, match=rf"{bad.path}: {how}.*harvest-status {url} --repair"):
             reader()
     moved = repair_harvest(url)
@@ -215,7 +215,7 @@ def test_catalog_and_cli_query_the_store_in_place(s3):
     server, bucket = s3
     url = f"s3://{bucket}/h"
     _three_commits(url)
-    catalog = Catalog(download=False)
+    catalog = Catalog(download=False, local_copy=False)
     open_harvest(catalog, url)
     got = catalog.sql("SELECT SeriesInstanceUID, count(*) AS n FROM harvest_instances GROUP BY 1 ORDER BY 1")
     assert got.to_pylist() == [{"SeriesInstanceUID": "1.2.1", "n": 2}, {"SeriesInstanceUID": "1.2.3", "n": 3}]
