@@ -264,3 +264,30 @@ def test_credentials_planted_in_the_environment_never_show(s3, monkeypatch, capl
     for secret in (SECRET, TOKEN):
         assert not [t for t in texts if secret in t]
         assert not [o for o in objects if secret.encode() in o]
+
+
+# -- any fsspec filesystem ---------------------------------------------------------------------
+def test_any_fsspec_filesystem_holds_a_store_and_duckdb_reads_it_in_place():
+    """fsspec's in-memory filesystem: no S3 specifics (no ETag, no If-Match), the same protocol."""
+    import fsspec
+
+    url = f"memory://store-{uuid.uuid4().hex[:8]}/h"
+    fs = fsspec.filesystem("memory")
+    root = url[len("memory://"):]
+    with pytest.raises(HarvestError, match="does not exist"):
+        HarvestStore(url).open()
+    fs.mkdir(root.split("/")[0])
+    _three_commits(url)
+    catalog = Catalog(download=False, local_copy=False)
+    open_harvest(catalog, url)
+    assert catalog.sql("SELECT count(*) AS n FROM harvest_instances").to_pylist() == [{"n": 5}]
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{root}/commits")) == \
+        sorted(f"{c.name}.json" for c in HarvestStore(url).commits())
+    assert _sops(url) == ["1.2.1.1", "1.2.1.2", "1.2.3.1", "1.2.3.2", "1.2.3.3"]
+    part = HarvestStore(url).commits()[0].parts[0]
+    data = bytearray(fs.cat_file(f"{root}/{part.path}"))
+    data[len(data) // 2] ^= 0xFF  # same size, and this filesystem keeps no ETag: found all the same
+    fs.pipe_file(f"{root}/{part.path}", bytes(data))
+    assert [str(p) for p in HarvestStore(url).problems()] == [
+        f"{part.path}: altered: its sha256 differs from the committed one"]
+    fs.rm(root.split("/")[0], recursive=True)
