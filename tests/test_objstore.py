@@ -228,7 +228,7 @@ def test_catalog_and_cli_query_the_store_in_place(s3):
         catalog.sql(f"SELECT * FROM read_parquet('s3://{bucket}/other/x.parquet')")
     result = subprocess.run([*COHORT, "sql", "--harvest", url, "-f", "csv",
                              "SELECT status, count(*) AS n FROM harvest_series GROUP BY 1 ORDER BY 1"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["status,n", "http_error,1", "ok,2"]
 
@@ -255,7 +255,7 @@ def test_credentials_planted_in_the_environment_never_show(s3, monkeypatch, capl
     for args in (["harvest-status", url], ["sql", "--harvest", url, "SELECT * FROM harvest_log"],
                  ["harvest-status", f"s3://AKIA:{SECRET}@{bucket}/h"],
                  ["sql", "--harvest", f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/h", "SELECT 1"]):
-        result = subprocess.run([*COHORT, *args], capture_output=True, text=True, timeout=300)
+        result = subprocess.run([*COHORT, *args], capture_output=True, text=True, timeout=900)
         texts += [result.stdout, result.stderr]
     assert "no-such-bucket" in texts[1] and "credentials in a URL are refused" in texts[2]
     fs = server.filesystem()

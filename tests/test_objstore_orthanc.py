@@ -183,17 +183,17 @@ def test_cli_harvest_into_s3_then_sql_and_archive_in_place(orthanc, s3):
     with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as fh:
         fh.write(csv)
     run = subprocess.run([*COHORT, "harvest", fh.name, "--url", orthanc.dicomweb_url, "-o", url, "--no-progress",
-                          "--no-rate-limit"], capture_output=True, text=True, timeout=600)
+                          "--no-rate-limit"], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr
     assert url in run.stderr
     n = sum(r.n_instances for r in records)
     sql = subprocess.run([*COHORT, "sql", "--harvest", url, "-f", "csv",
                           "SELECT count(*) AS n, count(DISTINCT SOPInstanceUID) AS d FROM harvest_instances"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=900)
     assert sql.returncode == 0, sql.stderr
     assert sql.stdout.split() == ["n,d", f"{n},{n}"]
     arch = subprocess.run([*COHORT, "sql", "--archive", url, "-f", "csv",
-                           "SELECT count(*) AS n FROM index"], capture_output=True, text=True, timeout=600)
+                           "SELECT count(*) AS n FROM index"], capture_output=True, text=True, timeout=900)
     assert arch.returncode == 0, arch.stderr
     assert arch.stdout.split() == ["n", str(len(records))]
     fs = server.filesystem()
@@ -204,7 +204,7 @@ def test_cli_harvest_into_s3_then_sql_and_archive_in_place(orthanc, s3):
         with fs.open(key, "rb") as fh:
             _check_external_schema(pq.ParquetFile(fh).schema, key)
     parts = subprocess.run([*COHORT, "harvest-status", url, "--parts", "instances"], capture_output=True, text=True,
-                           timeout=300)
+                           timeout=900)
     assert parts.returncode == 0, parts.stderr
     listed = parts.stdout.split()
     assert listed and all(p.startswith(f"{url}/instances/part-") for p in listed)
