@@ -64,13 +64,13 @@ class Archive:
 
 def counted_parts(harvest_dir: Path) -> list[Path]:
     """The harvest's instances parts that count (a commit lists them), via the store's reading API."""
-    from ..harvest.store import INSTANCES, LOG, HarvestStore
+    from ..harvest.store import INSTANCES, LOG, harvest_stores
 
-    store = HarvestStore(harvest_dir)
-    if not store.parts(LOG):
+    stores = harvest_stores(harvest_dir)  # the directory and the shards of a sharded harvest
+    if not any(store.parts(LOG) for store in stores):
         raise ArchiveError(f"{harvest_dir} holds no harvest (no committed log part): run "
                            f"`cohort harvest ... -o {harvest_dir}` (or `cohort harvest --url URL --all`) first")
-    return store.parts(INSTANCES)  # committed parts only
+    return [part for store in stores for part in store.parts(INSTANCES)]  # committed parts only
 
 
 def build_archive(harvest_dir: str | os.PathLike, collection_id: str | None = None, *, force: bool = False) -> Archive:
@@ -168,9 +168,9 @@ def _merge_tree(tree: dict, extra: dict) -> None:
 
 def _write_series(con: duckdb.DuckDBPyConnection, root: Path, out: Path) -> None:
     """archive_series: each series' endpoint and DICOMweb URL, from its latest successful log row."""
-    from ..harvest.store import LOG, HarvestStore
+    from ..harvest.store import LOG, harvest_stores
 
-    log = f"read_parquet({sql_list(str(p) for p in HarvestStore(root).parts(LOG))})"
+    log = f"read_parquet({sql_list(str(p) for store in harvest_stores(root) for p in store.parts(LOG))})"
     target = sql_literal(str(out / f"{SERIES}.parquet"))
     con.execute(f"""COPY (
         SELECT StudyInstanceUID, SeriesInstanceUID, endpoint,

@@ -8,6 +8,8 @@ Layout::
     DIR/commits/part-<run>-<n>.json        a commit: the parts it makes count, with rows, size and sha256
     DIR/quarantine/...                     parts moved away by :meth:`HarvestStore.repair`
     DIR/verified.json                      size, mtime, inode of each part when its sha256 last matched
+    DIR/shards/NNNN/...                    a sharded harvest (:mod:`.cluster`): each shard a store like DIR;
+                                           readers take DIR and its shards together (:func:`harvest_stores`)
 
 Every file is written to a ``.tmp`` name, flushed to disk and renamed into
 place. A commit record is written last, after every part it lists (the
@@ -96,7 +98,7 @@ LOG_SCHEMA = pa.schema([
     pa.field("finished_at", _TS),
 ])
 
-INSTANCES, LOG, COMMITS, QUARANTINE = "instances", "log", "commits", "quarantine"
+INSTANCES, LOG, COMMITS, QUARANTINE, SHARDS = "instances", "log", "commits", "quarantine", "shards"
 #: Size, mtime and inode of each part when its sha256 last matched (so unchanged parts are not hashed again).
 VERIFIED = "verified.json"
 _SCHEMAS = {INSTANCES: INSTANCE_SCHEMA, LOG: LOG_SCHEMA}
@@ -422,6 +424,18 @@ class HarvestStore:
                 self.close()
 
 
+def harvest_stores(out_dir: str | os.PathLike) -> list[HarvestStore]:
+    """The stores of a harvest: DIR itself, then each shard ``DIR/shards/NNNN`` of a sharded harvest.
+
+    A sharded harvest (:mod:`.cluster`) writes each shard as a store of its own; every reader
+    (:func:`open_harvest`, :func:`harvest_status`, the runner's choice of what to ask again) takes them together.
+    """
+    root = Path(out_dir)
+    shards = root / SHARDS
+    found = sorted(p for p in shards.iterdir() if p.name.isdigit() and p.is_dir()) if shards.is_dir() else []
+    return [HarvestStore(root), *(HarvestStore(p) for p in found)]
+
+
 def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
     """Series, instances and bytes per status, counting each series' latest outcome (``cohort harvest-status``).
 
@@ -429,9 +443,9 @@ def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
     """
     import duckdb
 
-    store = _existing(out_dir)
+    columns = ["SeriesInstanceUID", "status", "instances", "bytes", "finished_at"]
     con = duckdb.connect()
-    con.register("log", store.read_log(["SeriesInstanceUID", "status", "instances", "bytes", "finished_at"]))
+    con.register("log", pa.concat_tables(store.read_log(columns) for store in _existing(out_dir)))
     return con.execute(
         "WITH last AS (SELECT * FROM log QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID "
         "ORDER BY finished_at DESC) = 1) "
@@ -442,19 +456,20 @@ def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
 
 def repair_harvest(out_dir: str | os.PathLike) -> list[Path]:
     """Quarantine the damaged commits of a harvest directory (see :meth:`HarvestStore.repair`)."""
-    root = Path(out_dir)
-    if not (root / COMMITS).is_dir():
+    stores = [s for s in harvest_stores(out_dir) if s.commits_dir.is_dir()]
+    if not stores:
         raise HarvestError(f"{out_dir} holds no harvest (no commits/): nothing to repair")
-    return HarvestStore(root).repair()
+    return [path for store in stores for path in store.repair()]
 
 
-def _existing(out_dir: str | os.PathLike) -> HarvestStore:
-    store = HarvestStore(out_dir)
-    store.check()
-    if not store.parts(LOG):
+def _existing(out_dir: str | os.PathLike) -> list[HarvestStore]:
+    stores = harvest_stores(out_dir)
+    for store in stores:
+        store.check()
+    if not any(store.parts(LOG) for store in stores):
         raise HarvestError(f"{out_dir} holds no harvest (no committed log part): "
                            f"run `cohort harvest ... -o {out_dir}` first")
-    return store
+    return stores
 
 
 def open_harvest(catalog: Catalog, out_dir: str | os.PathLike) -> None:
@@ -466,11 +481,11 @@ def open_harvest(catalog: Catalog, out_dir: str | os.PathLike) -> None:
     parts by name (no glob, so any directory name works); parts committed
     after this call are not in them: call it again to see them.
     """
-    store = _existing(out_dir)
-    root = store.root.resolve()
+    stores = _existing(out_dir)
+    root = stores[0].root.resolve()
 
     def files(kind: str) -> str:
-        return sql_list(str(p.resolve()) for p in store.parts(kind))
+        return sql_list(str(p.resolve()) for store in stores for p in store.parts(kind))
 
     catalog.add_view("harvest_log", f"SELECT * FROM read_parquet({files(LOG)})", allow_dir=root)
     catalog.add_view("harvest_instances", f"SELECT * FROM read_parquet({files(INSTANCES)})")
