@@ -103,7 +103,7 @@ def _sops(out) -> list[str]:
     """Every counted SOPInstanceUID of a harvest directory (its shards too), read through open_harvest."""
     from cohort.harvest import open_harvest
 
-    catalog = Catalog(download=False)
+    catalog = Catalog(download=False, local_copy=False)  # the index is not needed: no local copy of it
     open_harvest(catalog, out)
     return [r[0] for r in catalog.connection.execute("SELECT SOPInstanceUID FROM harvest_instances").fetchall()]
 
@@ -146,6 +146,7 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(server, pairs, exp
         result = _sharded(pairs, tmp_path / "out", server.dicomweb_url, client)
     finally:
         client.unregister_worker_plugin(plan.name)
+        client.wait_for_workers(2, timeout=120)  # the nanny's replacement of the killed worker
     # the fault happened: a worker process that ran the shard is gone, and the shard resumed elsewhere
     dead = int(marker.read_text())
     assert dead in pids_before and not psutil.pid_exists(dead)
@@ -177,6 +178,7 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(server, pairs, exp
 
 
 def test_the_rate_is_shared_by_the_shards_that_run_at_once(server, pairs, client, tmp_path):
+    client.wait_for_workers(2, timeout=120)
     result = _sharded(pairs, tmp_path, server.dicomweb_url, client, shards=4, rate=8.0)
     assert result.ok == N_SERIES and result.concurrency == 2  # 2 worker threads in the cluster
     assert {s.rate for s in result.shards} == {4.0}
