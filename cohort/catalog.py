@@ -79,8 +79,9 @@ class Catalog:
         self.store = TableStore(**kwargs)
         self.idc_version = idc_version()
         self.data_version = self.store.version
-        self._extra_dirs: list[Path] = []
+        self._extra_dirs: list[Path | str] = []
         self._extra_views: dict[str, str] = {}
+        self._filesystems: dict[str, Any] = {}
         self._local: LocalCopy | None = None
         if local_copy is not False:
             where = cache_dir_for(self.data_version) if local_copy is True else Path(local_copy)
@@ -92,13 +93,15 @@ class Catalog:
     # -- connection -------------------------------------------------------
     def _connect(self) -> None:
         con = duckdb.connect()
+        for fs in self._filesystems.values():  # object stores (a harvest in s3://...), read through fsspec
+            con.register_filesystem(fs)
         if self._local is not None and not self._local.attach(con):
             self._local = None  # logged; the shipped Parquet files are read instead
         # Literal lists, not bound parameters: binding makes duckdb import pandas (~0.3 s).
         paths = sorted({str(p) for name in self.store.tables for p in self.store.candidates(name)})
         con.execute(f"SET allowed_paths = {sql_list(paths)}")
         if self._extra_dirs:
-            con.execute(f"SET allowed_directories = {sql_list([str(d) + os.sep for d in self._extra_dirs])}")
+            con.execute(f"SET allowed_directories = {sql_list([_dir_prefix(d) for d in self._extra_dirs])}")
         for setting in (
             # a join with up to this many rows on its small side looks the other side up with an IN filter,
             # which the local copy answers from its index (a from_uids of 1,000 UIDs: index scans, not a full scan)
@@ -134,14 +137,19 @@ class Catalog:
             ) from None
         self._views.add(name)
 
-    def add_view(self, name: str, select_sql: str, allow_dir: str | os.PathLike | None = None) -> None:
+    def add_view(self, name: str, select_sql: str, allow_dir: str | os.PathLike | None = None,
+                 filesystem: Any = None) -> None:
         """Add a view of our own (e.g. a harvest directory's tables); ``schema.name`` puts it in a schema.
 
-        ``allow_dir`` is a directory the view reads; the sandbox is rebuilt to allow it.
+        ``allow_dir`` is a directory the view reads (or an object-store prefix, ``s3://bucket/prefix``,
+        read through the fsspec ``filesystem``); the sandbox is rebuilt to allow it.
         """
         self._extra_views[name] = select_sql
-        if allow_dir is not None and Path(allow_dir).resolve() not in self._extra_dirs:
-            self._extra_dirs.append(Path(allow_dir).resolve())
+        allowed = allow_dir if allow_dir is None or _is_url(allow_dir) else Path(allow_dir).resolve()
+        if allowed is not None and allowed not in self._extra_dirs:
+            self._extra_dirs.append(allowed)
+            if filesystem is not None:
+                self._filesystems[str(filesystem.protocol)] = filesystem
             self._connect()
         else:
             self._con.execute(_create_view(name, select_sql))
@@ -283,6 +291,15 @@ class Catalog:
 
     def __repr__(self) -> str:
         return f"<Catalog IDC v{self.idc_version} (idc-index-data {self.data_version}), views: {', '.join(sorted(self._views))}>"
+
+
+def _is_url(where: str | os.PathLike) -> bool:
+    return isinstance(where, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", where) is not None
+
+
+def _dir_prefix(directory: Path | str) -> str:
+    """What DuckDB's allowed_directories takes: a path ending in its separator (``s3://b/p/`` for a prefix)."""
+    return directory.rstrip("/") + "/" if isinstance(directory, str) else str(directory) + os.sep
 
 
 def _create_view(name: str, select_sql: str) -> str:

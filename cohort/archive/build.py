@@ -1,6 +1,6 @@
 """Build an archive from a harvest directory: ``dicom_metadata`` and the derived idc-index tables, as Parquet.
 
-Layout (beside the harvest's ``instances/`` and ``log/``)::
+Layout (beside the harvest's ``instances/`` and ``log/``; in an object store under the same prefix)::
 
     DIR/archive/dicom_metadata.parquet     one row per counted instance (see .dicom_metadata)
     DIR/archive/<table>.parquet            index, sm_index, sm_instance_index, ct_index, mr_index, pt_index
@@ -11,6 +11,10 @@ The archive is rebuilt, whole, when the harvest's counted parts or the
 collection label differ from ``state.json``; files are written to a
 temporary directory and moved into place, ``state.json`` last, so a killed
 build leaves the previous archive (or none) and the next open builds again.
+A harvest in an object store (``s3://bucket/prefix``) is built in a local
+temporary directory from the parts read in place, and each table is PUT to
+``PREFIX/archive/``, ``state.json`` last: its tables can then be read in place
+by DuckDB, Spark or BigQuery like the harvest's own.
 """
 
 from __future__ import annotations
@@ -43,17 +47,22 @@ TABLES = (DICOM_METADATA, *derive.DERIVED, SERIES)
 
 @dataclass(frozen=True)
 class Archive:
-    """A built archive: where its tables are, what it was built from, and how big it is."""
+    """A built archive: where its tables are, what it was built from, and how big it is.
 
-    harvest_dir: Path
-    directory: Path
+    ``harvest_dir`` and ``directory`` are Paths, or URLs (str) for a harvest in an object store.
+    """
+
+    harvest_dir: Path | str
+    directory: Path | str
     collection_id: str
     instances: int
     attributes: int
     built: bool  # False when the files on disk were already up to date
     seconds: float
 
-    def path(self, table: str) -> Path:
+    def path(self, table: str) -> Path | str:
+        if isinstance(self.directory, str):
+            return f"{self.directory}/{table}.parquet"
         return self.directory / f"{table}.parquet"
 
     def __str__(self) -> str:
@@ -75,6 +84,10 @@ def counted_parts(harvest_dir: Path) -> list[Path]:
 
 def build_archive(harvest_dir: str | os.PathLike, collection_id: str | None = None, *, force: bool = False) -> Archive:
     """Build (or reuse) the archive of ``harvest_dir``; ``collection_id`` labels its series (default: the directory name)."""
+    from ..harvest.fs import is_url  # noqa: PLC0415
+
+    if is_url(harvest_dir):
+        return _build_remote(str(harvest_dir), collection_id, force)
     started = time.monotonic()
     root = Path(harvest_dir).resolve()
     label = collection_id if collection_id is not None else root.name
@@ -110,9 +123,58 @@ def _read_state(directory: Path) -> dict | None:
         return None
 
 
-def _build(root: Path, parts: list[Path], out: Path, label: str) -> tuple[int, int]:
+def _build_remote(url: str, collection_id: str | None, force: bool) -> Archive:
+    """The archive of a harvest in an object store: built locally from the parts read in place, then PUT."""
+    import tempfile  # noqa: PLC0415
+
+    from ..harvest.fs import describe  # noqa: PLC0415
+    from ..harvest.store import INSTANCES, LOG, harvest_stores  # noqa: PLC0415
+
+    started = time.monotonic()
+    stores = harvest_stores(url)  # the store and the shards of a sharded harvest
+    files = stores[0].files
+    label = collection_id if collection_id is not None else files.url.rstrip("/").rsplit("/", 1)[-1]
+    log_parts = [store.files.path(p) for store in stores for p in store.part_names(LOG)]
+    if not log_parts:
+        raise ArchiveError(f"{files.url} holds no harvest (no committed log part): run "
+                           f"`cohort harvest ... -o {files.url}` first")
+    parts = [store.files.path(p) for store in stores for p in store.part_names(INSTANCES)]
+    directory = files.path(ARCHIVE)
+    state = {"parts": [p.rsplit("/", 1)[-1] for p in parts], "collection_id": label, "version": 1}
+    try:
+        old = json.loads(files.get(f"{ARCHIVE}/{STATE}"))
+    except (OSError, ValueError):
+        old = None
+    have = files.list(ARCHIVE)
+    if not force and isinstance(old, dict) and {k: old.get(k) for k in state} == state \
+            and all(f"{t}.parquet" in have for t in TABLES):
+        return Archive(files.url, directory, label, old.get("instances", 0), old.get("attributes", 0), False,
+                       time.monotonic() - started)
+    try:
+        with tempfile.TemporaryDirectory(prefix="cohort-archive-") as tmp:
+            con = _connection(files.fs)
+            instances, n_attributes = _build(files.url, parts, Path(tmp), label, con, log_parts)
+            for table in TABLES:  # one PUT each: a table is whole or absent; state.json last
+                files.put(f"{ARCHIVE}/{table}.parquet", (Path(tmp) / f"{table}.parquet").read_bytes())
+            state.update(instances=instances, attributes=n_attributes)
+            files.put(f"{ARCHIVE}/{STATE}", json.dumps(state, indent=1).encode())
+    except OSError as exc:
+        raise ArchiveError(f"cannot write the archive to {directory} ({describe(exc)}); check the bucket and your "
+                           "credentials, then open it again") from None
+    return Archive(files.url, directory, label, instances, n_attributes, True, time.monotonic() - started)
+
+
+def _connection(filesystem=None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
+    if filesystem is not None:  # the parts are read in place, through fsspec
+        con.register_filesystem(filesystem)
     con.execute("SET enable_progress_bar = false")
+    return con
+
+
+def _build(root: Path | str, parts: list, out: Path, label: str, con: duckdb.DuckDBPyConnection | None = None,
+           log_parts: list | None = None) -> tuple[int, int]:
+    con = con or _connection()
     if parts:
         source = f"read_parquet({sql_list(str(p) for p in parts)})"
     else:  # a harvest whose series all came back empty: an archive with no rows
@@ -128,7 +190,7 @@ def _build(root: Path, parts: list[Path], out: Path, label: str) -> tuple[int, i
     for table in derive.DERIVED:
         target = sql_literal(str(out / f"{table}.parquet"))
         con.execute(f"COPY ({derive.derived_sql(table)}) TO {target} (FORMAT parquet, COMPRESSION zstd)")
-    _write_series(con, root, out)
+    _write_series(con, root, out, log_parts)
     instances = con.execute("SELECT count(*) FROM dicom_metadata").fetchone()[0]
     return instances, n_attributes
 
@@ -166,11 +228,13 @@ def _merge_tree(tree: dict, extra: dict) -> None:
                 mine.setdefault(key, value)
 
 
-def _write_series(con: duckdb.DuckDBPyConnection, root: Path, out: Path) -> None:
+def _write_series(con: duckdb.DuckDBPyConnection, root: Path | str, out: Path, log_parts: list | None = None) -> None:
     """archive_series: each series' endpoint and DICOMweb URL, from its latest successful log row."""
     from ..harvest.store import LOG, harvest_stores
 
-    log = f"read_parquet({sql_list(str(p) for store in harvest_stores(root) for p in store.parts(LOG))})"
+    if log_parts is None:  # the directory and the shards of a sharded harvest
+        log_parts = [p for store in harvest_stores(root) for p in store.parts(LOG)]
+    log = f"read_parquet({sql_list(str(p) for p in log_parts)})"
     target = sql_literal(str(out / f"{SERIES}.parquet"))
     con.execute(f"""COPY (
         SELECT StudyInstanceUID, SeriesInstanceUID, endpoint,

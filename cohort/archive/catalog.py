@@ -28,9 +28,14 @@ def open_archive(catalog: Catalog, harvest_dir: str | os.PathLike, *, replace: b
                  schema: str = SCHEMA, collection_id: str | None = None) -> Archive:
     """Build the archive of ``harvest_dir`` if needed, and add its tables to ``catalog`` (see the module docstring)."""
     archive = build_archive(harvest_dir, collection_id)
+    filesystem = None
+    if isinstance(archive.directory, str):  # in an object store: DuckDB reads it through fsspec
+        from ..harvest.fs import location  # noqa: PLC0415
+
+        filesystem = location(archive.directory).fs
     for table in TABLES:
         select = f"SELECT * FROM read_parquet({sql_literal(str(archive.path(table)))})"
-        catalog.add_view(f"{schema}.{table}", select, allow_dir=archive.directory)
+        catalog.add_view(f"{schema}.{table}", select, allow_dir=archive.directory, filesystem=filesystem)
         if replace:
             catalog.add_view(table, select)
     return archive

@@ -203,9 +203,26 @@ def auth_option(f: Callable) -> Callable:
     )(f)
 
 
+class StoreLocation(click.ParamType):
+    """A harvest store: a local directory (``exists``: it must be there) or an object-store URL (s3://, gs://),
+    passed on as the URL (credentials come from the environment, never from the URL)."""
+
+    name = "DIR|URL"
+
+    def __init__(self, exists: bool = False) -> None:
+        self.path = click.Path(file_okay=False, exists=exists)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from ..harvest.fs import is_url  # noqa: PLC0415 - light: no fsspec import
+
+        if isinstance(value, str) and is_url(value):
+            return value
+        return self.path.convert(value, param, ctx)
+
+
 def archive_option(f: Callable) -> Callable:
     return click.option(
-        "--archive", "archive_dir", type=click.Path(file_okay=False, exists=True),
+        "--archive", "archive_dir", type=StoreLocation(exists=True),
         help="A `cohort harvest` directory to use as the index: its dicom_metadata and derived index, sm_index, "
              "ct_index, ... replace IDC's (also as archive.<table>); built on first use.",
     )(f)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -18,6 +19,7 @@ from ._base import (
     parse_params,
     pass_state,
     _State,
+    StoreLocation,
     url_endpoint,
     write_frame,
 )
@@ -30,8 +32,9 @@ _UID_FILES = (".csv", ".tsv", ".parquet")
 @cli.command("harvest")
 @click.argument("query", required=False)
 @param_option
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Harvest directory (created; rerun with the same one to resume).")
+@click.option("-o", "--output", "out_dir", required=True, type=StoreLocation(),
+              help="Harvest directory (created; rerun with the same one to resume), or an object-store prefix "
+                   "(s3://bucket/prefix, gs://bucket/prefix; credentials from the environment or profile).")
 @click.option("--url", help="DICOMweb root to ask for every series (default: route each series with --policy).")
 @auth_option
 @click.option("--policy", "routing", default=None, metavar="POLICY",
@@ -125,28 +128,37 @@ def harvest_cmd(state: _State, query: str | None, params: tuple[str, ...], out_d
 
 
 @cli.command("harvest-status")
-@click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("out_dir", type=StoreLocation(exists=True))
 @output_options
 @click.option("--repair", is_flag=True,
               help="Move damaged parts (missing, truncated, altered) into DIR/quarantine/; the next harvest "
                    "asks for their series again. Nothing is deleted.")
-def harvest_status_cmd(out_dir: str, fmt: str | None, output: str | None, repair: bool) -> None:
+@click.option("--parts", "list_parts", type=click.Choice(["instances", "log"]), default=None,
+              help="Print the committed parts of this kind, one path or URL a line (for external tables in "
+                   "Spark or BigQuery), after checking them.")
+def harvest_status_cmd(out_dir: str, fmt: str | None, output: str | None, repair: bool,
+                       list_parts: str | None) -> None:
     """Series, instances and bytes per status in a harvest directory (each series' latest outcome).
 
     Every committed part is checked first (size and sha256); a damaged one is named, and
-    --repair quarantines it.
+    --repair quarantines it. DIR may be an object-store prefix (s3://bucket/prefix).
     """
     from ..harvest import harvest_status, repair_harvest
 
     if repair:
         moved = repair_harvest(out_dir)
         if moved:
-            click.echo(f"repaired: moved {len(moved)} file(s) into {moved[0].parents[1]}; "
+            where = re.sub(r"[/\\](commits|instances|log)[/\\][^/\\]+$", "", str(moved[0]))  # quarantine/TIME
+            click.echo(f"repaired: moved {len(moved)} file(s) into {where}; "
                        "run the same `cohort harvest` again to fetch their series again", err=True)
         else:
             click.echo("nothing to repair: every committed part is intact", err=True)
-    write_frame(harvest_status(out_dir).to_pandas(), fmt, output)
+    if list_parts:
+        from ..harvest.store import committed_parts  # noqa: PLC0415
 
+        click.echo("\n".join(str(p) for p in committed_parts(out_dir, list_parts)))
+        return
+    write_frame(harvest_status(out_dir).to_pandas(), fmt, output)
 
 
 @cli.command("compare")

@@ -23,6 +23,7 @@ from ._base import (
     parse_params,
     pass_state,
     _State,
+    StoreLocation,
     write_frame,
     write_rows,
 )
@@ -113,8 +114,9 @@ def query_cmd(state: _State, query: str, params: tuple[str, ...], fmt: str | Non
 @param_option
 @output_options
 @max_rows_option
-@click.option("--harvest", "harvest_dir", type=click.Path(file_okay=False, exists=True),
-              help="A `cohort harvest` directory: adds the views harvest_instances, harvest_log and harvest_series.")
+@click.option("--harvest", "harvest_dir", type=StoreLocation(exists=True),
+              help="A `cohort harvest` directory or object-store URL (s3://bucket/prefix, gs://...): adds the views "
+                   "harvest_instances, harvest_log and harvest_series.")
 @archive_option
 @pass_state
 def sql_cmd(state: _State, sql: str, params: tuple[str, ...], fmt: str | None, output: str | None, max_rows: int,

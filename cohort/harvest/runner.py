@@ -96,7 +96,7 @@ class SeriesTask:
 class HarvestResult:
     """What a harvest run did (counts are of this run; ``skipped`` were complete before it)."""
 
-    out_dir: Path
+    out_dir: Path | str  # a str: an object-store URL (s3://bucket/prefix)
     run_id: str
     series: int
     skipped: int
@@ -210,7 +210,7 @@ def harvest(
     if run.auth_failure is not None:
         raise HarvestError(run.auth_failure + f"; the series finished before it are kept in {out_dir}")
     return HarvestResult(
-        out_dir=Path(out_dir), run_id=run.run_id, series=len(tasks), skipped=len(tasks) - len(todo),
+        out_dir=store.root, run_id=run.run_id, series=len(tasks), skipped=len(tasks) - len(todo),
         by_status=dict(run.statuses), instances=run.instances, bytes=run.bytes,
         seconds=time.monotonic() - run.started, interrupted=run.interrupted,
     )

@@ -59,7 +59,8 @@ import pyarrow.parquet as pq
 
 from .._text import sql_list, sql_literal
 from ..errors import HarvestError
-from .lock import DirectoryLock
+from .fs import Files, LocalFiles, ObjectFiles, describe, iter_chunks, location
+from .lock import DirectoryLock, ObjectLease
 from .metadata import ROW_SCHEMA
 
 if TYPE_CHECKING:
@@ -150,31 +151,25 @@ class HarvestStore:
     and ends with :meth:`close` (or use the store as a context manager).
     """
 
-    def __init__(self, out_dir: str | os.PathLike) -> None:
-        self.root = Path(out_dir)
-        self.instances_dir = self.root / INSTANCES
-        self.log_dir = self.root / LOG
-        self.commits_dir = self.root / COMMITS
+    def __init__(self, out_dir: str | os.PathLike | Files) -> None:
+        self.files = out_dir if isinstance(out_dir, Files) else location(out_dir)
+        #: The directory (a Path) or the object-store URL (a str) of the store.
+        self.root = self.files.path()
+        self.instances_dir = self.files.path(INSTANCES)
+        self.log_dir = self.files.path(LOG)
+        self.commits_dir = self.files.path(COMMITS)
         self.run_id: str | None = None
-        self._lock: DirectoryLock | None = None
+        self._lock: DirectoryLock | ObjectLease | None = None
         self._counter = 0
         self._counter_lock = threading.Lock()
         self._commits: list[Commit] | None = None
 
     # -- opening for a run ------------------------------------------------------
     def open(self, run_id: str | None = None) -> HarvestStore:
-        """Lock the directory, check every committed part, then delete what no commit lists (ours only)."""
-        if self.root.exists() and not self.root.is_dir():
-            raise HarvestError(f"harvest output {self.root} is a file; give a directory (it is created if missing)")
-        self._refuse_legacy()
-        try:
-            for sub in (self.instances_dir, self.log_dir, self.commits_dir):
-                sub.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise HarvestError(f"cannot use {self.root} as a harvest directory ({exc.strerror or exc}); "
-                               "give a directory you can write to") from None
+        """Lock the store, check every committed part, then delete what no commit lists (ours only)."""
+        self._prepare()
         self.run_id = run_id or new_run_id()
-        self._lock = DirectoryLock(self.root, self.run_id).acquire()
+        self._lock = self._new_lock(self.run_id).acquire()
         try:
             self.check()
             self._clean()
@@ -182,6 +177,37 @@ class HarvestStore:
             self.close()
             raise
         return self
+
+    def _prepare(self) -> None:
+        """Make the directory (locally) or check the bucket (object stores) before the first write."""
+        files = self.files
+        if isinstance(files, LocalFiles):
+            if self.root.exists() and not self.root.is_dir():
+                raise HarvestError(f"harvest output {self.root} is a file; give a directory (it is created if missing)")
+            self._refuse_legacy()
+            try:
+                for sub in (self.instances_dir, self.log_dir, self.commits_dir):
+                    sub.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise HarvestError(f"cannot use {self.root} as a harvest directory ({exc.strerror or exc}); "
+                                   "give a directory you can write to") from None
+            return
+        assert isinstance(files, ObjectFiles)
+        try:
+            if not files.exists():
+                raise HarvestError(f"{files.url}: bucket {files.bucket!r} does not exist (or these credentials "
+                                   "cannot see it); create it first, or check AWS_PROFILE / the Google account")
+            if files.is_file():
+                raise HarvestError(f"harvest output {files.url} is an object, not a prefix; give a prefix "
+                                   "(as in s3://bucket/harvest)")
+        except OSError as exc:
+            raise HarvestError(f"cannot use {files.url} as a harvest store ({describe(exc)}); check the bucket "
+                               "name and your credentials (environment or profile, never the command line)") from None
+
+    def _new_lock(self, run_id: str) -> DirectoryLock | ObjectLease:
+        if isinstance(self.files, LocalFiles):
+            return DirectoryLock(self.root, run_id)
+        return ObjectLease(self.files, run_id)
 
     def close(self) -> None:
         """Release the directory's lock."""
@@ -200,15 +226,28 @@ class HarvestStore:
         listed = {part.path for commit in self.commits() for part in commit.parts}
         listed |= {f"{COMMITS}/{c.name}.json" for c in self.commits()}
         for sub in (INSTANCES, LOG, COMMITS):
-            for path in sorted((self.root / sub).iterdir()):
-                rel = f"{sub}/{path.name}"
+            for name, stat in self._list(sub).items():
+                rel = f"{sub}/{name}"
                 if rel in listed:
                     continue
-                if _OWN_NAME.fullmatch(path.name) and path.is_file():
-                    path.unlink()
+                if _OWN_NAME.fullmatch(name) and stat is not None:
+                    self._io(f"delete {rel}", self.files.delete, rel)
                 else:
                     log.warning("%s is not a part this harvester wrote: left alone (and not read); "
-                                "move it out of %s", path, self.root / sub)
+                                "move it out of %s", self.files.path(rel), self.files.path(sub))
+
+    def _list(self, sub: str) -> dict:
+        return self._io(f"list {sub}/", self.files.list, sub)
+
+    def _io(self, what: str, fn, *args):
+        """Run one backend call; an object store's error becomes a HarvestError (credentials redacted)."""
+        if isinstance(self.files, LocalFiles):
+            return fn(*args)
+        try:
+            return fn(*args)
+        except (OSError, ValueError) as exc:
+            raise HarvestError(f"cannot {what} in {self.files.url} ({describe(exc)}); check the bucket and your "
+                               "credentials, then run the same command again to resume") from None
 
     # -- reading ----------------------------------------------------------------
     def commits(self) -> list[Commit]:
@@ -217,25 +256,30 @@ class HarvestStore:
             self._commits = [c for c in (self._read_commit(p) for p in self._commit_files()) if isinstance(c, Commit)]
         return self._commits
 
-    def _commit_files(self) -> list[Path]:
-        if not self.commits_dir.is_dir():
-            return []
-        return sorted(p for p in self.commits_dir.glob("*.json") if _OWN_NAME.fullmatch(p.name))
+    def _commit_files(self) -> list[str]:
+        """The names of the commit records (``part-....json``), oldest first."""
+        return [n for n, st in self._list(COMMITS).items()
+                if st is not None and n.endswith(".json") and _OWN_NAME.fullmatch(n)]
 
-    def _read_commit(self, path: Path) -> Commit | str:
-        """The commit record at ``path``, or what is wrong with it."""
+    def _read_commit(self, name: str) -> Commit | str:
+        """The commit record ``commits/NAME``, or what is wrong with it."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(self.files.get(f"{COMMITS}/{name}").decode("utf-8"))
             parts = tuple(Part(p["path"], int(p["rows"]), int(p["bytes"]), str(p["sha256"])) for p in data["parts"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            return f"unreadable commit record ({type(exc).__name__}: {exc})"
+            return f"unreadable commit record ({describe(exc)})"
         if data.get("format") != _COMMIT_FORMAT:
             return f"commit record of another format ({data.get('format')!r}); harvest into a new directory"
-        return Commit(path.stem, parts)
+        return Commit(name.removesuffix(".json"), parts)
 
-    def parts(self, kind: str) -> list[Path]:
-        """The committed parts of ``kind`` (``"instances"`` or ``"log"``), in commit order."""
-        return [self.root / p.path for c in self.commits() for p in c.parts if p.kind == kind]
+    def parts(self, kind: str) -> list:
+        """The committed parts of ``kind`` (``"instances"`` or ``"log"``), in commit order: Paths locally,
+        URLs in an object store."""
+        return [self.files.path(rel) for rel in self.part_names(kind)]
+
+    def part_names(self, kind: str) -> list[str]:
+        """The committed parts of ``kind`` relative to the store (``instances/part-....parquet``)."""
+        return [p.path for c in self.commits() for p in c.parts if p.kind == kind]
 
     def problems(self, full: bool = False) -> list[Problem]:
         """Every committed part that is missing, truncated or altered, and every unreadable commit record.
@@ -243,31 +287,38 @@ class HarvestStore:
         A part's sha256 is computed again when its size, mtime or inode changed since it last
         matched (``DIR/verified.json`` remembers them), or always with ``full``.
         """
-        cache_path = self.root / VERIFIED
         try:
-            cache = json.loads(cache_path.read_text()) if not full else {}
+            cache = json.loads(self.files.get(VERIFIED)) if not full else {}
         except (OSError, ValueError):
             cache = {}
         verified, found = {}, []
-        for path in self._commit_files():
-            commit = self._read_commit(path)
+        for name in self._commit_files():
+            commit = self._read_commit(name)
             if not isinstance(commit, Commit):
-                found.append(Problem(path.stem, f"{COMMITS}/{path.name}", commit))
+                found.append(Problem(name.removesuffix(".json"), f"{COMMITS}/{name}", commit))
                 continue
             for part in commit.parts:
-                what, seen = _check_part(self.root / part.path, part, cache.get(part.path))
+                what, seen = _check_part(self.files, part, cache.get(part.path))
                 if what:
                     found.append(Problem(commit.name, part.path, what))
                 else:
                     verified[part.path] = seen
         if verified != cache:
-            try:  # a speed-up only: a directory we may not write to is checked in full each time
-                tmp = cache_path.with_name(f"{VERIFIED}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(verified))
-                os.replace(tmp, cache_path)
-            except OSError:
-                pass
+            self._save_verified(verified)
         return found
+
+    def _save_verified(self, verified: dict) -> None:
+        """Remember what matched (a speed-up only: a store we may not write to is checked in full each time)."""
+        data = json.dumps(verified).encode()
+        try:
+            if isinstance(self.files, LocalFiles):
+                tmp = self.root / f"{VERIFIED}.{os.getpid()}.tmp"
+                tmp.write_bytes(data)
+                os.replace(tmp, self.root / VERIFIED)
+            else:
+                self.files.put(VERIFIED, data)
+        except (OSError, ValueError):
+            pass
 
     def check(self) -> None:
         """Raise a HarvestError naming each bad part (see :meth:`problems`); check the parts' schemas."""
@@ -280,13 +331,24 @@ class HarvestStore:
                 f"{self.root} has {len(bad)} damaged part(s): {shown}. Run `cohort harvest-status {self.root} "
                 "--repair` to move them into quarantine/; the next harvest fetches their series again"
             )
+        filesystem, to_path = self.files.arrow()
         for kind, schema in _SCHEMAS.items():
-            first = next(iter(self.parts(kind)), None)
-            if first is not None and not pq.read_schema(first).equals(schema, check_metadata=False):
-                raise HarvestError(f"{first} has another schema than this version of idc-cohort writes; "
-                                   "harvest into a new directory (or move the old one away)")
+            first = next(iter(self.part_names(kind)), None)
+            if first is None:
+                continue
+            try:
+                found = pq.read_schema(to_path(first), filesystem=filesystem)
+            except (pa.ArrowException, OSError) as exc:
+                raise HarvestError(f"cannot read {self.files.path(first)} ({describe(exc)}); run `cohort "
+                                   f"harvest-status {self.root}` to find the damaged part") from None
+            if not found.equals(schema, check_metadata=False):
+                raise HarvestError(f"{self.files.path(first)} has another schema than this version of idc-cohort "
+                                   "writes; harvest into a new directory (or move the old one away)")
 
     def _refuse_legacy(self) -> None:
+        """Refuse a directory of the format before commit records (object stores never had one)."""
+        if not isinstance(self.files, LocalFiles):
+            return
         if not self.commits_dir.exists() and self.log_dir.is_dir() and any(self.log_dir.glob("*.parquet")):
             raise HarvestError(f"{self.root} has log parts but no commits/: it was written by an older idc-cohort; "
                                "harvest into a new directory (or move the old one away)")
@@ -317,13 +379,15 @@ class HarvestStore:
         return self._read(INSTANCES, INSTANCE_SCHEMA, columns)
 
     def _read(self, kind: str, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
-        parts = self.parts(kind)
+        parts = self.part_names(kind)
         if not parts:
             return schema.empty_table().select(columns or schema.names)
+        filesystem, to_path = self.files.arrow()
         try:
-            return ds.dataset(parts, schema=schema, format="parquet").to_table(columns=columns)
+            return ds.dataset([to_path(p) for p in parts], schema=schema, format="parquet",
+                              filesystem=filesystem).to_table(columns=columns)
         except (pa.ArrowException, OSError) as exc:
-            raise HarvestError(f"cannot read the {kind} parts of {self.root} ({exc}); run `cohort harvest-status "
+            raise HarvestError(f"cannot read the {kind} parts of {self.root} ({describe(exc)}); run `cohort harvest-status "
                                f"{self.root}` to find the damaged part") from None
 
     # -- writing ----------------------------------------------------------------
@@ -340,7 +404,7 @@ class HarvestStore:
         except (pa.ArrowException, ValueError) as exc:
             raise HarvestError(f"cannot encode part {name} ({exc}): this is a bug, please report it") from None
         data = sink.getvalue().to_pybytes()
-        self._write_atomic(self.root / kind / name, data)
+        self._put(f"{kind}/{name}", data)
         return Part(f"{kind}/{name}", table.num_rows, len(data), hashlib.sha256(data).hexdigest())
 
     def commit(self, log_table: pa.Table, instance_parts: Iterable[Part] = ()) -> Commit | None:
@@ -350,17 +414,22 @@ class HarvestStore:
         # at least one instances part a commit, empty or not: readers always have a file of each kind
         instance_parts = list(instance_parts) or [self.write_part(INSTANCES, INSTANCE_SCHEMA.empty_table())]
         log_part = self.write_part(LOG, log_table)
-        _fsync_dir(self.instances_dir)
-        _fsync_dir(self.log_dir)
+        local = isinstance(self.files, LocalFiles)
+        if local:
+            _fsync_dir(self.instances_dir)
+            _fsync_dir(self.log_dir)
+        else:  # the last moment to find that another writer took the lease over (see .lock.ObjectLease)
+            self._lock.check()
         record = {
             "format": _COMMIT_FORMAT, "run_id": self.run_id, "series": log_table.num_rows,
             "committed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "parts": [vars(p) for p in [*instance_parts, log_part]],
         }
         name = Path(log_part.path).stem
-        self._write_atomic(self.commits_dir / f"{name}.json", json.dumps(record, indent=1).encode())
+        self._put(f"{COMMITS}/{name}.json", json.dumps(record, indent=1).encode())
         try:  # the commit is in place: a failure to sync its directory must not make the caller commit again
-            _fsync_dir(self.commits_dir)
+            if local:
+                _fsync_dir(self.commits_dir)
         except OSError as exc:
             log.warning("cannot sync %s (%s): the last commit may be lost by a power cut", self.commits_dir, exc)
         commit = Commit(name, (*instance_parts, log_part))
@@ -377,7 +446,18 @@ class HarvestStore:
     def discard(self, parts: Iterable[Part]) -> None:
         """Delete parts that will never be committed (a series whose response failed half-way)."""
         for part in parts:
-            (self.root / part.path).unlink(missing_ok=True)
+            self._io(f"delete {part.path}", self.files.delete, part.path)
+
+    def _put(self, rel: str, data: bytes) -> None:
+        """Write one file: locally to a temp name, fsync'ed and renamed; in an object store one PUT, its final name."""
+        if isinstance(self.files, LocalFiles):
+            self._write_atomic(self.root / rel, data)
+            return
+        try:
+            self.files.put(rel, data)
+        except (OSError, ValueError) as exc:  # the series of this batch are harvested again
+            raise HarvestError(f"cannot write {rel} to {self.files.url} ({describe(exc)}); check the bucket and "
+                               "your credentials, then run the same command again to resume") from None
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -400,23 +480,22 @@ class HarvestStore:
         """
         own = self._lock is None
         if own:
-            self._lock = DirectoryLock(self.root, new_run_id()).acquire()
+            self._lock = self._new_lock(new_run_id()).acquire()
         try:
             bad = {p.commit for p in self.problems(full=True)}
             if not bad:
                 return []
-            dest = self.root / QUARANTINE / _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+            dest = f"{QUARANTINE}/{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S')}"
             moved = []
             for name in sorted(bad):
-                record = self.commits_dir / f"{name}.json"
-                commit = self._read_commit(record)
+                commit = self._read_commit(f"{name}.json")
                 paths = [p.path for p in commit.parts] if isinstance(commit, Commit) else [f"{LOG}/{name}.parquet"]
                 for rel in [f"{COMMITS}/{name}.json", *paths]:  # the record first: its parts stop counting at once
-                    src = self.root / rel
-                    if src.exists():
-                        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                        os.replace(src, dest / rel)
-                        moved.append(dest / rel)
+                    try:
+                        self.files.stat(rel)
+                    except FileNotFoundError:
+                        continue
+                    moved.append(self._io(f"move {rel} into {QUARANTINE}/", self.files.move, rel, f"{dest}/{rel}"))
             self._commits = None
             return moved
         finally:
@@ -430,10 +509,9 @@ def harvest_stores(out_dir: str | os.PathLike) -> list[HarvestStore]:
     A sharded harvest (:mod:`.cluster`) writes each shard as a store of its own; every reader
     (:func:`open_harvest`, :func:`harvest_status`, the runner's choice of what to ask again) takes them together.
     """
-    root = Path(out_dir)
-    shards = root / SHARDS
-    found = sorted(p for p in shards.iterdir() if p.name.isdigit() and p.is_dir()) if shards.is_dir() else []
-    return [HarvestStore(root), *(HarvestStore(p) for p in found)]
+    root = HarvestStore(out_dir)
+    shards = sorted(name for name, stat in root._list(SHARDS).items() if stat is None and name.isdigit())
+    return [root, *(HarvestStore(root.files.path(f"{SHARDS}/{name}")) for name in shards)]
 
 
 def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
@@ -454,9 +532,16 @@ def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
     ).to_arrow_table()
 
 
-def repair_harvest(out_dir: str | os.PathLike) -> list[Path]:
-    """Quarantine the damaged commits of a harvest directory (see :meth:`HarvestStore.repair`)."""
-    stores = [s for s in harvest_stores(out_dir) if s.commits_dir.is_dir()]
+def committed_parts(out_dir: str | os.PathLike, kind: str = INSTANCES) -> list:
+    """The committed parts of ``kind`` of a harvest store and its shards (after checking every one): what
+    external tables read."""
+    return [part for store in _existing(out_dir) for part in store.parts(kind)]
+
+
+def repair_harvest(out_dir: str | os.PathLike) -> list:
+    """Quarantine the damaged commits of a harvest store and its shards (see :meth:`HarvestStore.repair`)."""
+    stores = [store for store in harvest_stores(out_dir)
+              if (store.commits_dir.is_dir() if isinstance(store.files, LocalFiles) else store._list(COMMITS))]
     if not stores:
         raise HarvestError(f"{out_dir} holds no harvest (no commits/): nothing to repair")
     return [path for store in stores for path in store.repair()]
@@ -482,12 +567,13 @@ def open_harvest(catalog: Catalog, out_dir: str | os.PathLike) -> None:
     after this call are not in them: call it again to see them.
     """
     stores = _existing(out_dir)
-    root = stores[0].root.resolve()
+    where, filesystem = duckdb_source(stores[0].files)
 
     def files(kind: str) -> str:
-        return sql_list(str(p.resolve()) for store in stores for p in store.parts(kind))
+        return sql_list(duckdb_source(store.files)[0](rel) for store in stores for rel in store.part_names(kind))
 
-    catalog.add_view("harvest_log", f"SELECT * FROM read_parquet({files(LOG)})", allow_dir=root)
+    catalog.add_view("harvest_log", f"SELECT * FROM read_parquet({files(LOG)})",
+                     allow_dir=where(""), filesystem=filesystem)
     catalog.add_view("harvest_instances", f"SELECT * FROM read_parquet({files(INSTANCES)})")
     catalog.add_view(
         "harvest_series",
@@ -496,30 +582,44 @@ def open_harvest(catalog: Catalog, out_dir: str | os.PathLike) -> None:
     )
 
 
-def _check_part(path: Path, part: Part, last: list | None) -> tuple[str | None, list]:
-    """What is wrong with a committed part (None: nothing), and its [size, mtime_ns, inode, sha256] if intact.
+def duckdb_source(files: Files):
+    """(rel -> what DuckDB's read_parquet takes, the fsspec filesystem to register with DuckDB or None).
 
+    Locally: absolute paths. In an object store: the store's URLs, read by DuckDB through the fsspec
+    filesystem (registered with the connection), so the credentials stay botocore's / google-auth's.
+    """
+    if isinstance(files, LocalFiles):
+        root = files.root.resolve()
+        return (lambda rel: str(root / rel) if rel else str(root)), None
+    assert isinstance(files, ObjectFiles)
+    return files.path, files.fs
+
+
+def _check_part(files: Files, part: Part, last: list | None) -> tuple[str | None, list]:
+    """What is wrong with a committed part (None: nothing), and what identifies it if intact.
+
+    That is [size, mtime_ns, inode, sha256] locally, [size, ETag, sha256] in an object store;
     ``last`` is what it was when it last matched: unchanged, the sha256 is not computed again.
     """
     try:
-        st = path.stat()
+        st = files.stat(part.path)
     except FileNotFoundError:
         return "missing", []
     except OSError as exc:
-        return f"cannot be read ({exc.strerror})", []
-    if st.st_size != part.bytes:
-        size = st.st_size
+        return f"cannot be read ({exc.strerror or describe(exc)})", []
+    if st.size != part.bytes:
+        size = st.size
         return f"{'truncated' if size < part.bytes else 'grown'}: {size:,} bytes, committed {part.bytes:,}", []
-    seen = [st.st_size, st.st_mtime_ns, st.st_ino, part.sha256]
+    seen = [*st.identity, part.sha256]
     if last == seen:
         return None, seen
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
+        with files.open(part.path) as fh:
+            for chunk in iter_chunks(fh):
                 digest.update(chunk)
     except OSError as exc:
-        return f"cannot be read ({exc.strerror})", []
+        return f"cannot be read ({exc.strerror or describe(exc)})", []
     if digest.hexdigest() != part.sha256:
         return "altered: its sha256 differs from the committed one", []
     return None, seen
