@@ -58,7 +58,8 @@ import pyarrow as pa
 from ..endpoints import Endpoint, custom
 from ..errors import HarvestError
 from ..retry import RetryPolicy
-from .lock import LOCK_NAME
+from .fs import Files, is_url, location
+from .lock import LEASE_SECONDS, LEASE_NAME, LOCK_NAME
 from .runner import DEFAULT_RATE, DEFAULT_WORKERS, PYTHON_RESUME, HarvestResult, SeriesTask, harvest, series_tasks
 from .selection import complete, final_statuses, retry_statuses
 from .store import COMMITS, SHARDS, HarvestStore, harvest_stores
@@ -80,9 +81,10 @@ def shard_of(series_uid: str, shards: int) -> int:
     return int.from_bytes(hashlib.sha256(series_uid.encode()).digest()[:8], "big") % shards
 
 
-def shard_dir(out_dir: str | os.PathLike, index: int, shards: int) -> Path:
-    """``DIR/shards/NNNN`` (4 digits, more when there are more than 10,000 shards)."""
-    return Path(out_dir) / SHARDS / f"{index:0{max(4, len(str(shards - 1)))}d}"
+def shard_dir(out_dir: str | os.PathLike, index: int, shards: int) -> Path | str:
+    """``DIR/shards/NNNN`` (4 digits, more when there are more than 10,000 shards); a URL in an object store."""
+    name = f"{SHARDS}/{index:0{max(4, len(str(shards - 1)))}d}"
+    return f"{os.fspath(out_dir).rstrip('/')}/{name}" if is_url(out_dir) else Path(out_dir) / name
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ def harvest_on_cluster(
     client, own = _client(cluster, distributed)
     try:
         slots = _slots(client)
-        with HarvestStore(out_dir).open():  # DIR's lock: one coordinator per directory
+        with HarvestStore(out_dir).open() as root:  # DIR's lock: one coordinator per directory
             final = final_statuses(harvest_stores(out_dir))
             todo = [t for t in tasks if not complete(t.endpoint, final.get(t.series_uid), retry)]
             n = shards or max(1, min(len(todo), SHARDS_PER_THREAD * slots))
@@ -201,7 +203,7 @@ def harvest_on_cluster(
     for shard in done:
         by_status.update(shard.result.by_status)
     return ShardedResult(
-        out_dir=Path(out_dir), run_id=f"sharded-{uuid.uuid4().hex[:6]}", series=len(tasks),
+        out_dir=root.root, run_id=f"sharded-{uuid.uuid4().hex[:6]}", series=len(tasks),
         skipped=len(tasks) - len(todo) + sum(s.result.skipped for s in done), by_status=dict(by_status),
         instances=sum(s.result.instances for s in done), bytes=sum(s.result.bytes for s in done),
         seconds=time.monotonic() - started, interrupted=interrupted or any(s.result.interrupted for s in done),
@@ -232,10 +234,33 @@ def _jobs(todo: list[SeriesTask], endpoints: Mapping[str, Endpoint], n: int, out
 
 def _harvest_shard(job: _ShardJob) -> ShardResult:
     """Run on a worker: the ordinary harvest of one shard's directory (resumed if it has commits)."""
-    # a lock file is deleted when its run ends; one still there was left by a process that died
-    resumed = (Path(job.out_dir) / LOCK_NAME).exists()
+    resumed = _left_by_a_lost_run(location(job.out_dir))
     result = harvest(job.source, job.out_dir, progress=False, **job.options)
     return ShardResult(job.index, result, resumed, job.options.get("rate"))
+
+
+def _left_by_a_lost_run(files: Files) -> bool:
+    """Whether a run that died left the shard's lock (local) or lease (object store); waits for such a lease.
+
+    A lock file is deleted when its run ends, so one still there was left by a process that died; the
+    kernel has dropped its flock and the harvest takes it over at once. A lease lasts until it expires
+    (:data:`.lock.LEASE_SECONDS` after its last renewal): the retry of a lost worker's shard waits for that,
+    and the harvest then takes it over (a holder still alive renews it, and the harvest says so).
+    """
+    if files.local:
+        return files.path(LOCK_NAME).exists()
+    try:
+        holder = json.loads(files.get(LEASE_NAME))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    wait = float(holder.get("expires_epoch", 0)) - time.time() if isinstance(holder, dict) else 0.0
+    if wait > 0:
+        log.warning("shard %s: waiting %.0f s for the lease of run %s to expire (its worker was lost)",
+                    files.url, wait, holder.get("run_id"))
+        time.sleep(min(wait + 1.0, LEASE_SECONDS + 1.0))
+    return True
 
 
 class _Coordinator:
@@ -253,7 +278,7 @@ class _Coordinator:
         errors: list[tuple[int, str]] = []
         queue = list(jobs)
         running: dict[Any, _ShardJob] = {}
-        commits = _CommitCounter([Path(j.out_dir) for j in jobs])
+        commits = _CommitCounter([j.out_dir for j in jobs])
         bar = tqdm(total=total, unit="series", desc="harvest (sharded)", disable=not self.progress,
                    dynamic_ncols=True)
         interrupted = False
@@ -288,28 +313,28 @@ class _Coordinator:
 
 
 class _CommitCounter:
-    """Series committed in some shard directories since it was made (read from their commit records)."""
+    """Series committed in some shard stores since it was made (read from their commit records)."""
 
-    def __init__(self, dirs: list[Path]) -> None:
-        self.dirs = dirs
-        self.seen = {d: set(self._names(d)) for d in dirs}
+    def __init__(self, dirs: list[str]) -> None:
+        self.stores = [location(d) for d in dirs]
+        self.seen = [set(self._names(files)) for files in self.stores]
 
     @staticmethod
-    def _names(directory: Path) -> list[str]:
+    def _names(files: Files) -> list[str]:
         try:
-            return [p.name for p in (directory / COMMITS).glob("*.json")]
-        except OSError:
+            return [name for name, stat in files.list(COMMITS).items() if stat is not None and name.endswith(".json")]
+        except (OSError, ValueError):
             return []
 
     def new(self) -> int:
         series = 0
-        for directory in self.dirs:
-            for name in set(self._names(directory)) - self.seen[directory]:
+        for files, seen in zip(self.stores, self.seen):
+            for name in set(self._names(files)) - seen:
                 try:
-                    series += int(json.loads((directory / COMMITS / name).read_text())["series"])
+                    series += int(json.loads(files.get(f"{COMMITS}/{name}"))["series"])
                 except (OSError, ValueError, KeyError, TypeError):
                     continue  # being moved to quarantine, or not ours: the bar is only a bar
-                self.seen[directory].add(name)
+                seen.add(name)
         return series
 
 

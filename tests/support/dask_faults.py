@@ -8,7 +8,7 @@
     client.unregister_worker_plugin(plan.name)
 
 The worker process that commits the ``commits``-th batch of shard ``shard`` (a store at
-``.../shards/<shard>``) writes its PID into ``marker`` and ends at once with ``os._exit``
+``.../shards/<shard>``, a directory or an object-store prefix) writes its PID into ``marker`` and ends at once with ``os._exit``
 (no cleanup, no lock release: the kernel drops its flock as for ``kill -9``). It happens
 once: a worker started after the marker exists (the nanny's replacement) runs clean, so
 the shard's retry completes.
@@ -39,7 +39,7 @@ class ExitAfterCommits(WorkerPlugin):
 
         def commit(store, log_table, instance_parts=()):
             result = real(store, log_table, instance_parts)
-            if store.root.name == plan.shard and store.root.parent.name == "shards":
+            if str(store.root).rstrip("/").split("/")[-2:] == ["shards", plan.shard]:  # a Path or an s3:// URL
                 count[0] += 1
                 if count[0] >= plan.commits and not Path(plan.marker).exists():
                     Path(plan.marker).write_text(str(os.getpid()))
@@ -55,3 +55,18 @@ class ExitAfterCommits(WorkerPlugin):
 
             HarvestStore.commit = self._real
             self._real = None
+
+
+class ShortLeases(WorkerPlugin):
+    """Object-store leases of ``seconds`` instead of 5 minutes in every worker process (a lost worker's lease
+    expires, and its shard's retry takes it over, within the test's time)."""
+
+    name = "short-leases"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def setup(self, worker) -> None:
+        from cohort.harvest.lock import ObjectLease
+
+        ObjectLease.__init__.__defaults__ = (self.seconds,)
