@@ -16,7 +16,9 @@ cap, into a new directory:
 The round trip is measured first: one request after another for --rtt-series series' metadata.
 The latency bound of a run is processes x threads / round trip (series a second, one request a
 series); each run prints its rate as % of its bound, and the Dask runs their speed-up over the
-anchor. Orthanc is warmed by one untimed harvest first. Targets: each run >= 80% of its latency
+anchor. Orthanc is warmed by one untimed harvest first. A last row runs the single process with as
+many requests in flight as the biggest cluster: the ceiling of this server and proxy on this machine
+(when the clusters reach it, the setup is the limit, not Dask). Targets: each run >= 80% of its latency
 bound (the bar of bench_harvest.py), and the speed-up of W workers >= 0.8 W. On a 2-core machine
 shared with other work, Orthanc's and the proxy's CPU (one process each) cap the rate well before
 4 x threads requests in flight: the rows say how far each run got, with the load average.
@@ -136,6 +138,9 @@ def main() -> int:
             runs = {1: single(url, pairs, args.threads, work, "single")}
             for n in sizes:
                 runs[n] = sharded(url, pairs, args.threads, n, work)
+            # what this server and proxy deliver with as many requests in flight as the biggest cluster, from
+            # one process: when it is no faster than the clusters, the setup (not Dask) is the ceiling
+            ceiling = single(url, pairs, max(sizes) * args.threads, work, "ceiling")
             load_after = os.getloadavg()
 
     load = f"load {load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} cores"
@@ -156,6 +161,11 @@ def main() -> int:
     print(f"ROW|single-process harvest, {args.threads} threads, {args.latency * 1000:.0f} ms latency|"
           f"{rate[1]:.1f} series/s|latency bound {args.threads} / {rtt * 1000:.0f} ms = {bound[1]:.0f}/s|"
           f"{100 * share:.0f}% of bound|>= {100 * TARGET_BOUND:.0f}%|{'met' if met else 'MISSED'}")
+    top = max(sizes) * args.threads
+    ceiling_rate = ceiling["series"] / ceiling["seconds"]
+    print(f"ROW|single process, {top} threads (the setup's ceiling at {top} in flight)|{ceiling_rate:.1f} series/s|"
+          f"latency bound {top} / {rtt * 1000:.0f} ms = {top / rtt:.0f}/s|{100 * ceiling_rate * rtt / top:.0f}% of bound|"
+          "-|-")
     for n in sizes:
         speedup, share = rate[n] / rate[1], rate[n] / bound[n]
         met = speedup >= TARGET_SCALING * n and share >= TARGET_BOUND
