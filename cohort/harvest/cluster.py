@@ -378,5 +378,5 @@ def _describe(exc: BaseException | None) -> str:
         return (f"its workers died each time it ran ({exc}); see the workers' logs (memory? a crash?), "
                 "then run again: it resumes from its commits")
     if isinstance(exc, ModuleNotFoundError):
-        return f"a worker cannot import {exc.name!r}: {_INSTALL.replace('install it', 'install idc-cohort')} on every worker"
+        return f"a worker cannot import {exc.name!r}: install idc-cohort[dask] on every worker (the same version)"
     return f"{name}: {exc}"
