@@ -347,6 +347,12 @@ def test_cli_manifest_and_download_dry_run(catalog, outdir):
     result = runner.invoke(cli, ["manifest", str(s5cmd), "-o", str(parquet), "--provider", "gcs", "--no-citations"])
     assert result.exit_code == 0, result.output
     assert len(read_manifest(parquet, catalog)) == n
+    commented = outdir / "cli_comments.csv"  # --comments: Portal-style `#` provenance lines above the table
+    for flags, starts in (([], "PatientID,collection_id,"), (["--comments"], "# ")):
+        result = runner.invoke(cli, ["manifest", str(s5cmd), "-o", str(commented), "--no-citations", *flags])
+        assert result.exit_code == 0, result.output
+        assert commented.read_text().startswith(starts)
+        assert len(pd.read_csv(commented, comment="#")) == n
 
     plan = plan_download(parquet, outdir / "dl", catalog)
     result = runner.invoke(cli, ["download", str(parquet), "--dry-run", "--dest", str(outdir / "dl")])

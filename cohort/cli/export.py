@@ -37,10 +37,13 @@ from ._base import (
               help="Cloud whose buckets the s5cmd lines name.")
 @click.option("--citations/--no-citations", default=True, show_default=True,
               help="Fetch the source DOIs' citations (cached; skipped when offline).")
+@click.option("--comments", is_flag=True,
+              help="CSV/TSV: also write the provenance as '# key: value' lines above the table, as IDC Portal "
+                   "exports do (readers then need comment='#'; the .provenance.json sidecar is written either way).")
 @archive_option
 @pass_state
 def manifest_cmd(state: _State, source: str, params: tuple[str, ...], output: str, fmt: str | None,
-                 provider: str, citations: bool, archive_dir: str | None) -> None:
+                 provider: str, citations: bool, comments: bool, archive_dir: str | None) -> None:
     """Write the cohort of a saved query, .sql FILE or manifest as a manifest with provenance.
 
     \b
@@ -61,7 +64,7 @@ def manifest_cmd(state: _State, source: str, params: tuple[str, ...], output: st
     from ..manifest import write_manifest
 
     info = write_manifest(load_cohort(state, source, parse_params(params)), output, fmt, provider,
-                          citations=citations)
+                          citations=citations, comments=comments)
     click.echo(f"wrote {info.series:,} series ({info.size_MB / 1000:,.2f} GB) to {info.path} [{info.format.value}, "
                f"{info.provider.value}]; citations: {info.citations.summary}", err=True)
     click.echo(f"download with: {info.command}", err=True)
