@@ -106,6 +106,7 @@ class Catalog:
             # a join with up to this many rows on its small side looks the other side up with an IN filter,
             # which the local copy answers from its index (a from_uids of 1,000 UIDs: index scans, not a full scan)
             f"SET GLOBAL dynamic_or_filter_threshold = {LOOKUP_JOIN_ROWS}",  # GLOBAL: cursors see it too
+            "SET enable_progress_bar = false",  # a slow scan (an object store) must not draw on stdout
             "SET enable_external_access = false",
             "SET autoinstall_known_extensions = false",
             "SET autoload_known_extensions = false",

@@ -184,7 +184,7 @@ def test_a_deleted_or_truncated_object_is_named_then_repaired_into_quarantine(s3
     else:
         fs.pipe_file(key, fs.cat_file(key)[: bad.bytes // 2])
     for reader in (lambda: HarvestStore(url).open(), lambda: harvest_status(url),
-                   lambda: open_harvest(Catalog(download=False), url)):
+                   lambda: open_harvest(Catalog(download=False, local_copy=False), url)):
         with pytest.raises(HarvestError, match=rf"{bad.path}: {how}.*harvest-status {url} --repair"):
             reader()
     moved = repair_harvest(url)
@@ -215,7 +215,7 @@ def test_catalog_and_cli_query_the_store_in_place(s3):
     server, bucket = s3
     url = f"s3://{bucket}/h"
     _three_commits(url)
-    catalog = Catalog(download=False)
+    catalog = Catalog(download=False, local_copy=False)
     open_harvest(catalog, url)
     got = catalog.sql("SELECT SeriesInstanceUID, count(*) AS n FROM harvest_instances GROUP BY 1 ORDER BY 1")
     assert got.to_pylist() == [{"SeriesInstanceUID": "1.2.1", "n": 2}, {"SeriesInstanceUID": "1.2.3", "n": 3}]
@@ -264,3 +264,30 @@ def test_credentials_planted_in_the_environment_never_show(s3, monkeypatch, capl
     for secret in (SECRET, TOKEN):
         assert not [t for t in texts if secret in t]
         assert not [o for o in objects if secret.encode() in o]
+
+
+# -- any fsspec filesystem ---------------------------------------------------------------------
+def test_any_fsspec_filesystem_holds_a_store_and_duckdb_reads_it_in_place():
+    """fsspec's in-memory filesystem: no S3 specifics (no ETag, no If-Match), the same protocol."""
+    import fsspec
+
+    url = f"memory://store-{uuid.uuid4().hex[:8]}/h"
+    fs = fsspec.filesystem("memory")
+    root = url[len("memory://"):]
+    with pytest.raises(HarvestError, match="does not exist"):
+        HarvestStore(url).open()
+    fs.mkdir(root.split("/")[0])
+    _three_commits(url)
+    catalog = Catalog(download=False, local_copy=False)
+    open_harvest(catalog, url)
+    assert catalog.sql("SELECT count(*) AS n FROM harvest_instances").to_pylist() == [{"n": 5}]
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{root}/commits")) == \
+        sorted(f"{c.name}.json" for c in HarvestStore(url).commits())
+    assert _sops(url) == ["1.2.1.1", "1.2.1.2", "1.2.3.1", "1.2.3.2", "1.2.3.3"]
+    part = HarvestStore(url).commits()[0].parts[0]
+    data = bytearray(fs.cat_file(f"{root}/{part.path}"))
+    data[len(data) // 2] ^= 0xFF  # same size, and this filesystem keeps no ETag: found all the same
+    fs.pipe_file(f"{root}/{part.path}", bytes(data))
+    assert [str(p) for p in HarvestStore(url).problems()] == [
+        f"{part.path}: altered: its sha256 differs from the committed one"]
+    fs.rm(root.split("/")[0], recursive=True)

@@ -77,6 +77,8 @@ def _plan(monkeypatch, k, mode):
         calls["n"] += 1
         if calls["n"] == k and mode == "fail":
             raise OSError(5, f"injected: PUT {rel} answered 500 InternalError after 5 attempts")
+        if k and calls["n"] > k and mode == "die":  # dead: nothing after the k-th PUT reaches the store
+            raise _Died(rel)
         real(self, rel, data)
         if calls["n"] == k and mode == "die":
             raise _Died(rel)
@@ -150,12 +152,12 @@ def test_every_put_of_a_run_failing_leaves_only_whole_series_and_a_rerun_complet
         calls = _plan(monkeypatch, k, mode)
         with pytest.raises((HarvestError, _Died)) as err:
             _run(pairs, url, orthanc.dicomweb_url)
+        monkeypatch.undo()
         if mode == "fail":
             assert "run the same command again to resume" in str(err.value), err.value
         done = _check_counted(url, expected)
         if mode == "die" and k <= 4:
             assert not done, (k, done)
-        monkeypatch.undo()
         if mode == "die":
             with pytest.raises(HarvestError, match="another harvest is writing"):  # its lease is still live
                 _run(pairs, url, orthanc.dicomweb_url)

@@ -27,6 +27,7 @@ import inspect
 import io
 import os
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -106,8 +107,9 @@ class Files:
         """Write ``rel`` only if it does not exist; False if it did."""
         raise NotImplementedError
 
-    def replace_if(self, rel: str, data: bytes, identity: tuple) -> bool:
-        """Overwrite ``rel`` only if it is still the version ``identity`` names; False if it changed."""
+    def replace_if(self, rel: str, data: bytes, identity: tuple, content: bytes) -> bool:
+        """Overwrite ``rel`` only if it is still the version ``identity`` (its Stat) names, which holds
+        ``content``; False if it changed."""
         raise NotImplementedError
 
     def delete(self, rel: str) -> None:
@@ -140,7 +142,13 @@ class LocalFiles(Files):
             entries = sorted(self.path(sub).iterdir())
         except (FileNotFoundError, NotADirectoryError):
             return {}
-        return {p.name: (self._stat(p) if p.is_file() else None) for p in entries}
+        out: dict[str, Stat | None] = {}
+        for p in entries:
+            try:
+                out[p.name] = self._stat(p) if p.is_file() else None
+            except FileNotFoundError:  # a writer's temp file renamed meanwhile (readers take no lock)
+                continue
+        return out
 
     @staticmethod
     def _stat(path: Path) -> Stat:
@@ -246,7 +254,7 @@ class ObjectFiles(Files):
         self.put(rel, data)
         return True
 
-    def replace_if(self, rel: str, data: bytes, identity: tuple) -> bool:
+    def replace_if(self, rel: str, data: bytes, identity: tuple, content: bytes) -> bool:
         etag = identity[1] if len(identity) > 1 else None
         if self.scheme in ("s3", "s3a") and etag and self.atomic_create:
             try:  # S3 If-Match: only if the object still has this ETag
@@ -259,7 +267,7 @@ class ObjectFiles(Files):
                 raise
             return True
         try:  # read, compare, write: a window of one round trip (documented as advisory)
-            if self.stat(rel).identity != identity:
+            if self.get(rel) != content:
                 return False
         except FileNotFoundError:
             return False
@@ -296,6 +304,8 @@ def _stat(entry: dict) -> Stat:
     tag = entry.get("ETag") or entry.get("etag") or entry.get("generation") or entry.get("md5Hash")
     if tag is None:
         modified = entry.get("LastModified") or entry.get("mtime") or entry.get("updated")
+        if modified is None:  # nothing tells a change: never trust the remembered sha256
+            return Stat(size, (size, f"unknown-{uuid.uuid4().hex}"))
         tag = modified.isoformat() if isinstance(modified, _dt.datetime) else str(modified)
     return Stat(size, (size, str(tag)))
 

@@ -164,6 +164,7 @@ class ObjectLease:
         self.seconds = seconds
         self.path = files.path(LEASE_NAME)
         self._identity: tuple | None = None
+        self._mine = self._next = b""  # the lease as this run last wrote it, and as it is about to write it
         self._lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -171,9 +172,10 @@ class ObjectLease:
 
     def _record(self) -> bytes:
         now = time.time()
-        me = {"run_id": self.run_id, "pid": os.getpid(), "host": socket.gethostname(),
-              "started": _iso(now), "expires": _iso(now + self.seconds), "expires_epoch": now + self.seconds}
-        return (json.dumps(me) + "\n").encode()
+        me = {"run_id": self.run_id, "pid": os.getpid(), "host": socket.gethostname(), "renewed": _iso(now),
+              "expires": _iso(now + self.seconds), "expires_epoch": now + self.seconds}
+        self._next = (json.dumps(me) + "\n").encode()
+        return self._next
 
     def acquire(self) -> ObjectLease:
         if not self.files.atomic_create:
@@ -185,9 +187,11 @@ class ObjectLease:
                     break
                 try:
                     current = self.files.stat(LEASE_NAME)
-                    holder = json.loads(self.files.get(LEASE_NAME))
+                    raw = self.files.get(LEASE_NAME)
                 except FileNotFoundError:
                     continue  # released meanwhile: try again
+                try:
+                    holder = json.loads(raw)
                 except ValueError:
                     holder = None
                 expires = holder.get("expires_epoch", 0) if isinstance(holder, dict) else 0
@@ -196,11 +200,12 @@ class ObjectLease:
                         f"another harvest is writing to {self.files.url}: {_describe(holder)} holds {self.path} "
                         f"until {holder.get('expires')} (renewed while it runs); wait for it to finish (one writer "
                         "per store), or harvest into another prefix")
-                if self.files.replace_if(LEASE_NAME, self._record(), current.identity):
+                if self.files.replace_if(LEASE_NAME, self._record(), current.identity, raw):
                     log.warning("taking over the expired harvest lease %s left by %s", self.path, _describe(holder))
                     break
             else:
                 raise HarvestError(f"cannot take the lease {self.path}: it keeps changing; is another harvest starting?")
+            self._mine = self._next
             self._identity = self.files.stat(LEASE_NAME).identity
         except OSError as exc:
             raise HarvestError(f"cannot write the lease {self.path} ({describe(exc)}); check the bucket and your "
@@ -219,7 +224,8 @@ class ObjectLease:
             if self._lost or self._identity is None:
                 return
             try:
-                if self.files.replace_if(LEASE_NAME, self._record(), self._identity):
+                if self.files.replace_if(LEASE_NAME, self._record(), self._identity, self._mine):
+                    self._mine = self._next
                     self._identity = self.files.stat(LEASE_NAME).identity
                 else:
                     self._lost = f"{self.path} was changed by another process"
@@ -232,8 +238,8 @@ class ObjectLease:
         """Raise a HarvestError unless this run still holds the lease (called before each commit record)."""
         with self._mutex:
             if self._lost is None:
-                try:
-                    if self.files.stat(LEASE_NAME).identity != self._identity:
+                try:  # the content, not the ETag: every filesystem can compare it
+                    if self.files.get(LEASE_NAME) != self._mine:
                         self._lost = f"{self.path} was taken over by another run"
                 except FileNotFoundError:
                     self._lost = f"{self.path} was deleted"
@@ -250,7 +256,7 @@ class ObjectLease:
         self._thread = None
         with self._mutex:
             try:
-                if self._lost is None and self.files.stat(LEASE_NAME).identity == self._identity:
+                if self._lost is None and self.files.get(LEASE_NAME) == self._mine:
                     self.files.delete(LEASE_NAME)
             except OSError:
                 pass  # it expires by itself

@@ -59,7 +59,7 @@ import pyarrow.parquet as pq
 
 from .._text import sql_list, sql_literal
 from ..errors import HarvestError
-from .fs import Files, LocalFiles, ObjectFiles, describe, iter_chunks, location
+from .fs import Files, LocalFiles, ObjectFiles, Stat, describe, iter_chunks, location
 from .lock import DirectoryLock, ObjectLease
 from .metadata import ROW_SCHEMA
 
@@ -291,18 +291,22 @@ class HarvestStore:
             cache = json.loads(self.files.get(VERIFIED)) if not full else {}
         except (OSError, ValueError):
             cache = {}
-        verified, found = {}, []
+        verified, found, readable = {}, [], []
+        # one listing per kind, not one request per part (an object store answers 1,000 names a LIST)
+        listed = {f"{sub}/{n}": st for sub in (INSTANCES, LOG) for n, st in self._list(sub).items() if st}
         for name in self._commit_files():
             commit = self._read_commit(name)
             if not isinstance(commit, Commit):
                 found.append(Problem(name.removesuffix(".json"), f"{COMMITS}/{name}", commit))
                 continue
+            readable.append(commit)
             for part in commit.parts:
-                what, seen = _check_part(self.files, part, cache.get(part.path))
+                what, seen = _check_part(self.files, part, cache.get(part.path), listed.get(part.path))
                 if what:
                     found.append(Problem(commit.name, part.path, what))
                 else:
                     verified[part.path] = seen
+        self._commits = readable  # what commits() would read again
         if verified != cache:
             self._save_verified(verified)
         return found
@@ -595,14 +599,15 @@ def duckdb_source(files: Files):
     return files.path, files.fs
 
 
-def _check_part(files: Files, part: Part, last: list | None) -> tuple[str | None, list]:
+def _check_part(files: Files, part: Part, last: list | None, st: Stat | None = None) -> tuple[str | None, list]:
     """What is wrong with a committed part (None: nothing), and what identifies it if intact.
 
     That is [size, mtime_ns, inode, sha256] locally, [size, ETag, sha256] in an object store;
     ``last`` is what it was when it last matched: unchanged, the sha256 is not computed again.
+    ``st`` is the part's entry in a listing (None: not listed, so it is asked for).
     """
     try:
-        st = files.stat(part.path)
+        st = st or files.stat(part.path)
     except FileNotFoundError:
         return "missing", []
     except OSError as exc:
