@@ -73,13 +73,13 @@ class Archive:
 
 def counted_parts(harvest_dir: Path) -> list[Path]:
     """The harvest's instances parts that count (a commit lists them), via the store's reading API."""
-    from ..harvest.store import INSTANCES, LOG, HarvestStore
+    from ..harvest.store import INSTANCES, LOG, harvest_stores
 
-    store = HarvestStore(harvest_dir)
-    if not store.parts(LOG):
+    stores = harvest_stores(harvest_dir)  # the directory and the shards of a sharded harvest
+    if not any(store.parts(LOG) for store in stores):
         raise ArchiveError(f"{harvest_dir} holds no harvest (no committed log part): run "
                            f"`cohort harvest ... -o {harvest_dir}` (or `cohort harvest --url URL --all`) first")
-    return store.parts(INSTANCES)  # committed parts only
+    return [part for store in stores for part in store.parts(INSTANCES)]  # committed parts only
 
 
 def build_archive(harvest_dir: str | os.PathLike, collection_id: str | None = None, *, force: bool = False) -> Archive:
@@ -128,16 +128,17 @@ def _build_remote(url: str, collection_id: str | None, force: bool) -> Archive:
     import tempfile  # noqa: PLC0415
 
     from ..harvest.fs import describe  # noqa: PLC0415
-    from ..harvest.store import INSTANCES, LOG, HarvestStore  # noqa: PLC0415
+    from ..harvest.store import INSTANCES, LOG, harvest_stores  # noqa: PLC0415
 
     started = time.monotonic()
-    store = HarvestStore(url)
-    files = store.files
+    stores = harvest_stores(url)  # the store and the shards of a sharded harvest
+    files = stores[0].files
     label = collection_id if collection_id is not None else files.url.rstrip("/").rsplit("/", 1)[-1]
-    if not store.part_names(LOG):
+    log_parts = [store.files.path(p) for store in stores for p in store.part_names(LOG)]
+    if not log_parts:
         raise ArchiveError(f"{files.url} holds no harvest (no committed log part): run "
                            f"`cohort harvest ... -o {files.url}` first")
-    parts = store.part_names(INSTANCES)
+    parts = [store.files.path(p) for store in stores for p in store.part_names(INSTANCES)]
     directory = files.path(ARCHIVE)
     state = {"parts": [p.rsplit("/", 1)[-1] for p in parts], "collection_id": label, "version": 1}
     try:
@@ -152,8 +153,7 @@ def _build_remote(url: str, collection_id: str | None, force: bool) -> Archive:
     try:
         with tempfile.TemporaryDirectory(prefix="cohort-archive-") as tmp:
             con = quiet_connection(files.fs)
-            instances, n_attributes = _build(files.url, [files.path(p) for p in parts], Path(tmp), label,
-                                             con, [files.path(p) for p in store.part_names(LOG)])
+            instances, n_attributes = _build(files.url, parts, Path(tmp), label, con, log_parts)
             for table in TABLES:  # one PUT each: a table is whole or absent; state.json last
                 files.put(f"{ARCHIVE}/{table}.parquet", (Path(tmp) / f"{table}.parquet").read_bytes())
             state.update(instances=instances, attributes=n_attributes)
@@ -236,10 +236,10 @@ def _merge_tree(tree: dict, extra: dict) -> None:
 
 def _write_series(con: duckdb.DuckDBPyConnection, root: Path | str, out: Path, log_parts: list | None = None) -> None:
     """archive_series: each series' endpoint and DICOMweb URL, from its latest successful log row."""
-    from ..harvest.store import LOG, HarvestStore
+    from ..harvest.store import LOG, harvest_stores
 
-    if log_parts is None:
-        log_parts = HarvestStore(root).parts(LOG)
+    if log_parts is None:  # the directory and the shards of a sharded harvest
+        log_parts = [p for store in harvest_stores(root) for p in store.parts(LOG)]
     log = f"read_parquet({sql_list(str(p) for p in log_parts)})"
     target = sql_literal(str(out / f"{SERIES}.parquet"))
     con.execute(f"""COPY (

@@ -56,13 +56,19 @@ _UID_FILES = (".csv", ".tsv", ".parquet")
 @click.option("--flush-seconds", default=10.0, show_default=True, type=click.FloatRange(min=0),
               help="Write finished series at least this often (what a crash can lose).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--cluster", metavar="ADDRESS",
+              help="Shard the harvest across a Dask cluster (tcp://scheduler:8786): each shard is a harvest "
+                   "store in OUT/shards/NNNN/ and --rate holds for the whole cluster. Needs idc-cohort[dask] "
+                   "here and on the workers; credentials are read from each worker's environment.")
+@click.option("--shards", default=None, type=click.IntRange(1, 100_000),
+              help="With --cluster: number of shards [default: twice the cluster's worker threads].")
 @click.option("--all", "everything", is_flag=True,
               help="With --url and no QUERY: every series the server lists (QIDO-RS); a rerun harvests new ones.")
 @pass_state
 def harvest_cmd(state: _State, query: str | None, params: tuple[str, ...], out_dir: str, url: str | None, auth: str,
                 routing: str | None, workers: int | None, rate: float | None, no_rate_limit: bool, timeout: float,
                 retries: int, light: bool, retry: str, flush_seconds: float, no_progress: bool,
-                everything: bool) -> None:
+                cluster: str | None, shards: int | None, everything: bool) -> None:
     """Harvest the DICOM metadata of a cohort's instances into Parquet (resumable).
 
     QUERY is a saved query name, a .sql file or a manifest; with --url, a CSV, TSV
@@ -77,6 +83,7 @@ def harvest_cmd(state: _State, query: str | None, params: tuple[str, ...], out_d
     cohort harvest series_by_collection -p collection_id=tcga_paad -p modality=SM -o paad/
     cohort harvest my.sql -o out/ --url http://127.0.0.1:8042/dicom-web --workers 16 --no-rate-limit
     cohort harvest --all --url http://127.0.0.1:8042/dicom-web -o lab/
+    cohort harvest my.sql -o out/ --cluster tcp://scheduler:8786 --rate 40
     """
     from ..harvest import DEFAULT_RATE, DEFAULT_WORKERS, FINAL_STATUSES, harvest
     from ..retry import RetryPolicy
@@ -87,6 +94,8 @@ def harvest_cmd(state: _State, query: str | None, params: tuple[str, ...], out_d
         raise click.UsageError("give either --rate or --no-rate-limit")
     if (query is None) == (not everything):
         raise click.UsageError("give a QUERY (saved query, .sql file or manifest) or --all, not both")
+    if shards is not None and cluster is None:
+        raise click.UsageError("--shards needs --cluster (the Dask scheduler that runs the shards)")
     if everything and url is None:
         raise click.UsageError("--all needs --url (the server whose every series is harvested)")
     endpoint = url_endpoint(url, auth)
@@ -98,12 +107,17 @@ def harvest_cmd(state: _State, query: str | None, params: tuple[str, ...], out_d
         source = series_source(endpoint, None if everything else query, params=parse_params(params))
     else:
         source = load_cohort(state, query, parse_params(params))
-    result = harvest(
-        source, out_dir, endpoint,
+    options = dict(
         workers=workers or DEFAULT_WORKERS, rate=None if no_rate_limit else (rate or DEFAULT_RATE),
         policy=RetryPolicy(timeout=timeout, max_attempts=retries + 1), light=light,
         progress=not no_progress, routing=routing, flush_seconds=flush_seconds, retry=retry.split(","),
     )
+    if cluster is not None:
+        from ..harvest import harvest_on_cluster
+
+        result = harvest_on_cluster(source, out_dir, endpoint, cluster=cluster, shards=shards, **options)
+    else:
+        result = harvest(source, out_dir, endpoint, **options)
     click.echo(result.summary(resume="run the same command again to resume"), err=True)
     if result.interrupted:
         _interrupted()

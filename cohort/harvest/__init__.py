@@ -11,9 +11,10 @@ body read one instance at a time), :mod:`.store` (the Parquet directory, its
 commit records, integrity checks and repair), :mod:`.lock` (one writer per
 directory), :mod:`.probe` (is an endpoint a DICOMweb service that takes our
 credentials), :mod:`.selection` (which series a run asks for), :mod:`.runner`
-(concurrent, polite runs).
+(concurrent, polite runs), :mod:`.cluster` (a run sharded across a Dask cluster).
 """
 
+from .cluster import ShardedResult, ShardResult, harvest_on_cluster, shard_of
 from .metadata import COLUMNS, MalformedMetadata, instance_row
 from .runner import DEFAULT_RATE, DEFAULT_WORKERS, HarvestResult, SeriesTask, harvest, series_tasks
 from .store import (
@@ -23,6 +24,7 @@ from .store import (
     STATUSES,
     HarvestStore,
     harvest_status,
+    harvest_stores,
     open_harvest,
     repair_harvest,
 )
@@ -40,12 +42,17 @@ __all__ = [
     "HarvestStore",
     "MalformedMetadata",
     "SeriesTask",
+    "ShardResult",
+    "ShardedResult",
     "harvest",
+    "harvest_on_cluster",
     "harvest_status",
+    "harvest_stores",
     "instance_row",
     "iter_instances",
     "open_harvest",
     "parse_body",
     "repair_harvest",
     "series_tasks",
+    "shard_of",
 ]

@@ -58,8 +58,9 @@ from ..errors import HarvestError
 from ..retry import Attempted, RateLimiter, RetryPolicy, call
 from .metadata import LIGHT_TAGS, MalformedMetadata, instance_row
 from .probe import ACCEPT_JSON, AUTH_STATUSES, probe, snippet
-from .selection import complete, retry_statuses
-from .store import FINAL_STATUSES, INSTANCE_SCHEMA, INSTANCES, LOG_SCHEMA, STATUSES, HarvestStore, Part
+from .selection import complete, final_statuses, retry_statuses
+from .store import (FINAL_STATUSES, INSTANCE_SCHEMA, INSTANCES, LOG_SCHEMA, STATUSES, HarvestStore, Part,
+                    harvest_stores)
 from .stream import iter_instances
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ def harvest(
     retry = retry_statuses(retry)
     tasks, endpoints = series_tasks(source, endpoint, routing)
     with HarvestStore(out_dir).open() as store:  # one writer per directory, every committed part checked
-        final = store.final_statuses()
+        final = final_statuses(harvest_stores(out_dir))  # with the shards of a sharded harvest (.cluster)
         todo = [t for t in tasks if not complete(t.endpoint, final.get(t.series_uid), retry)]
         limiter = RateLimiter(rate, burst=max(1, workers))
         for name in sorted({t.endpoint for t in todo if t.url is not None and t.endpoint in endpoints}):

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from ..errors import HarvestError
-from .store import FINAL_STATUSES, STATUSES
+from .store import FINAL_STATUSES, STATUSES, HarvestStore
 
 #: Final statuses that ``retry`` may name: those without instances (an ``ok`` series is never asked
 #: for again: its instances are in the directory, and asking again would duplicate them).
@@ -43,3 +46,19 @@ def complete(endpoint: str | None, final: tuple[str, str | None] | None, retry: 
     if status == "ok":
         return True
     return status not in retry and recorded == endpoint  # not found *there*: ask elsewhere
+
+
+def final_statuses(stores: Iterable[HarvestStore]) -> dict[str, tuple[str, str | None]]:
+    """SeriesInstanceUID -> (status, endpoint) of each series' latest counted outcome over ``stores``.
+
+    ``stores`` are a harvest directory and its shards (:func:`.store.harvest_stores`): a series
+    settled in any of them is settled (the latest outcome wins, as in one store's
+    :meth:`HarvestStore.final_statuses`).
+    """
+    columns = ["SeriesInstanceUID", "status", "endpoint", "finished_at"]
+    table = pa.concat_tables(store.read_log(columns=columns) for store in stores)
+    table = table.take(pc.sort_indices(table, [("finished_at", "ascending")]))
+    latest: dict[str, tuple[str, str | None]] = {}
+    for row in table.select(["SeriesInstanceUID", "status", "endpoint"]).to_pylist():
+        latest[row["SeriesInstanceUID"]] = (row["status"], row["endpoint"])
+    return latest

@@ -8,6 +8,8 @@ Layout::
     DIR/commits/part-<run>-<n>.json        a commit: the parts it makes count, with rows, size and sha256
     DIR/quarantine/...                     parts moved away by :meth:`HarvestStore.repair`
     DIR/verified.json                      size, mtime, inode of each part when its sha256 last matched
+    DIR/shards/NNNN/...                    a sharded harvest (:mod:`.cluster`): each shard a store like DIR;
+                                           readers take DIR and its shards together (:func:`harvest_stores`)
 
 Every file is written to a ``.tmp`` name, flushed to disk and renamed into
 place. A commit record is written last, after every part it lists (the
@@ -97,7 +99,7 @@ LOG_SCHEMA = pa.schema([
     pa.field("finished_at", _TS),
 ])
 
-INSTANCES, LOG, COMMITS, QUARANTINE = "instances", "log", "commits", "quarantine"
+INSTANCES, LOG, COMMITS, QUARANTINE, SHARDS = "instances", "log", "commits", "quarantine", "shards"
 #: Size, mtime and inode of each part when its sha256 last matched (so unchanged parts are not hashed again).
 VERIFIED = "verified.json"
 _SCHEMAS = {INSTANCES: INSTANCE_SCHEMA, LOG: LOG_SCHEMA}
@@ -505,6 +507,17 @@ class HarvestStore:
                 self.close()
 
 
+def harvest_stores(out_dir: str | os.PathLike) -> list[HarvestStore]:
+    """The stores of a harvest: DIR itself, then each shard ``DIR/shards/NNNN`` of a sharded harvest.
+
+    A sharded harvest (:mod:`.cluster`) writes each shard as a store of its own; every reader
+    (:func:`open_harvest`, :func:`harvest_status`, the runner's choice of what to ask again) takes them together.
+    """
+    root = HarvestStore(out_dir)
+    shards = sorted(name for name, stat in root._list(SHARDS).items() if stat is None and name.isdigit())
+    return [root, *(HarvestStore(root.files.path(f"{SHARDS}/{name}")) for name in shards)]
+
+
 def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
     """Series, instances and bytes per status, counting each series' latest outcome (``cohort harvest-status``).
 
@@ -512,9 +525,9 @@ def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
     """
     import duckdb
 
-    store = _existing(out_dir)
+    columns = ["SeriesInstanceUID", "status", "instances", "bytes", "finished_at"]
     con = duckdb.connect()
-    con.register("log", store.read_log(["SeriesInstanceUID", "status", "instances", "bytes", "finished_at"]))
+    con.register("log", pa.concat_tables(store.read_log(columns) for store in _existing(out_dir)))
     return con.execute(
         "WITH last AS (SELECT * FROM log QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID "
         "ORDER BY finished_at DESC) = 1) "
@@ -524,25 +537,28 @@ def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
 
 
 def committed_parts(out_dir: str | os.PathLike, kind: str = INSTANCES) -> list:
-    """The committed parts of ``kind`` of a harvest store (after checking every one): what external tables read."""
-    return _existing(out_dir).parts(kind)
+    """The committed parts of ``kind`` of a harvest store and its shards (after checking every one): what
+    external tables read."""
+    return [part for store in _existing(out_dir) for part in store.parts(kind)]
 
 
 def repair_harvest(out_dir: str | os.PathLike) -> list:
-    """Quarantine the damaged commits of a harvest store (see :meth:`HarvestStore.repair`)."""
-    store = HarvestStore(out_dir)
-    if not (store.commits_dir.is_dir() if isinstance(store.files, LocalFiles) else store._list(COMMITS)):
+    """Quarantine the damaged commits of a harvest store and its shards (see :meth:`HarvestStore.repair`)."""
+    stores = [store for store in harvest_stores(out_dir)
+              if (store.commits_dir.is_dir() if isinstance(store.files, LocalFiles) else store._list(COMMITS))]
+    if not stores:
         raise HarvestError(f"{out_dir} holds no harvest (no commits/): nothing to repair")
-    return store.repair()
+    return [path for store in stores for path in store.repair()]
 
 
-def _existing(out_dir: str | os.PathLike) -> HarvestStore:
-    store = HarvestStore(out_dir)
-    store.check()
-    if not store.parts(LOG):
+def _existing(out_dir: str | os.PathLike) -> list[HarvestStore]:
+    stores = harvest_stores(out_dir)
+    for store in stores:
+        store.check()
+    if not any(store.parts(LOG) for store in stores):
         raise HarvestError(f"{out_dir} holds no harvest (no committed log part): "
                            f"run `cohort harvest ... -o {out_dir}` first")
-    return store
+    return stores
 
 
 def open_harvest(catalog: Catalog, out_dir: str | os.PathLike) -> None:
@@ -554,11 +570,11 @@ def open_harvest(catalog: Catalog, out_dir: str | os.PathLike) -> None:
     parts by name (no glob, so any directory name works); parts committed
     after this call are not in them: call it again to see them.
     """
-    store = _existing(out_dir)
-    where, filesystem = duckdb_source(store.files)
+    stores = _existing(out_dir)
+    where, filesystem = duckdb_source(stores[0].files)
 
     def files(kind: str) -> str:
-        return sql_list(where(rel) for rel in store.part_names(kind))
+        return sql_list(duckdb_source(store.files)[0](rel) for store in stores for rel in store.part_names(kind))
 
     catalog.add_view("harvest_log", f"SELECT * FROM read_parquet({files(LOG)})",
                      allow_dir=where(""), filesystem=filesystem)
