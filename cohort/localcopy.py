@@ -190,6 +190,8 @@ class LocalCopy:
             try:
                 # without FSST: half the CPU to make the copy, and no string to decode when an index scan fetches a row
                 con.execute("SET disabled_compression_methods = 'fsst'")
+                with contextlib.suppress(duckdb.InvalidInputException):  # Jupyter without ipywidgets refuses it
+                    con.execute("SET enable_progress_bar = false")  # the copy must not draw on a CSV on stdout
                 for name, column in COPIED.items():
                     source = sql_literal(str(self.sources[name]))
                     con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM read_parquet({source})')
