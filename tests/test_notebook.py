@@ -241,9 +241,9 @@ def test_pathology_opens_the_first_slide_and_saves_a_region(pathology, local):
 @pytest.mark.orthanc
 @pytest.mark.xfail(strict=True, reason=(
     "wsidicom asks for JPEG baseline frames (1.2.840.10008.1.2.4.50) of these uncompressed RGB slides; Orthanc "
-    "transcodes them correctly (Pillow decodes its JPEG to within 0.5 of the stored tile) but wsidicom's tile "
-    "is ~40 off per channel, with RoutedClient and a plain DICOMwebClient alike (a colour conversion of the "
-    "transcoded frame, judging by the size of the error). README Limitations."))
+    "transcodes them correctly (Pillow decodes its JPEG to within 0.5 of the stored tile) but wsidicom 0.36 "
+    "returns the frame's YCbCr values as RGB (~40 off per channel), with RoutedClient and a plain DICOMwebClient "
+    "alike. README Limitations."))
 def test_pathology_reads_the_stored_pixels_of_the_slide_it_opened(pathology, local):
     from PIL import Image
 
