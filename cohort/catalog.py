@@ -18,6 +18,7 @@ checked to be a SELECT before it runs.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -102,11 +103,14 @@ class Catalog:
         con.execute(f"SET allowed_paths = {sql_list(paths)}")
         if self._extra_dirs:
             con.execute(f"SET allowed_directories = {sql_list([_dir_prefix(d) for d in self._extra_dirs])}")
+        # a slow scan (an object store) must not draw on stdout; in Jupyter without ipywidgets DuckDB
+        # refuses to change the setting at all (and draws no bar there either)
+        with contextlib.suppress(duckdb.InvalidInputException):
+            con.execute("SET enable_progress_bar = false")
         for setting in (
             # a join with up to this many rows on its small side looks the other side up with an IN filter,
             # which the local copy answers from its index (a from_uids of 1,000 UIDs: index scans, not a full scan)
             f"SET GLOBAL dynamic_or_filter_threshold = {LOOKUP_JOIN_ROWS}",  # GLOBAL: cursors see it too
-            "SET enable_progress_bar = false",  # a slow scan (an object store) must not draw on stdout
             "SET enable_external_access = false",
             "SET autoinstall_known_extensions = false",
             "SET autoload_known_extensions = false",
@@ -199,11 +203,16 @@ class Catalog:
             wanted = [u for u, known in zip(wanted, uid_set.known(wanted)) if not known]
         if not wanted:
             return []
-        import pyarrow as pa  # noqa: PLC0415 - keeps `import cohort` light
-
         asked = [u for u in wanted if _is_utf8(u)]  # others (lone surrogates) are in no table
-        table = pa.table({"SeriesInstanceUID": pa.array(asked, pa.string())})
-        known = set(asked) - set(self.sql(_UNKNOWN_UIDS_SQL, register={"_w": table}).column(0).to_pylist())
+        # a list literal (no NUL can be in one): pa.array() would import pandas (a second, 77 MB)
+        if len(asked) <= _LITERAL_UIDS and not any("\0" in u for u in asked):
+            sql, register = _UNKNOWN_UIDS_SQL.format(wanted=f"SELECT unnest({sql_list(asked)}) AS SeriesInstanceUID"), None
+        else:
+            import pyarrow as pa  # noqa: PLC0415 - keeps `import cohort` light
+
+            sql, register = _UNKNOWN_UIDS_SQL.format(wanted="SELECT * FROM _asked"), {
+                "_asked": pa.Table.from_arrays([pa.array(asked, pa.string())], names=["SeriesInstanceUID"])}
+        known = set(asked) - set(self.sql(sql, register=register).column(0).to_pylist())
         return [u for u in wanted if u not in known]
 
     # -- queries ----------------------------------------------------------
@@ -317,8 +326,10 @@ def _create_view(name: str, select_sql: str) -> str:
 
 # A semi-join with the few wanted UIDs on the small (build) side: DuckDB pushes them into the scan of
 # each table as an IN filter (dynamic_or_filter_threshold), which the local copy answers by index scan.
+_LITERAL_UIDS = 10_000
 _UNKNOWN_UIDS_SQL = """
-WITH known AS (
+WITH _w AS ({wanted}),
+known AS (
     SELECT SeriesInstanceUID FROM index SEMI JOIN _w USING (SeriesInstanceUID)
     UNION ALL
     SELECT SeriesInstanceUID FROM prior_versions_index SEMI JOIN _w USING (SeriesInstanceUID)
