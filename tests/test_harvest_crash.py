@@ -166,8 +166,14 @@ def test_ctrl_c_right_after_a_commit_does_not_commit_its_series_again(orthanc, t
         return done
 
     monkeypatch.setattr(_Store, "commit", commit)
-    # one series: its commit is the flush inside the run's loop, followed by the flush after an interrupt
-    result = _run(pairs[:1], tmp_path, orthanc.dicomweb_url)
+    # Python's own Ctrl-C handler, as in a user's process: twice in full runs of the suite (fresh clones) the
+    # SIGINT raised nothing here, as if a handler left by an earlier test had swallowed it
+    left = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        # one series: its commit is the flush inside the run's loop, followed by the flush after an interrupt
+        result = _run(pairs[:1], tmp_path, orthanc.dicomweb_url)
+    finally:
+        signal.signal(signal.SIGINT, left)
     assert sent and result.interrupted
     assert _check_counted(tmp_path, expected) == {pairs[0][1]}  # committed once, not twice
     monkeypatch.undo()
