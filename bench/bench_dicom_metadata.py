@@ -93,6 +93,7 @@ def write_harvest(out: Path, n: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=1500)
+    parser.add_argument("--no-check", action="store_true", help="exit 0 even when the target is missed")
     args = parser.parse_args()
     from pydicom import Dataset
 
@@ -130,7 +131,12 @@ def main() -> None:
     print(f"ours   dicom_metadata (discovery + typed columns, Parquet): {ours:8.2f} s")
     print(f"       whole build_archive (+ 6 derived idc-index tables):  {whole:8.2f} s")
     print(f"anchor pydicom Dataset.from_json loop ({failed} refused):     {anchor:8.2f} s")
-    print(f"ratio  anchor / ours = {anchor / ours:.1f}x (target >= 10x); load average {' '.join(load0)} -> {' '.join(load1)}")
+    ratio = anchor / ours
+    print(f"ratio  anchor / ours = {ratio:.1f}x (target >= 10x); load average {' '.join(load0)} -> {' '.join(load1)}")
+    print(f"ROW|dicom_metadata of {args.instances:,} instances (every attribute a typed column)|{ours:.2f} s "
+          f"(whole archive {whole:.2f} s)|pydicom Dataset.from_json loop: {anchor:.2f} s|{ratio:.1f}x|>= 10x|"
+          f"{'met' if ratio >= 10 else 'MISSED'} (load {' '.join(load1)})")
+    raise SystemExit(0 if ratio >= 10 or args.no_check else 1)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,13 @@ class _StaticSeries:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if self.path.split("?")[0].endswith("/studies"):  # the harvester's probe of the service
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/dicom+json")
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"[]")
+                    return
                 series = self.path.rstrip("/").split("/")[-2] if self.path.endswith("/metadata") else None
                 body = bodies.get(series or "")
                 if body is None:
@@ -158,7 +165,9 @@ def run_child(kind: str, url: str, pairs: list, workers: int, work: Path) -> dic
     out = work / f"out-{kind}-{time.monotonic_ns()}"
     cmd = [sys.executable, __file__, "--child", kind, "--url", url, "--pairs", str(pairs_file),
            "--out", str(out), "--workers", str(workers)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the {kind} child failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
