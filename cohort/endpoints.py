@@ -204,6 +204,23 @@ class Endpoint:
         session.headers["User-Agent"] = "idc-cohort"
         return self.auth.apply(session)
 
+    def fast_session(self) -> requests.Session:
+        """:meth:`session` with requests' environment lookups made once, for this endpoint's host.
+
+        With ``trust_env`` requests reads the proxy variables (all of ``os.environ``), the CA
+        bundle variables and ``~/.netrc`` again for every request: about a sixth of a harvest's
+        CPU. Here they are read once for :attr:`url` and kept on the session, so a request to
+        another host (a redirect, a BulkDataURI elsewhere) uses this host's proxy settings.
+        """
+        session = self.session()
+        if session.trust_env:
+            settings = session.merge_environment_settings(self.url, {}, None, None, None)
+            session.proxies, session.verify, session.cert = settings["proxies"], settings["verify"], settings["cert"]
+            if session.auth is None:
+                session.auth = requests.utils.get_netrc_auth(self.url)
+            session.trust_env = False
+        return session
+
     def client(self, session: requests.Session | None = None, timeout: float = 30):
         """A dicomweb-client ``DICOMwebClient`` for this endpoint."""
         from dicomweb_client.api import DICOMwebClient

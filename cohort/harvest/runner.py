@@ -43,9 +43,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty, SimpleQueue
 from typing import Any
 
 import pyarrow as pa
@@ -294,20 +295,21 @@ class _Run:
 
     # -- main thread ------------------------------------------------------
     def execute(self, todo: list[SeriesTask], workers: int, progress: bool) -> None:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), unit="series", desc="harvest", disable=not progress, dynamic_ncols=True)
+        bar = _progress_bar(len(todo)) if progress else None
         queue: Iterator[SeriesTask] = iter(todo)
         pending: set[Future] = set()
+        # finished futures arrive here, each once (a done callback): the main thread wakes per series
+        # without scanning every pending future as concurrent.futures.wait does
+        done: SimpleQueue[Future] = SimpleQueue()
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="harvest")
         try:
             try:
-                self._fill(pool, queue, pending, 2 * workers)
+                self._fill(pool, queue, pending, done, 2 * workers)
                 while pending:
-                    finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    for future in finished:
+                    for future in _finished(done, timeout=0.5):
+                        pending.discard(future)
                         self._take(future.result(), bar)
-                    self._fill(pool, queue, pending, 2 * workers)
+                    self._fill(pool, queue, pending, done, 2 * workers)
                     if self._due():
                         self.flush()
             except KeyboardInterrupt:
@@ -322,16 +324,20 @@ class _Run:
             self.stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
             self.flush()
-            bar.close()
+            if bar is not None:
+                bar.close()
 
-    def _fill(self, pool: ThreadPoolExecutor, queue: Iterator[SeriesTask], pending: set[Future], limit: int) -> None:
+    def _fill(self, pool: ThreadPoolExecutor, queue: Iterator[SeriesTask], pending: set[Future],
+              done: SimpleQueue[Future], limit: int) -> None:
         while len(pending) < limit and not self.stop.is_set():
             task = next(queue, None)
             if task is None:
                 return
-            pending.add(pool.submit(self._harvest_series, task))
+            future = pool.submit(self._harvest_series, task)
+            future.add_done_callback(done.put)
+            pending.add(future)
 
-    def _take(self, outcome: _Outcome | None, bar) -> None:
+    def _take(self, outcome: _Outcome | None, bar: Any) -> None:
         if outcome is None:  # stopped before it finished: not an outcome of the series
             return
         status = outcome.log["status"]
@@ -342,9 +348,10 @@ class _Run:
         self._logs.append(outcome.log)
         self._parts.extend(outcome.parts)
         self._buffered_bytes += outcome.json_bytes
-        others = {s: n for s, n in sorted(self.statuses.items()) if s != "ok"}  # not_found, http_error, ...
-        bar.set_postfix(instances=self.instances, **others, refresh=False)
-        bar.update(1)
+        if bar is not None:
+            others = {s: n for s, n in sorted(self.statuses.items()) if s != "ok"}  # not_found, http_error, ...
+            bar.set_postfix(instances=self.instances, **others, refresh=False)
+            bar.update(1)
 
     def _due(self) -> bool:
         return bool(self._logs) and (
@@ -374,7 +381,8 @@ class _Run:
     def _session(self, name: str) -> requests.Session:
         sessions = self.local.__dict__.setdefault("sessions", {})
         if name not in sessions:
-            sessions[name] = self.endpoints[name].session()
+            sessions[name] = self.endpoints[name].fast_session()
+            sessions[name].headers.update(ACCEPT_JSON)  # every request of the harvest asks for DICOM JSON
         return sessions[name]
 
     def _harvest_series(self, task: SeriesTask) -> _Outcome | None:
@@ -397,8 +405,7 @@ class _Run:
         streamed = [0]  # body bytes read by streaming, over all attempts
 
         def attempt() -> requests.Response:
-            response = session.get(url, headers=ACCEPT_JSON, params=params, timeout=self.policy.timeout,
-                                   stream=True)
+            response = session.get(url, params=params, timeout=self.policy.timeout, stream=True)
             with self.parsing:  # a body waits in the socket, not in memory, until it can be parsed
                 parsed.clear()
                 if response.status_code != 200:
@@ -510,6 +517,25 @@ class _Run:
         if isinstance(streamed, MalformedMetadata):
             return outcome("malformed", str(streamed))
         return outcome("ok" if streamed.instances else "empty", rows=streamed)
+
+
+def _progress_bar(total: int) -> Any:
+    """A tqdm bar (a widget in notebooks); tqdm is imported only when progress is shown."""
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    return tqdm(total=total, unit="series", desc="harvest", dynamic_ncols=True)
+
+
+def _finished(done: SimpleQueue[Future], timeout: float) -> list[Future]:
+    """The futures finished so far: waits up to ``timeout`` for the first, then takes what else is there."""
+    try:
+        finished = [done.get(timeout=timeout)]
+    except Empty:
+        return []
+    with contextlib.suppress(Empty):
+        while True:
+            finished.append(done.get_nowait())
+    return finished
 
 
 @contextlib.contextmanager
