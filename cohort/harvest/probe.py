@@ -39,8 +39,9 @@ def probe(endpoint: Endpoint, policy: RetryPolicy | None = None, limiter: RateLi
         raise HarvestError(f"cannot reach {endpoint.name}: {asked} failed after {result.attempts} attempts "
                            f"({redact(f'{type(result.error).__name__}: {result.error}', secrets)}); "
                            "check --url and that the server is running")
-    code, answer = response.status_code, snippet(response, 120, secrets)
+    code = response.status_code
     if code in AUTH_STATUSES:
+        answer = snippet(response, 120, secrets)
         raise HarvestError(f"authentication failed for {endpoint.name}: check --auth ({asked} answered HTTP {code}"
                            + (f": {answer}" if answer else "") + ")")
     if code in policy.retry_statuses:
@@ -56,6 +57,7 @@ def probe(endpoint: Endpoint, policy: RetryPolicy | None = None, limiter: RateLi
         if isinstance(answer_json, list) and all(isinstance(item, dict) for item in answer_json):
             return  # a DICOM JSON array (Orthanc's REST API answers /studies with a list of ids)
     kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+    answer = snippet(response, 120, secrets)
     raise HarvestError(
         f"{endpoint.name} does not answer as a DICOMweb service: {asked} answered HTTP {code} ({kind}"
         + (f": {answer}" if answer else "") + "); check --url: it must be the DICOMweb root, the part "
@@ -65,5 +67,10 @@ def probe(endpoint: Endpoint, policy: RetryPolicy | None = None, limiter: RateLi
 
 def snippet(response: requests.Response, limit: int = 200, secrets: tuple[str, ...] = ()) -> str:
     """The start of a response body on one line, redacted before it is cut (no half secret survives)."""
-    text = redact((response.text or "").strip(), secrets) or ""
+    # the declared charset, else UTF-8: response.text would guess with charset_normalizer (0.1-1 s a body)
+    try:
+        text = (response.content or b"").decode(response.encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        text = (response.content or b"").decode("utf-8", errors="replace")
+    text = redact(text.strip(), secrets) or ""
     return " ".join(text.split())[:limit] or response.reason or ""

@@ -23,10 +23,11 @@ in (they are not outcomes), writes what is complete and returns a result marked
 ``interrupted``. Resume is by rerunning into the
 same directory: series already complete are skipped.
 
-Before the first request each endpoint is probed once (:mod:`.probe`): a URL
-that is not a DICOMweb root, or credentials it refuses, stop the run with a
-:class:`~cohort.HarvestError` instead of being logged as the outcome of every
-series; a 401/403 during the run stops it the same way. Which series a rerun
+Each endpoint is probed once (:mod:`.probe`), beside the first series' requests
+(so the probe costs no round trip of its own), and nothing is committed before
+it passes: a URL that is not a DICOMweb root, or credentials it refuses, stop
+the run with a :class:`~cohort.HarvestError` instead of being logged as the
+outcome of every series; a 401/403 during the run stops it the same way. Which series a rerun
 asks for again is decided by :mod:`.selection` (``retry`` names final statuses
 to ask again). Error texts are redacted (:func:`cohort._redact.redact`) before
 they are stored.
@@ -189,7 +190,8 @@ def harvest(
     ``retry`` names final statuses (``"not_found"``, ``"empty"``) whose series are asked for again.
 
     Raises :class:`~cohort.HarvestError` when an endpoint is not a DICOMweb service or refuses the
-    credentials (probed before the first request, and on any 401/403 during the run).
+    credentials (probed beside the first requests, before anything is committed; and on any 401/403
+    during the run).
     """
     policy = policy or RetryPolicy()
     if workers < 1:
@@ -202,12 +204,14 @@ def harvest(
         final = final_statuses(harvest_stores(out_dir))  # with the shards of a sharded harvest (.cluster)
         todo = [t for t in tasks if not complete(t.endpoint, final.get(t.series_uid), retry)]
         limiter = RateLimiter(rate, burst=max(1, workers))
-        for name in sorted({t.endpoint for t in todo if t.url is not None and t.endpoint in endpoints}):
-            probe(endpoints[name], policy, limiter)
-        run = _Run(store, endpoints, policy, limiter, light, flush_instances, flush_seconds)
+        probes = _Probes([endpoints[name] for name in sorted({t.endpoint for t in todo
+                                                                 if t.url is not None and t.endpoint in endpoints})],
+                         policy, limiter)
+        run = _Run(store, endpoints, policy, limiter, light, flush_instances, flush_seconds, probes)
         log.info("harvest %s: %d series, %d already complete, run %s", out_dir, len(tasks), len(tasks) - len(todo),
                  run.run_id)
         run.execute(todo, workers, progress)
+        probes.check()  # a failed probe is the error to report, even when no series was finished
     if run.auth_failure is not None:
         raise HarvestError(run.auth_failure + f"; the series finished before it are kept in {out_dir}")
     return HarvestResult(
@@ -268,12 +272,36 @@ def _distinct(tasks: list[SeriesTask]) -> list[SeriesTask]:
     return list(first.values())
 
 
+class _Probes:
+    """Each endpoint's probe (:func:`.probe.probe`), submitted to the run's pool ahead of the series, so
+    that it costs no round trip of its own; nothing is committed before every probe passed."""
+
+    def __init__(self, endpoints: list[Endpoint], policy: RetryPolicy, limiter: RateLimiter) -> None:
+        self.endpoints, self.policy, self.limiter = endpoints, policy, limiter
+        self._futures: list[Future] = []
+
+    def start(self, pool: ThreadPoolExecutor) -> None:
+        self._futures = [pool.submit(probe, endpoint, self.policy, self.limiter) for endpoint in self.endpoints]
+
+    def failed(self) -> bool:
+        """True once a probe has failed (does not wait)."""
+        return any(f.done() and not f.cancelled() and f.exception() is not None for f in self._futures)
+
+    def check(self) -> None:
+        """Wait for every probe; raise the failure of the first endpoint (in name order) whose probe failed."""
+        for future in self._futures:
+            if not future.cancelled():
+                future.result()
+
+
 class _Run:
     """One run: workers fetch and parse, the main thread counts, shows progress and writes batches."""
 
     def __init__(self, store: HarvestStore, endpoints: dict[str, Endpoint], policy: RetryPolicy,
-                 limiter: RateLimiter, light: bool, flush_instances: int, flush_seconds: float) -> None:
+                 limiter: RateLimiter, light: bool, flush_instances: int, flush_seconds: float,
+                 probes: _Probes) -> None:
         self.store, self.endpoints, self.policy, self.limiter, self.light = store, endpoints, policy, limiter, light
+        self.probes = probes
         self.flush_instances, self.flush_seconds = flush_instances, flush_seconds
         assert store.run_id is not None, "the store must be open"
         self.run_id = store.run_id
@@ -302,6 +330,7 @@ class _Run:
         # without scanning every pending future as concurrent.futures.wait does
         done: SimpleQueue[Future] = SimpleQueue()
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="harvest")
+        self.probes.start(pool)
         try:
             try:
                 self._fill(pool, queue, pending, done, 2 * workers)
@@ -310,7 +339,7 @@ class _Run:
                         pending.discard(future)
                         self._take(future.result(), bar)
                     self._fill(pool, queue, pending, done, 2 * workers)
-                    if self._due():
+                    if self.probes.failed() or self._due():
                         self.flush()
             except KeyboardInterrupt:
                 self.interrupted = True
@@ -323,9 +352,11 @@ class _Run:
         finally:
             self.stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
-            self.flush()
-            if bar is not None:
-                bar.close()
+            try:
+                self.flush()
+            finally:
+                if bar is not None:
+                    bar.close()
 
     def _fill(self, pool: ThreadPoolExecutor, queue: Iterator[SeriesTask], pending: set[Future],
               done: SimpleQueue[Future], limit: int) -> None:
@@ -362,6 +393,15 @@ class _Run:
 
     def flush(self) -> None:
         """Commit the finished series: their buffered rows' part, then the log part (see :mod:`.store`)."""
+        if not self._logs and not self.probes.failed():
+            return
+        try:
+            self.probes.check()
+        except BaseException:  # nothing of this run counts: the endpoint is not what the user meant
+            self.stop.set()
+            self.store.discard(self._parts)
+            self._rows, self._logs, self._parts, self._buffered_bytes = [], [], [], 0
+            raise
         if not self._logs:
             return
         # Ctrl-C waits until the commit and the emptying of the buffers are both done: between the two,
@@ -443,7 +483,7 @@ class _Run:
 
     def _redact(self, endpoint: str | None, text: str | None) -> str | None:
         """``text`` without the endpoint's secrets or anything shaped like a credential."""
-        return redact(text, self._secrets(endpoint))
+        return None if text is None else redact(text, self._secrets(endpoint))
 
     def _stream(self, task: SeriesTask, response: requests.Response,
                 streamed: list[int]) -> _Streamed | MalformedMetadata:
