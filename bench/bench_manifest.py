@@ -119,6 +119,10 @@ def main() -> int:
                   f"{b['peak_MB']:8.0f}  {same}   (load {os.getloadavg()[0]:.2f})")
             if ratio > TARGET_RATIO or not same:
                 missed.append(fmt)
+            print(f"ROW|manifest of {args.series:,} series, {fmt}|{a['seconds']:.2f} s, {a['peak_MB']:.0f} MB|"
+                  f"DuckDB COPY: {b['seconds']:.2f} s, {b['peak_MB']:.0f} MB|{ratio:.1f}x|<= {TARGET_RATIO:g}x, same "
+                  f"content|{'met' if fmt not in missed else 'MISSED'} (same content: {same}; load "
+                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
     print(f"{args.series:,} series; target: at most {TARGET_RATIO:g}x the DuckDB COPY floor, same content; "
           + (f"missed for {', '.join(missed)}" if missed else "met for every format"))
     return 1 if missed and not args.no_check else 0
