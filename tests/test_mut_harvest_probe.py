@@ -30,7 +30,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(code, reason)
         if ctype:
             self.send_header("Content-Type", ctype)
-        data = body.encode()
+        data = body if isinstance(body, bytes) else body.encode()
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -196,3 +196,28 @@ def test_the_probe_waits_no_longer_than_the_policy_timeout(server):
     finally:
         server.delay = 0
     assert "failed after 1 attempts (ReadTimeout: " in str(err.value)
+
+
+# -- the snippet's decoding, the cut and the redaction on every branch (after the probe's rewrite) -----
+@pytest.mark.parametrize(("ctype", "body", "shown"), [
+    ("text/plain; charset=latin-1", b"caf\xe9 ferm\xe9", "caf\xe9 ferm\xe9"),  # the declared charset
+    ("application/octet-stream", b"bad \xff\xfe bytes", "bad \ufffd\ufffd bytes"),  # none declared: UTF-8, replaced
+    ("text/plain; charset=x-nonesuch", b"ok \xff caf\xc3\xa9", "ok \ufffd caf\xe9"),  # unknown charset: UTF-8
+    ("text/plain; charset=x-nonesuch", b"", "Internal Server Error"),  # no body: the reason
+])
+def test_the_snippet_decodes_the_declared_charset_else_utf8(server, ctype, body, shown):
+    _answer(server, 500, body, ctype)
+    assert snippet(requests.get(server.url + "/x", timeout=5)) == shown
+
+
+def test_a_long_refusal_is_cut_to_120_characters(server):
+    _answer(server, 401, "d" * 300, "text/plain")
+    assert _probe_error(server) == (f"authentication failed for pacs: check --auth ({ASKED.format(url=server.url)} "
+                                    f"answered HTTP 401: {'d' * 120})")
+
+
+def test_an_echoed_token_is_redacted_in_a_not_dicomweb_answer(server, monkeypatch):
+    monkeypatch.setenv("PROBE_TOKEN", "plain-value-7")  # not shaped like a credential: only the session knows it
+    _answer(server, 404, "no route for plain-value-7", "text/plain")
+    message = _probe_error(server, auth=BearerTokenAuth("PROBE_TOKEN"))
+    assert "plain-value-7" not in message and "(text/plain: no route for [redacted])" in message
