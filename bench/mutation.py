@@ -69,9 +69,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "harvest.probe": (["cohort/harvest/probe.py"], ["tests/test_mut_harvest_probe.py"]),
     "harvest.selection": (["cohort/harvest/selection.py"], ["tests/test_mut_harvest_selection.py"]),
     "harvest.lock": (["cohort/harvest/lock.py"], ["tests/test_mut_harvest_lock.py"]),
-    "harvest.store": (["cohort/harvest/store.py"], ["tests/test_harvest_store.py"]),
+    "harvest.store": (["cohort/harvest/store.py"], ["tests/test_harvest_store.py", "tests/test_mut_harvest_store.py"]),
     "harvest.stream": (["cohort/harvest/stream.py"], ["tests/test_harvest_stream.py", "tests/test_mut_harvest_stream.py"]),
-    "harvest.runner": (["cohort/harvest/runner.py"], ["tests/test_harvest_cassettes.py"]),
+    "harvest.runner": (["cohort/harvest/runner.py"], ["tests/test_harvest_cassettes.py", "tests/test_harvest_requests.py",
+                                                      "tests/test_mut_harvest_runner.py"]),
     "catalog": (["cohort/catalog.py"], ["tests/test_catalog.py", "tests/test_mut_catalog.py"]),
 }
 #: Names that stand for several modules (a package measured one file at a time).
@@ -86,6 +87,10 @@ KEEP: dict[str, tuple[str, ...]] = {name: _INDEX for name in ("catalog", "covera
 #: whose checks of the module the faster tests make too (names as in the test file).
 SKIP_TESTS: dict[str, tuple[str, ...]] = {
     "harvest.metadata": ("test_a_harvest_of_adversarial_bodies_writes_and_counts",),  # if its file is listed
+    # ~10 s each (a second Python process holds the lock); the store's use of the lock is checked in-process by
+    # tests/test_mut_harvest_store.py, the lock itself by harvest.lock's tests
+    "harvest.store": ("test_a_second_writer_is_refused_while_the_first_lives",
+                      "test_a_lock_left_by_a_dead_process_is_taken_over_with_a_message"),
 }
 CONFTEST_HOOK = """
 

@@ -1,0 +1,585 @@
+"""cohort/harvest/runner.py: every outcome, log field, part and message of a run, against a DICOMweb server
+on 127.0.0.1 run by the test (a thread of this process: no Orthanc start-up, a fraction of a second a run).
+
+The server answers each series URL from a deterministic plan (the 1st, 2nd, ... request of a path get the
+1st, 2nd, ... answer; the last repeats), with bodies made by pydicom from pydicom's own test files
+(CT_small.dcm, MR_small.dcm; copies given their own SOP/Series UIDs where a series needs several instances).
+The expected rows are those datasets as pydicom reads them; the expected byte counts are the lengths of the
+bodies the server sent; messages are written out whole. A "gate" holds an answer until the harvest directory
+holds a given number of commits, so that when the runner commits is observable without timing.
+"""
+
+from __future__ import annotations
+
+import functools
+import datetime as dt
+import json
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import pyarrow as pa
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from cohort import custom
+from cohort.errors import HarvestError
+from cohort.harvest import HarvestResult, HarvestStore, harvest
+from cohort.harvest.metadata import LIGHT_TAGS
+from cohort.harvest.runner import SeriesTask, _interrupt_deferred, series_tasks
+from cohort.retry import RetryPolicy
+
+#: Retries at once: the plans decide what each attempt gets.
+NOW_RETRY = RetryPolicy(timeout=10, max_attempts=2, backoff_base=0, backoff_max=0, jitter=0, retry_after_max=0)
+ONCE = RetryPolicy(timeout=10, max_attempts=1)
+
+
+def _json(ds) -> dict:
+    return ds.to_json_dict(bulk_data_threshold=256, bulk_data_element_handler=lambda _: "http://127.0.0.1:9/bulk")
+
+
+CT = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+MR = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+
+
+@functools.cache
+def _instance_json(name: str) -> str:
+    return json.dumps(_json(CT if name == "CT" else MR))
+
+
+def _instance(name: str = "CT", series: str | None = None, sop: str | None = None, number: int | None = None) -> dict:
+    """The DICOM JSON of CT_small.dcm or MR_small.dcm as pydicom writes it, with other UIDs if given."""
+    instance = json.loads(_instance_json(name))
+    for tag, value in (("0020000E", series), ("00080018", sop), ("00200013", number)):
+        if value is not None:
+            instance[tag]["Value"] = [value]
+    return instance
+
+
+def _sop(instance: dict) -> str:
+    return instance["00080018"]["Value"][0]
+
+
+def _body(instances) -> bytes:
+    return json.dumps(instances).encode()
+
+
+def _ct_series(series: str, n: int) -> list[dict]:
+    """A series of n copies of CT_small.dcm, numbered 1..n, with SOPInstanceUIDs SERIES.1 .. SERIES.n."""
+    return [_instance("CT", series, f"{series}.{i + 1}", i + 1) for i in range(n)]
+
+
+STUDY = CT.StudyInstanceUID
+
+
+class _Server:
+    """DICOMweb on 127.0.0.1: ``plan`` maps a path below the root to answers for its 1st, 2nd, ... request.
+
+    An answer is ``(status, body)``, ``(status, body, headers)``, ``("cut", body, n)`` (Content-Length of the
+    whole body, n bytes sent, connection closed), ``("slow", seconds, answer)`` or ``("gate", commits, answer)``
+    (held until the harvest directory ``gate_dir`` holds that many commit records, at most 5 s).
+    """
+
+    def __init__(self, plan: dict[str, list], gate_dir: Path | None = None) -> None:
+        self.plan, self.gate_dir = plan, gate_dir
+        self.requests: list[tuple[str, list[tuple[str, str]], str | None]] = []
+        self.count: dict[str, int] = {}
+        self.gates_timed_out = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                parts = urlsplit(self.path)
+                path = parts.path.removeprefix("/dicom-web")
+                with server.lock:
+                    server.requests.append((path, parse_qsl(parts.query), self.headers.get("Accept")))
+                    n = server.count[path] = server.count.get(path, 0) + 1
+                if path == "/studies":
+                    return self._send(200, b"[]", {})
+                answers = server.plan.get(path, [(404, b"")])
+                self._answer(answers[min(n, len(answers)) - 1])
+
+            def _answer(self, answer):
+                if answer[0] == "slow":
+                    time.sleep(answer[1])
+                    return self._answer(answer[2])
+                if answer[0] == "gate":
+                    deadline = time.monotonic() + 5
+                    while len(list((server.gate_dir / "commits").glob("*.json"))) < answer[1]:
+                        if time.monotonic() > deadline:
+                            server.gates_timed_out += 1
+                            break
+                        time.sleep(0.01)
+                    return self._answer(answer[2])
+                if answer[0] == "cut":
+                    body = answer[1]
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/dicom+json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[:answer[2]])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self._send(answer[0], answer[1], answer[2] if len(answer) > 2 else {})
+
+            def _send(self, status, body, headers):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/dicom+json")
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if status != 204:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if status != 204:
+                    self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/dicom-web"
+
+    def series_path(self, series: str, study: str = STUDY) -> str:
+        return f"/studies/{study}/series/{series}/metadata"
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _log(out) -> dict[str, dict]:
+    return {r["SeriesInstanceUID"]: r for r in HarvestStore(out).read_log().to_pylist()}
+
+
+# -- every outcome -----------------------------------------------------------------------------------------
+def test_each_answer_gives_its_outcome_with_every_log_field(tmp_path):
+    ct_series = "1.2.826.0.1.3680043.9.7433.9.1"
+    ct3 = _ct_series(ct_series, 3)
+    mr_body = _body([_instance("MR")])
+    ct_body = _body(ct3)
+    bad_item = b'[{"00080018": {"vr": "UI", "Value": ["1.2.3"]}}, 5]'
+    no_sop = b'[{"00080060": {"vr": "CS", "Value": ["CT"]}}]'
+    cut_body = _body([_instance("CT")])
+    s = {name: f"1.2.826.0.1.3680043.9.7433.8.{i}" for i, name in enumerate(
+        ["404", "410", "204", "500", "empty", "item", "nosop", "cut", "400"])}
+    plan = {
+        f"/studies/{STUDY}/series/{ct_series}/metadata": [(200, ct_body)],
+        f"/studies/{MR.StudyInstanceUID}/series/{MR.SeriesInstanceUID}/metadata": [(503, b"busy"), (200, mr_body)],
+        f"/studies/{STUDY}/series/{s['404']}/metadata": [(404, b"  no such\n series  ")],
+        f"/studies/{STUDY}/series/{s['410']}/metadata": [(410, b"gone")],
+        f"/studies/{STUDY}/series/{s['204']}/metadata": [(204, b"")],
+        f"/studies/{STUDY}/series/{s['500']}/metadata": [(500, b"boom")],
+        f"/studies/{STUDY}/series/{s['empty']}/metadata": [(200, b"[]")],
+        f"/studies/{STUDY}/series/{s['item']}/metadata": [(200, bad_item)],
+        f"/studies/{STUDY}/series/{s['nosop']}/metadata": [(200, no_sop)],
+        f"/studies/{STUDY}/series/{s['cut']}/metadata": [("cut", cut_body, 1000)],
+        f"/studies/{STUDY}/series/{s['400']}/metadata": [(400, b"")],
+    }
+    pairs = [(STUDY, ct_series), (MR.StudyInstanceUID, MR.SeriesInstanceUID),
+             *[(STUDY, uid) for uid in s.values()]]
+    out = tmp_path / "h"
+    started = dt.datetime.now(dt.timezone.utc)
+    with _Server(plan) as server:
+        result = harvest(pairs + pairs[:1], out, custom(server.url, name="srv"), workers=3, rate=None,
+                         policy=NOW_RETRY, progress=False)
+        requests = list(server.requests)
+    ended = dt.datetime.now(dt.timezone.utc)
+    assert result.by_status == {"ok": 2, "not_found": 2, "empty": 2, "http_error": 2, "malformed": 3}
+    assert (result.series, result.skipped, result.instances) == (11, 0, 4)
+    assert result.out_dir == out and not result.interrupted and result.seconds > 0
+    streamed_cut = 0  # urllib3 raises IncompleteRead for a read of 256 KiB that gets 1,000 bytes, handing none over
+    log = _log(out)
+    url = f"{server.url}/studies/{STUDY}/series/"
+    common = {"StudyInstanceUID": STUDY, "endpoint": "srv", "run_id": result.run_id, "values_dropped": 0}
+    expected = {
+        ct_series: dict(status="ok", http_status=200, attempts=1, instances=3, bytes=len(ct_body),
+                                       error=None),
+        MR.SeriesInstanceUID: dict(status="ok", http_status=200, attempts=2, instances=1, bytes=4 + len(mr_body),
+                                   error=None, StudyInstanceUID=MR.StudyInstanceUID,
+                                   url=f"{server.url}/studies/{MR.StudyInstanceUID}/series/{MR.SeriesInstanceUID}/metadata"),
+        s["404"]: dict(status="not_found", http_status=404, attempts=1, instances=0, bytes=19,
+                       error="HTTP 404: no such series"),
+        s["410"]: dict(status="not_found", http_status=410, attempts=1, instances=0, bytes=4, error="HTTP 410: gone"),
+        s["204"]: dict(status="empty", http_status=204, attempts=1, instances=0, bytes=0, error=None),
+        s["500"]: dict(status="http_error", http_status=500, attempts=2, instances=0, bytes=8, error="HTTP 500: boom"),
+        s["empty"]: dict(status="empty", http_status=200, attempts=1, instances=0, bytes=2, error=None),
+        s["item"]: dict(status="malformed", http_status=200, attempts=1, instances=0, bytes=len(bad_item),
+                        error="item 1 of the array is a JSON int, not an object"),
+        s["nosop"]: dict(status="malformed", http_status=200, attempts=1, instances=0, bytes=len(no_sop),
+                         error="an instance has no SOPInstanceUID (00080018)"),
+        s["400"]: dict(status="http_error", http_status=400, attempts=1, instances=0, bytes=0,
+                       error="HTTP 400: Bad Request"),
+    }
+    assert set(log) == {*expected, s["cut"]}
+    for series, fields in expected.items():
+        row = log[series]
+        want = {**common, "SeriesInstanceUID": series, "url": f"{url}{series}/metadata", **fields}
+        assert {k: row[k] for k in want} == want, series
+        assert started <= row["finished_at"] <= ended and 0 <= row["seconds"] <= (ended - started).total_seconds()
+        assert row["seconds"] == round(row["seconds"], 4)
+    assert result.bytes == sum(fields["bytes"] for fields in expected.values()) + streamed_cut
+    cut = log[s["cut"]]
+    assert (cut["status"], cut["http_status"], cut["attempts"], cut["bytes"], cut["instances"]) == \
+        ("malformed", None, 2, streamed_cut, 0)
+    assert cut["error"].startswith("truncated body: ChunkedEncodingError: ")
+    # the instances: one row per instance, its values as pydicom reads them
+    rows = {r["SOPInstanceUID"]: r for r in HarvestStore(out).read_instances().to_pylist()}
+    assert sorted(rows) == sorted([*(_sop(i) for i in ct3), MR.SOPInstanceUID])
+    expected_rows = [(CT, ct_series, f"{ct_series}.{i + 1}", i + 1, ct)
+                     for i, ct in enumerate(ct3)] + [(MR, MR.SeriesInstanceUID, MR.SOPInstanceUID, MR.InstanceNumber,
+                                                       _instance("MR"))]
+    for ds, series, sop, number, instance in expected_rows:
+        row = rows[sop]
+        assert (row["SeriesInstanceUID"], row["StudyInstanceUID"], row["Modality"], row["Rows"], row["Columns"],
+                row["InstanceNumber"], row["SOPClassUID"]) == (series, ds.StudyInstanceUID, ds.Modality, ds.Rows,
+                                                               ds.Columns, int(number), ds.SOPClassUID)
+        assert (row["endpoint"], row["run_id"]) == ("srv", result.run_id)
+        assert started <= row["harvested_at"] <= ended
+        assert json.loads(row["json"]) == instance
+    # requests: the probe, then each series once per attempt, asking for DICOM JSON; the duplicate pair once
+    paths = [p for p, _, _ in requests]
+    assert paths[0] == "/studies" and paths.count("/studies") == 1
+    assert sorted(paths[1:]) == sorted([*plan, *[p for p in plan if p.endswith(
+        (MR.SeriesInstanceUID + "/metadata", s["500"] + "/metadata", s["cut"] + "/metadata"))]])
+    assert {accept for _, _, accept in requests} == {"application/dicom+json, application/json"}
+    assert all(query == [] for p, query, _ in requests if p != "/studies")
+    # nothing uncommitted is left: every instances file is in a commit
+    store = HarvestStore(out)
+    assert sorted(p.name for p in (out / "instances").iterdir()) == sorted(Path(p).name for p in store.part_names("instances"))
+
+
+def test_values_that_do_not_fit_are_counted_per_series(tmp_path):
+    instance = _instance("CT")
+    instance["00280010"]["Value"] = [3_000_000_000]  # Rows beyond int32
+    instance["00200013"] = {"vr": "IS", "Value": ["1.5"]}  # a non-integral InstanceNumber
+    body = json.dumps([instance, _instance("CT", sop=CT.SOPInstanceUID + ".2")]).encode()
+    plan = {f"/studies/{STUDY}/series/{CT.SeriesInstanceUID}/metadata": [(200, body)]}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, CT.SeriesInstanceUID)], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                         progress=False)
+    assert result.by_status == {"ok": 1} and result.instances == 2
+    row = _log(tmp_path)[CT.SeriesInstanceUID]
+    assert (row["values_dropped"], row["instances"], row["endpoint"]) == (2, 2, server.url)
+    rows = {r["SOPInstanceUID"]: r for r in HarvestStore(tmp_path).read_instances().to_pylist()}
+    assert (rows[CT.SOPInstanceUID]["Rows"], rows[CT.SOPInstanceUID]["InstanceNumber"]) == (None, None)
+    assert "values_dropped" not in rows[CT.SOPInstanceUID]
+    assert rows[CT.SOPInstanceUID + ".2"]["Rows"] == CT.Rows
+
+
+def test_a_timeout_and_a_refused_connection_are_outcomes(tmp_path):
+    plan = {f"/studies/{STUDY}/series/{CT.SeriesInstanceUID}/metadata": [("slow", 1.0, (200, _body([_instance("CT")])))]}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, CT.SeriesInstanceUID)], tmp_path / "slow", server.url, workers=1, rate=None,
+                         policy=RetryPolicy(timeout=0.3, max_attempts=1), progress=False)
+    assert result.by_status == {"timeout": 1}
+    row = _log(tmp_path / "slow")[CT.SeriesInstanceUID]
+    assert (row["status"], row["http_status"], row["attempts"], row["instances"]) == ("timeout", None, 1, 0)
+    assert row["error"].startswith("ReadTimeout: ")
+
+
+def test_a_cut_body_is_asked_again_and_counts_once_with_its_parts(tmp_path):
+    series = "1.2.826.0.1.3680043.9.7433.9.2"
+    datasets = _ct_series(series, 30)
+    body = _body(datasets)
+    assert len(body) > 300_000
+    # cut after 300,000 bytes: the first read of 256 KiB arrives whole (its instances parsed, parts written), the
+    # second read ends early
+    plan = {f"/studies/{STUDY}/series/{series}/metadata": [("cut", body, 300_000), (200, body)],
+            f"/studies/{STUDY}/series/1.2.9/metadata": [(204, b"")]}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, series), (STUDY, "1.2.9")], tmp_path, server.url, workers=1, rate=None,
+                         policy=NOW_RETRY, progress=False, flush_instances=10)
+    assert result.by_status == {"ok": 1, "empty": 1} and result.instances == 30
+    row = _log(tmp_path)[series]
+    assert (row["attempts"], row["bytes"], row["instances"]) == (2, 256 * 1024 + len(body), 30)
+    store = HarvestStore(tmp_path)
+    [commit] = store.commits()  # one batch: the series' three streamed parts of 10 rows, then the log part
+    assert [(p.kind, p.rows) for p in commit.parts] == [("instances", 10)] * 3 + [("log", 2)]
+    assert sorted(store.read_instances(["SOPInstanceUID"]).column(0).to_pylist()) == \
+        sorted(_sop(i) for i in datasets)
+    # the parts written during the cut attempt were deleted: only committed files are left
+    assert sorted(p.name for p in (tmp_path / "instances").iterdir()) == \
+        sorted(Path(p).name for p in store.part_names("instances"))
+    assert max(int(p.name[-13:-8]) for p in (tmp_path / "instances").iterdir()) >= 4  # parts of the cut try existed
+
+
+def test_a_series_bigger_than_a_batch_is_written_in_parts_then_its_rest(tmp_path):
+    series = "1.2.826.0.1.3680043.9.7433.9.3"
+    datasets = _ct_series(series, 5)
+    plan = {f"/studies/{STUDY}/series/{series}/metadata": [(200, _body(datasets))],
+            f"/studies/{STUDY}/series/1.2.9/metadata": [(410, b"")]}
+    with _Server(plan) as server:
+        harvest([(STUDY, series), (STUDY, "1.2.9")], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                progress=False, flush_instances=2)
+    [commit] = HarvestStore(tmp_path).commits()
+    assert [(p.kind, p.rows) for p in commit.parts] == [("instances", 2), ("instances", 2), ("instances", 1),
+                                                       ("log", 2)]
+
+
+def test_a_malformed_body_after_a_written_part_leaves_nothing(tmp_path):
+    series = "1.2.826.0.1.3680043.9.7433.9.4"
+    datasets = _ct_series(series, 3)
+    body = _body(datasets)[:-1] + b", 7]"  # three instances (a part of 2 written), then not an object
+    plan = {f"/studies/{STUDY}/series/{series}/metadata": [(200, body)]}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, series)], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=False,
+                         flush_instances=2)
+    assert result.by_status == {"malformed": 1} and result.instances == 0
+    assert _log(tmp_path)[series]["error"] == "item 3 of the array is a JSON int, not an object"
+    [commit] = HarvestStore(tmp_path).commits()
+    assert [(p.kind, p.rows) for p in commit.parts] == [("instances", 0), ("log", 1)]
+    assert sorted(p.name for p in (tmp_path / "instances").iterdir()) == [Path(commit.parts[0].path).name]
+
+
+def test_batches_are_committed_when_their_instances_reach_flush_instances(tmp_path):
+    # four series of one instance; the third is answered only once a commit exists (at most 5 s later)
+    uids = [f"1.2.826.0.1.3680043.9.7433.9.1{i}" for i in range(4)]
+    plan = {f"/studies/{STUDY}/series/{uid}/metadata": [(200, _body(_ct_series(uid, 1)))] for uid in uids}
+    plan[f"/studies/{STUDY}/series/{uids[2]}/metadata"] = [("gate", 1, (200, _body(_ct_series(uids[2], 1))))]
+    with _Server(plan, gate_dir=tmp_path) as server:
+        harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                progress=False, flush_instances=2, flush_seconds=3600)
+        assert server.gates_timed_out == 0
+    commits = HarvestStore(tmp_path).commits()
+    assert [[p.rows for p in c.parts] for c in commits] == [[2, 2], [2, 2]]
+
+
+def test_batches_are_committed_when_their_json_reaches_flush_bytes(tmp_path, monkeypatch):
+    import cohort.harvest.runner as runner
+
+    uids = [f"1.2.826.0.1.3680043.9.7433.9.2{i}" for i in range(4)]
+    bodies = {uid: _body(_ct_series(uid, 1)) for uid in uids}
+    text = len(json.dumps(_ct_series(uids[0], 1)[0]))  # one instance's JSON text, as sent
+    monkeypatch.setattr(runner, "FLUSH_BYTES", 2 * text - 10)  # two instances reach it, one does not
+    plan = {f"/studies/{STUDY}/series/{uid}/metadata": [(200, bodies[uid])] for uid in uids}
+    plan[f"/studies/{STUDY}/series/{uids[2]}/metadata"] = [("gate", 1, (200, bodies[uids[2]]))]
+    with _Server(plan, gate_dir=tmp_path) as server:
+        harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                progress=False, flush_instances=1000, flush_seconds=3600)
+        assert server.gates_timed_out == 0
+    commits = HarvestStore(tmp_path).commits()
+    assert [[p.rows for p in c.parts] for c in commits] == [[2, 2], [2, 2]]
+    # a single series' JSON reaching it is written in parts while it streams
+    big = "1.2.826.0.1.3680043.9.7433.9.30"
+    plan = {f"/studies/{STUDY}/series/{big}/metadata": [(200, _body(_ct_series(big, 3)))]}
+    with _Server(plan) as server:
+        harvest([(STUDY, big)], tmp_path / "big", server.url, workers=1, rate=None, policy=ONCE, progress=False,
+                flush_instances=1000)
+    [commit] = HarvestStore(tmp_path / "big").commits()
+    assert [p.rows for p in commit.parts] == [2, 1, 1]
+
+
+def test_light_asks_qido_for_each_typed_attribute(tmp_path):
+    plan = {f"/studies/{STUDY}/series/{CT.SeriesInstanceUID}/instances": [(200, _body([_instance("CT")]))]}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, CT.SeriesInstanceUID)], tmp_path, server.url + "/", workers=1, rate=None,
+                         policy=ONCE, progress=False, light=True)
+        requests = list(server.requests)
+    assert result.by_status == {"ok": 1}
+    [(path, query, accept)] = [r for r in requests if r[0] != "/studies"]
+    assert path == f"/studies/{STUDY}/series/{CT.SeriesInstanceUID}/instances"
+    assert query == [("includefield", tag) for tag in LIGHT_TAGS]  # one parameter per attribute
+    assert ("includefield", "00280010") in query and ("includefield", "00080060") in query
+    assert accept == "application/dicom+json, application/json"
+    assert _log(tmp_path)[CT.SeriesInstanceUID]["url"].endswith(f"/series/{CT.SeriesInstanceUID}/instances")
+
+
+# -- authentication during the run ------------------------------------------------------------------------
+def test_a_401_stops_the_run_keeps_what_finished_and_is_not_an_outcome(tmp_path):
+    first, second = "1.2.826.0.1.3680043.9.7433.9.40", "1.2.826.0.1.3680043.9.7433.9.41"
+    plan = {f"/studies/{STUDY}/series/{first}/metadata": [(200, _body(_ct_series(first, 1)))],
+            f"/studies/{STUDY}/series/{second}/metadata": [(401, b" token\n expired ")]}
+    with _Server(plan) as server, pytest.raises(HarvestError) as err:
+        harvest([(STUDY, first), (STUDY, second)], tmp_path, custom(server.url, name="srv"), workers=1, rate=None,
+                policy=NOW_RETRY, progress=False)
+    url = f"{server.url}/studies/{STUDY}/series/{second}/metadata"
+    assert str(err.value) == (f"authentication failed for srv: check --auth (GET {url} answered HTTP 401: token "
+                              f"expired); the series finished before it are kept in {tmp_path}")
+    assert server.count[f"/studies/{STUDY}/series/{second}/metadata"] == 1  # not retried
+    assert set(_log(tmp_path)) == {first}
+
+
+# -- what is asked for ---------------------------------------------------------------------------------------
+def test_series_without_an_endpoint_are_logged_not_found_without_a_request(tmp_path):
+    class Report:  # a coverage report's shape: routes and endpoints
+        def __init__(self, url):
+            self.endpoints = {"srv": custom(url, name="srv")}
+            self.routes = pa.table({
+                "StudyInstanceUID": [STUDY, STUDY, STUDY, STUDY],
+                "SeriesInstanceUID": ["1.2.1", "1.2.2", "1.2.3", "1.2.1"],
+                "endpoint": [None, "gone", "srv", "srv"],
+                "series_url": [None, "http://127.0.0.1:9/x", f"{url}/studies/{STUDY}/series/1.2.3", "dup"],
+                "reason": ["no public copy", None, "served", "dup"],
+            })
+
+    plan = {f"/studies/{STUDY}/series/1.2.3/metadata": [(204, b"")]}
+    with _Server(plan) as server:
+        result = harvest(Report(server.url), tmp_path, workers=1, rate=None, policy=ONCE, progress=False)
+        paths = [p for p, _, _ in server.requests]
+    assert result.by_status == {"not_found": 2, "empty": 1} and result.series == 3
+    assert paths == ["/studies", f"/studies/{STUDY}/series/1.2.3/metadata"]
+    log = _log(tmp_path)
+    assert (log["1.2.1"]["error"], log["1.2.1"]["endpoint"], log["1.2.1"]["url"]) == \
+        ("no endpoint serves this series: no public copy", None, None)
+    assert (log["1.2.2"]["error"], log["1.2.2"]["endpoint"], log["1.2.2"]["attempts"]) == \
+        ("no endpoint serves this series: not routed", "gone", 0)
+    assert (log["1.2.2"]["bytes"], log["1.2.2"]["instances"], log["1.2.2"]["http_status"]) == (0, 0, None)
+    # with an endpoint given, the report's series are all asked from it
+    tasks, endpoints = series_tasks(Report("http://127.0.0.1:9/dicom-web"), custom("http://h/w", name="w"))
+    assert [(t.series_uid, t.endpoint, t.url) for t in tasks] == [
+        (u, "w", f"http://h/w/studies/{STUDY}/series/{u}") for u in ("1.2.1", "1.2.2", "1.2.3")]
+    assert list(endpoints) == ["w"]
+
+
+def test_a_rerun_asks_only_for_what_is_not_settled(tmp_path):
+    ok, missing, failing = "1.2.826.0.1.3680043.9.7433.9.50", "1.2.9.51", "1.2.9.52"
+    plan = {f"/studies/{STUDY}/series/{ok}/metadata": [(200, _body(_ct_series(ok, 2)))],
+            f"/studies/{STUDY}/series/{missing}/metadata": [(404, b"")],
+            f"/studies/{STUDY}/series/{failing}/metadata": [(500, b"")]}
+    pairs = [(STUDY, ok), (STUDY, missing), (STUDY, failing)]
+    with _Server(plan) as server:
+        harvest(pairs, tmp_path, server.url, workers=2, rate=None, policy=ONCE, progress=False)
+        again = harvest(pairs, tmp_path, server.url, workers=2, rate=None, policy=ONCE, progress=False)
+        third = harvest(pairs, tmp_path, server.url, workers=2, rate=None, policy=ONCE, progress=False,
+                        retry=["not_found"])
+        counts = dict(server.count)
+    assert (again.series, again.skipped, again.by_status) == (3, 2, {"http_error": 1})
+    assert (third.skipped, third.by_status) == (1, {"http_error": 1, "not_found": 1})
+    assert counts[f"/studies/{STUDY}/series/{ok}/metadata"] == 1
+    assert counts[f"/studies/{STUDY}/series/{failing}/metadata"] == 3
+    assert counts[f"/studies/{STUDY}/series/{missing}/metadata"] == 2
+    assert counts["/studies"] == 3  # each run probes the endpoint once
+    assert again.remaining == 1 and again.failed == 1
+    nothing = harvest(pairs[:1], tmp_path, server.url, workers=1, progress=False)
+    assert (nothing.series, nothing.skipped, nothing.by_status, nothing.instances, nothing.bytes) == (1, 1, {}, 0, 0)
+
+
+def test_the_series_list_is_checked_with_messages_naming_the_item():
+    endpoint = custom("http://127.0.0.1:9/dicom-web", name="e")
+    with pytest.raises(HarvestError) as err:
+        series_tasks([("1.2", "1.2.3"), ("1.2", "")], endpoint)
+    assert str(err.value) == "item 1 of the series list is ('1.2', ''); give (StudyInstanceUID, SeriesInstanceUID) pairs"
+    for item in [("1.2",), ("1.2", "1.3", "1.4"), "12", ("1.2", 3), [None, "1.2"]]:
+        with pytest.raises(HarvestError, match=r"^item 0 of the series list is "):
+            series_tasks([item], endpoint)
+    tasks, endpoints = series_tasks([["1.2", "1.2.3"], ("1.2", "1.2.4"), ("1.9", "1.2.3")], endpoint)
+    assert tasks == [SeriesTask("1.2", "1.2.3", "e", "http://127.0.0.1:9/dicom-web/studies/1.2/series/1.2.3"),
+                     SeriesTask("1.2", "1.2.4", "e", "http://127.0.0.1:9/dicom-web/studies/1.2/series/1.2.4")]
+    assert endpoints == {"e": endpoint}
+    with pytest.raises(HarvestError) as err:
+        series_tasks(pa.table({"SeriesInstanceUID": ["1.2.3"], "x": [1]}), endpoint)
+    assert str(err.value) == "the series table lacks StudyInstanceUID; it has SeriesInstanceUID, x"
+    with pytest.raises(HarvestError) as err:
+        series_tasks(pa.table({"y": [1]}), endpoint)
+    assert str(err.value) == "the series table lacks SeriesInstanceUID, StudyInstanceUID; it has y"
+    table = pa.table({"StudyInstanceUID": ["1.2", "1.2"], "SeriesInstanceUID": ["1.2.3", None]})
+    with pytest.raises(HarvestError) as err:
+        series_tasks(table, endpoint)
+    assert str(err.value).startswith("1 series lack a StudyInstanceUID or SeriesInstanceUID, e.g. SeriesTask(")
+    import pandas as pd
+
+    frame = pd.DataFrame({"SeriesInstanceUID": ["1.2.3", "1.2.3"], "StudyInstanceUID": ["1.2", "1.2"]})
+    assert [t.series_uid for t in series_tasks(frame, endpoint)[0]] == ["1.2.3"]
+
+    class Cohortish:
+        def to_arrow(self):
+            return pa.table({"StudyInstanceUID": ["1.2"], "SeriesInstanceUID": ["1.2.5"]})
+
+    assert [t.series_uid for t in series_tasks(Cohortish(), endpoint)[0]] == ["1.2.5"]
+    with pytest.raises(HarvestError) as err:
+        series_tasks([("1.2", "1.2.3")])
+    assert str(err.value) == ("no endpoint given: pass endpoint=cohort.custom(URL) or cohort.idc_proxy() (or a "
+                              "coverage report, which routes each series)")
+
+
+def test_workers_must_be_at_least_one(tmp_path):
+    with pytest.raises(HarvestError) as err:
+        harvest([("1.2", "1.2.3")], tmp_path, "http://127.0.0.1:9/dicom-web", workers=0, progress=False)
+    assert str(err.value) == "workers must be at least 1, got 0"
+    assert not (tmp_path / "commits").exists()
+
+
+# -- the result and the progress bar ---------------------------------------------------------------------------
+def test_the_summary_line_says_everything_in_order():
+    result = HarvestResult(out_dir=Path("h"), run_id="r", series=12345, skipped=1000,
+                           by_status={"timeout": 2, "ok": 10000, "not_found": 3, "malformed": 0},
+                           instances=20000, bytes=12_345_678, seconds=4.0)
+    assert (result.ok, result.failed, result.remaining) == (10000, 2, 12345 - 1000 - 10003)
+    assert str(result) == ("12,345 series (1,000 already complete; this run: ok 10,000, not_found 3, timeout 2), "
+                           "20,000 instances, 12.3 MB in 4.0 s (5,000 instances/s) -> h; 1,342 series left: "
+                           "call harvest() again with the same directory to resume")
+    done = HarvestResult(out_dir="s3://b/h", run_id="r", series=2, skipped=2, by_status={}, instances=0, bytes=0,
+                         seconds=0.0, interrupted=True)
+    assert (done.ok, done.failed, done.remaining) == (0, 0, 0)
+    assert done.summary("x") == ("interrupted: 2 series (2 already complete; this run: nothing to do), 0 instances, "
+                                 "0.0 MB in 0.0 s (0 instances/s) -> s3://b/h")
+
+
+def test_the_progress_bar_shows_instances_and_the_statuses_other_than_ok(tmp_path, capsys):
+    ok, missing = "1.2.826.0.1.3680043.9.7433.9.60", "1.2.9.61"
+    plan = {f"/studies/{STUDY}/series/{ok}/metadata": [(200, _body(_ct_series(ok, 2)))],
+            f"/studies/{STUDY}/series/{missing}/metadata": [(404, b"")]}
+    with _Server(plan) as server:
+        harvest([(STUDY, ok), (STUDY, missing)], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                progress=True)
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "2/2" in last and "instances=2" in last and "not_found=1" in last and "ok=" not in last
+
+
+# -- Ctrl-C while committing ----------------------------------------------------------------------------------
+def test_a_ctrl_c_inside_the_commit_block_is_raised_after_it():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
+    seen, done = [], []
+    try:
+        for handler in (signal.default_int_handler, signal.SIG_DFL):
+            signal.signal(signal.SIGINT, handler)
+            with pytest.raises(KeyboardInterrupt):
+                with _interrupt_deferred():
+                    signal.raise_signal(signal.SIGINT)
+                    done.append(handler)
+            assert signal.getsignal(signal.SIGINT) is handler
+        assert done == [signal.default_int_handler, signal.SIG_DFL]  # the block ran to its end
+        signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+        with _interrupt_deferred():
+            signal.raise_signal(signal.SIGINT)
+            assert seen == []
+        assert seen == [signal.SIGINT]  # the handler that was there gets it, once, at the end
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with _interrupt_deferred():
+            signal.raise_signal(signal.SIGINT)  # ignored before: still ignored
+        with _interrupt_deferred():
+            pass
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+    def elsewhere():
+        with _interrupt_deferred():
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen[-1] is signal.default_int_handler  # not replaced from another thread (it cannot be)
