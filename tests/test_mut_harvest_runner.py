@@ -80,7 +80,7 @@ class _Server:
     """DICOMweb on 127.0.0.1: ``plan`` maps a path below the root to answers for its 1st, 2nd, ... request.
 
     An answer is ``(status, body)``, ``(status, body, headers)``, ``("cut", body, n)`` (Content-Length of the
-    whole body, n bytes sent, connection closed), ``("slow", seconds, answer)`` or ``("gate", commits, answer)``
+    whole body, n bytes sent, connection closed), ``("reset",)`` (the connection closed without an answer), ``("slow", seconds, answer)`` or ``("gate", commits, answer)``
     (held until the harvest directory ``gate_dir`` holds that many commit records, at most 5 s).
     """
 
@@ -121,6 +121,9 @@ class _Server:
                             break
                         time.sleep(0.01)
                     return self._answer(answer[2])
+                if answer[0] == "reset":  # no answer at all: the connection is closed
+                    self.close_connection = True
+                    return
                 if answer[0] == "cut":
                     body = answer[1]
                     self.send_response(200)
@@ -283,6 +286,19 @@ def test_values_that_do_not_fit_are_counted_per_series(tmp_path):
     assert rows[CT.SOPInstanceUID + ".2"]["Rows"] == CT.Rows
 
 
+def test_uids_missing_from_an_instance_come_from_the_request_and_its_text_is_kept_as_sent(tmp_path):
+    series = "1.2.826.0.1.3680043.9.7433.9.70"
+    text = '{ "00080018" :{"Value": ["1.2.3.4"], "vr": "UI"},\n  "00080060": {"vr": "CS", "Value": ["CT"]} }'
+    plan = {f"/studies/{STUDY}/series/{series}/metadata": [(200, f"[ {text} ]".encode())]}
+    with _Server(plan) as server:
+        harvest([(STUDY, series)], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=False)
+    [row] = HarvestStore(tmp_path).read_instances().to_pylist()
+    assert (row["StudyInstanceUID"], row["SeriesInstanceUID"], row["SOPInstanceUID"]) == (STUDY, series, "1.2.3.4")
+    assert row["issues"] == ["StudyInstanceUID missing: taken from the request URL",
+                             "SeriesInstanceUID missing: taken from the request URL"]
+    assert row["json"] == text
+
+
 def test_a_timeout_and_a_refused_connection_are_outcomes(tmp_path):
     plan = {f"/studies/{STUDY}/series/{CT.SeriesInstanceUID}/metadata": [("slow", 1.0, (200, _body([_instance("CT")])))]}
     with _Server(plan) as server:
@@ -292,6 +308,14 @@ def test_a_timeout_and_a_refused_connection_are_outcomes(tmp_path):
     row = _log(tmp_path / "slow")[CT.SeriesInstanceUID]
     assert (row["status"], row["http_status"], row["attempts"], row["instances"]) == ("timeout", None, 1, 0)
     assert row["error"].startswith("ReadTimeout: ")
+    plan = {f"/studies/{STUDY}/series/{CT.SeriesInstanceUID}/metadata": [("reset",)]}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, CT.SeriesInstanceUID)], tmp_path / "reset", server.url, workers=1, rate=None,
+                         policy=ONCE, progress=False)
+    assert result.by_status == {"http_error": 1}
+    row = _log(tmp_path / "reset")[CT.SeriesInstanceUID]
+    assert (row["status"], row["http_status"], row["attempts"], row["bytes"]) == ("http_error", None, 1, 0)
+    assert row["error"].startswith("ConnectionError: ")
 
 
 def test_a_cut_body_is_asked_again_and_counts_once_with_its_parts(tmp_path):
@@ -520,10 +544,10 @@ def test_workers_must_be_at_least_one(tmp_path):
 def test_the_summary_line_says_everything_in_order():
     result = HarvestResult(out_dir=Path("h"), run_id="r", series=12345, skipped=1000,
                            by_status={"timeout": 2, "ok": 10000, "not_found": 3, "malformed": 0},
-                           instances=20000, bytes=12_345_678, seconds=4.0)
+                           instances=20000, bytes=1_050_001, seconds=4.0)
     assert (result.ok, result.failed, result.remaining) == (10000, 2, 12345 - 1000 - 10003)
     assert str(result) == ("12,345 series (1,000 already complete; this run: ok 10,000, not_found 3, timeout 2), "
-                           "20,000 instances, 12.3 MB in 4.0 s (5,000 instances/s) -> h; 1,342 series left: "
+                           "20,000 instances, 1.1 MB in 4.0 s (5,000 instances/s) -> h; 1,342 series left: "
                            "call harvest() again with the same directory to resume")
     done = HarvestResult(out_dir="s3://b/h", run_id="r", series=2, skipped=2, by_status={}, instances=0, bytes=0,
                          seconds=0.0, interrupted=True)

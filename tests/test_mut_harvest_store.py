@@ -718,3 +718,75 @@ def test_object_store_failures_are_harvest_errors_saying_what_failed_where():
     assert [m.rsplit("/", 2)[-2:] for m in moved] == [["commits", f"{commit.name}.json"],
                                                       ["log", commit.parts[1].path.split("/")[1]]]
     assert all(m.startswith(f"{url}/quarantine/") for m in moved)
+
+
+# -- what the first mutation run showed untested -------------------------------------------------------------------
+def test_repair_hashes_every_part_even_one_whose_size_mtime_and_inode_are_unchanged(tmp_path):
+    with HarvestStore(tmp_path).open() as store:
+        commit = store.write(*_batch("1.2.1", ["1.2.1.1"]))
+    assert HarvestStore(tmp_path).problems() == []  # remembered in verified.json
+    path = tmp_path / commit.parts[0].path
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[9] ^= 1
+    with open(path, "r+b") as fh:
+        fh.write(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    moved = HarvestStore(tmp_path).repair()
+    assert [p.name for p in moved] == [f"{commit.name}.json", *(Path(p.path).name for p in commit.parts)]
+
+
+def test_the_quarantine_is_named_in_utc_whatever_the_local_zone(tmp_path, monkeypatch):
+    import time
+
+    with HarvestStore(tmp_path).open() as store:
+        commit = store.write(*_batch("1.2.1", ["1.2.1.1"]))
+    (tmp_path / commit.parts[0].path).unlink()
+    monkeypatch.setenv("TZ", "Etc/GMT-9")  # nine hours east of UTC
+    time.tzset()
+    try:
+        before = dt.datetime.now(dt.timezone.utc).replace(microsecond=0, tzinfo=None)
+        moved = HarvestStore(tmp_path).repair()
+        after = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    stamp = dt.datetime.strptime(moved[0].relative_to(tmp_path / "quarantine").parts[0], "%Y%m%dT%H%M%S")
+    assert before <= stamp <= after
+
+
+class _Watching(LocalFiles):
+    """A local directory that, when repair moves its first file, records what a second writer is told."""
+
+    told: list[str]
+
+    def move(self, rel, dest):
+        if not self.told:
+            try:
+                HarvestStore(self.root).open()
+            except HarvestError as exc:
+                self.told.append(str(exc))
+        return super().move(rel, dest)
+
+
+def test_repair_holds_the_lock_under_a_run_id_of_its_own_while_it_moves(tmp_path):
+    with HarvestStore(tmp_path).open() as store:
+        commit = store.write(*_batch("1.2.1", ["1.2.1.1"]))
+    (tmp_path / commit.parts[0].path).unlink()
+    files = _Watching(tmp_path)
+    files.told = []
+    assert len(HarvestStore(files).repair()) == 2
+    [told] = files.told
+    assert re.search(rf"another harvest is writing to .*: PID {os.getpid()} on host .* \(run \d{{8}}T\d{{6}}-[0-9a-f]{{6}}, ",
+                     told), told
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_repair_harvest_takes_an_empty_commits_directory_as_a_harvest(tmp_path):
+    HarvestStore(tmp_path).open().close()  # commits/ made, nothing committed
+    assert repair_harvest(tmp_path) == []
+    url, fs, root = _memory_url()
+    fs.pipe_file(f"{root}/notes.txt", b"x")  # something at the prefix, but no commits/
+    with pytest.raises(HarvestError, match="holds no harvest"):
+        repair_harvest(url)
+    fs.rm(root.split("/")[0], recursive=True)

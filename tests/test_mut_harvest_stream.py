@@ -6,6 +6,8 @@ never with the reader's own bookkeeping.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from cohort.harvest.metadata import MalformedMetadata
@@ -105,3 +107,101 @@ def test_instances_come_one_by_one_before_the_body_ends():
         raise AssertionError("read past the first instance before it was yielded")
 
     assert next(iter_instances(chunks())) == ({"a": 1}, '{"a":1}')
+
+
+# -- the linear-work and bounded-memory guarantees, counted through the decoder the reader calls ----------------
+class _CountingDecoder:
+    """The standard library's decoder, recording the buffer length and position of each decode attempt."""
+
+    def __init__(self) -> None:
+        import json
+
+        self.decoder = json.JSONDecoder()
+        self.calls: list[tuple[int, int]] = []
+        #: Indexes in ``calls`` of the attempts that found the value incomplete.
+        self.failed: list[int] = []
+
+    def raw_decode(self, s, idx=0):
+        self.calls.append((len(s), idx))
+        try:
+            found = self.decoder.raw_decode(s, idx)
+        except ValueError:
+            self.failed.append(len(self.calls) - 1)
+            raise
+        return found
+
+
+@pytest.fixture
+def decoder(monkeypatch):
+    import cohort.harvest.stream as stream
+
+    counting = _CountingDecoder()
+    monkeypatch.setattr(stream, "_DECODER", counting)
+    return counting
+
+
+def _pulled(body: bytes, size: int, first: int = 0):
+    """Chunks of ``size`` bytes (after one of ``first`` bytes, if given), and a list that holds how many bytes were
+    handed over so far."""
+    count = [0]
+
+    def chunks():
+        if first:
+            count[0] = first
+            yield body[:first]
+        for i in range(first, len(body), size):
+            count[0] = min(len(body), i + size)
+            yield body[i:i + size]
+
+    return chunks(), count
+
+
+def _instances_of_growing_size(n: int) -> list[str]:
+    return ['{"k": "' + "x" * (7 * i + 3) + '"}' for i in range(n)]
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 1000])
+def test_work_is_linear_and_reading_ahead_and_memory_are_bounded_however_the_chunks_fall(decoder, size):
+    """The documented guarantees, with bounds a reader doubling its buffer keeps and a slower or greedier one breaks:
+    after a failed try the unread text has at least doubled before the next (until the body ends); the characters
+    handed to the decoder over all attempts stay under 4x the body; an instance is yielded before more than its own
+    length plus one chunk was read past its end; the buffer never holds more than twice the longest instance plus
+    two chunks."""
+    instances = _instances_of_growing_size(60)
+    body = ("[" + ", ".join(instances) + "]").encode()
+    chunks, pulled = _pulled(body, size)
+    ends, at = [], 0
+    for text in instances:  # where each instance ends in the body, found by searching it
+        at = body.index(text.encode(), at) + len(text)
+        ends.append(at)
+    whole = []  # per attempt: was the whole body handed over by then
+    for (instance, text), expected, end in zip(iter_instances(chunks), instances, ends):
+        assert text == expected
+        assert pulled[0] - end < len(text) + size, (len(text), pulled[0] - end)
+        whole += [pulled[0] == len(body)] * (len(decoder.calls) - len(whole))
+    for i in decoder.failed:  # the next try of the same instance: twice the unread text at least
+        if i + 1 < len(whole) and not whole[i + 1]:
+            (length, pos), (next_length, next_pos) = decoder.calls[i], decoder.calls[i + 1]
+            assert next_length - next_pos >= 2 * (length - pos), (i, decoder.calls[i:i + 2])
+    assert sum(length - pos for length, pos in decoder.calls) < 4 * len(body)
+    longest = max(len(text) for text in instances)
+    assert max(length for length, _ in decoder.calls) <= 2 * longest + 2 * size
+    attempts_per_instance = len(decoder.calls) / len(instances)
+    assert attempts_per_instance <= math.log2(longest) + 2
+
+
+def test_a_long_instance_after_short_ones_in_one_chunk_is_tried_again_only_once_its_text_doubled(decoder):
+    """The first chunk holds short instances (2/5 of it) and the start of a long one, the rest comes byte by byte:
+    the reader is then positioned far into its buffer, and must still wait for the unread text to double."""
+    short = ['{"s": %d}' % i for i in range(40)]
+    long = '{"l": "' + "y" * 4000 + '"}'
+    body = ("[" + ",".join(short) + "," + long + "]").encode()
+    start = body.index(b'{"l"')
+    first = start * 5 // 2  # the short instances are 2/5 of the first chunk
+    chunks, pulled = _pulled(body, 1, first)
+    found = [text for _, text in iter_instances(chunks)]
+    assert found == [*short, long]
+    tries = decoder.calls[len(short):]
+    for (length, pos), (next_length, next_pos) in zip(tries, tries[1:-1]):
+        assert next_length - next_pos >= 2 * (length - pos), tries
+    assert sum(length - pos for length, pos in tries) < 4 * len(long)
