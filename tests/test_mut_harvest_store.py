@@ -57,10 +57,18 @@ def _memory_url() -> tuple[str, MemoryFileSystem, str]:
 
 
 # -- names ------------------------------------------------------------------------------------------------
-def test_run_ids_and_part_names_follow_the_documented_pattern():
-    before = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    run = new_run_id()
-    after = dt.datetime.now(dt.timezone.utc)
+def test_run_ids_and_part_names_follow_the_documented_pattern(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "Etc/GMT+5")  # five hours west of UTC: run ids are in UTC all the same
+    time.tzset()
+    try:
+        before = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        run = new_run_id()
+        after = dt.datetime.now(dt.timezone.utc)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
     assert re.fullmatch(r"\d{8}T\d{6}-[0-9a-f]{6}", run)
     stamp = dt.datetime.strptime(run[:15], "%Y%m%dT%H%M%S").replace(tzinfo=dt.timezone.utc)
     assert before <= stamp <= after
@@ -174,6 +182,12 @@ def test_a_write_that_fails_is_a_harvest_error_and_leaves_no_temp_file(tmp_path)
             store.write_part(INSTANCES, _batch("1.2.1", ["1.2.1.1"])[0])
     assert str(err.value) == (f"cannot write part-{RUN}-00000.parquet in {tmp_path} (Is a directory); free space "
                               "or fix the directory and run the same command again to resume")
+    # the written temp file stays behind under the name the next run recognises as its own, and deletes
+    assert sorted(p.name for p in (tmp_path / INSTANCES).iterdir()) == [f"part-{RUN}-00000.parquet",
+                                                                       f"part-{RUN}-00000.parquet.tmp"]
+    (tmp_path / INSTANCES / f"part-{RUN}-00000.parquet").rmdir()
+    HarvestStore(tmp_path).open().close()
+    assert list((tmp_path / INSTANCES).iterdir()) == []
 
 
 # -- opening: cleaning, refusing ------------------------------------------------------------------------------
@@ -396,7 +410,7 @@ def test_check_names_a_part_of_another_schema_or_one_that_is_not_parquet(tmp_pat
     assert str(err.value).endswith(f"); run `cohort harvest-status {tmp_path}` to find the damaged part")
     with pytest.raises(HarvestError) as err:
         HarvestStore(tmp_path).read_log()
-    assert str(err.value).startswith(f"cannot read the log parts of {tmp_path} (")
+    assert str(err.value).startswith(f"cannot read the log parts of {tmp_path} (ArrowInvalid: ")
     assert str(err.value).endswith(f"); run `cohort harvest-status {tmp_path}` to find the damaged part")
 
 
@@ -470,6 +484,8 @@ def test_open_harvest_views_read_the_committed_parts_of_the_store_and_its_shards
     series = catalog.sql("SELECT SeriesInstanceUID, status FROM harvest_series ORDER BY 1").to_pylist()
     assert series == [{"SeriesInstanceUID": "1.2.1", "status": "timeout"}, {"SeriesInstanceUID": "1.2.2", "status": "ok"}]
     assert catalog.sql("SELECT count(*) AS n FROM harvest_log").to_pylist() == [{"n": 3}]
+    assert catalog.columns("harvest_log") == LOG_SCHEMA.names == catalog.columns("harvest_series")
+    assert catalog.columns("harvest_instances") == INSTANCE_SCHEMA.names
     assert harvest_status(tmp_path).to_pylist() == [
         {"status": "ok", "complete": True, "series": 1, "instances": 2, "bytes": 20},
         {"status": "timeout", "complete": False, "series": 1, "instances": 0, "bytes": 0}]
@@ -638,6 +654,10 @@ class _Failing(MemoryFileSystem):
             self._maybe("pipe_file")
         return super().pipe_file(path, value, mode=mode, **kw)
 
+    def info(self, path, **kw):
+        self._maybe("info")
+        return super().info(path, **kw)
+
     def rm_file(self, path):
         self._maybe("rm_file")
         return super().rm_file(path)
@@ -706,6 +726,14 @@ def test_object_store_failures_are_harvest_errors_saying_what_failed_where():
     fs.fail = {"open"}  # a part whose listing is fine but whose bytes cannot be read
     assert [str(p) for p in HarvestStore(ObjectFiles(url, fs)).problems(full=True)] == [
         f"{p.path}: cannot be read (OSError: injected failure of open)" for p in commit.parts]
+    fs.fail = set()
+    data = fs.cat_file(f"{root}/{commit.parts[1].path}")
+    fs.rm_file(f"{root}/{commit.parts[1].path}")
+    fs.fail = {"info"}  # not listed, and asking for it fails otherwise than "not found"
+    assert [str(p) for p in HarvestStore(ObjectFiles(url, fs)).problems(full=True)] == [
+        f"{commit.parts[1].path}: cannot be read (OSError: injected failure of info)"]
+    fs.fail = set()
+    fs.pipe_file(f"{root}/{commit.parts[1].path}", data)
     fs.fail = set()
     fs.rm_file(f"{root}/{commit.parts[0].path}")
     fs.fail = {"copy"}
