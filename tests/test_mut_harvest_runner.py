@@ -390,8 +390,8 @@ def test_batches_are_committed_when_their_json_reaches_flush_bytes(tmp_path, mon
 
     uids = [f"1.2.826.0.1.3680043.9.7433.9.2{i}" for i in range(4)]
     bodies = {uid: _body(_ct_series(uid, 1)) for uid in uids}
-    text = len(json.dumps(_ct_series(uids[0], 1)[0]))  # one instance's JSON text, as sent
-    monkeypatch.setattr(runner, "FLUSH_BYTES", 2 * text - 10)  # two instances reach it, one does not
+    text = len(json.dumps(_ct_series(uids[0], 1)[0]))  # one instance's JSON text, as sent (all the same length)
+    monkeypatch.setattr(runner, "FLUSH_BYTES", 2 * text)  # two instances reach it exactly, one does not
     plan = {f"/studies/{STUDY}/series/{uid}/metadata": [(200, bodies[uid])] for uid in uids}
     plan[f"/studies/{STUDY}/series/{uids[2]}/metadata"] = [("gate", 1, (200, bodies[uids[2]]))]
     with _Server(plan, gate_dir=tmp_path) as server:
@@ -400,7 +400,7 @@ def test_batches_are_committed_when_their_json_reaches_flush_bytes(tmp_path, mon
         assert server.gates_timed_out == 0
     commits = HarvestStore(tmp_path).commits()
     assert [[p.rows for p in c.parts] for c in commits] == [[2, 2], [2, 2]]
-    # a single series' JSON reaching it is written in parts while it streams
+    # a single series' JSON reaching it is written in parts while it streams: at exactly 2 instances' text ...
     big = "1.2.826.0.1.3680043.9.7433.9.30"
     plan = {f"/studies/{STUDY}/series/{big}/metadata": [(200, _body(_ct_series(big, 3)))]}
     with _Server(plan) as server:
@@ -408,6 +408,66 @@ def test_batches_are_committed_when_their_json_reaches_flush_bytes(tmp_path, mon
                 flush_instances=1000)
     [commit] = HarvestStore(tmp_path / "big").commits()
     assert [p.rows for p in commit.parts] == [2, 1, 1]
+    # ... and one byte more takes 3 instances, each part counted afresh: 6 instances are two parts of 3
+    monkeypatch.setattr(runner, "FLUSH_BYTES", 2 * text + 1)
+    plan = {f"/studies/{STUDY}/series/{big}/metadata": [(200, _body(_ct_series(big, 6)))]}
+    with _Server(plan) as server:
+        harvest([(STUDY, big)], tmp_path / "big6", server.url, workers=1, rate=None, policy=ONCE, progress=False,
+                flush_instances=1000)
+    [commit] = HarvestStore(tmp_path / "big6").commits()
+    assert [p.rows for p in commit.parts] == [3, 3, 1]
+
+
+def test_a_string_that_cannot_be_stored_is_dropped_and_the_run_goes_on(tmp_path):
+    """A JSON escape of a lone surrogate is valid JSON but no UTF-8 string: before the fix, the batch's Arrow
+    conversion raised UnicodeEncodeError in the main thread and the whole run stopped (the rows of every series
+    of the batch lost); now the value is dropped and counted like any other that does not fit its column."""
+    bad, good = "1.2.826.0.1.3680043.9.7433.9.80", "1.2.826.0.1.3680043.9.7433.9.81"
+    text = ('{"00080018": {"vr": "UI", "Value": ["1.2.3.4"]}, "0008103E": {"vr": "LO", "Value": ["a\\ud800b"]}, '
+            '"00480105": {"vr": "SQ", "Value": [{"00480106": {"vr": "SH", "Value": ["\\udc00", "OP1"]}}]}}')
+    plan = {f"/studies/{STUDY}/series/{bad}/metadata": [(200, f"[{text}]".encode())],
+            f"/studies/{STUDY}/series/{good}/metadata": [(200, _body(_ct_series(good, 1)))]}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, bad), (STUDY, good)], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                         progress=False)
+    assert result.by_status == {"ok": 2} and result.instances == 2
+    assert _log(tmp_path)[bad]["values_dropped"] == 1
+    rows = {r["SeriesInstanceUID"]: r for r in HarvestStore(tmp_path).read_instances().to_pylist()}
+    assert (rows[bad]["SeriesDescription"], rows[bad]["OpticalPathIdentifier"]) == (None, ["OP1"])
+    assert rows[bad]["issues"] == ["0008103E SeriesDescription: cannot read 'a\\ud800b' as string: value dropped",
+                                   "StudyInstanceUID missing: taken from the request URL",
+                                   "SeriesInstanceUID missing: taken from the request URL"]
+    assert rows[bad]["json"] == text and rows[good]["SOPInstanceUID"] == f"{good}.1"
+
+
+def test_an_error_while_reading_rows_makes_the_series_malformed_and_deletes_its_parts(tmp_path, monkeypatch, caplog):
+    """Injected: the row of the series' third instance raises a TypeError (no body is known to do that now)."""
+    import logging
+
+    import cohort.harvest.runner as runner
+
+    series = "1.2.826.0.1.3680043.9.7433.9.90"
+    real = runner.instance_row
+
+    def failing(instance, *args):
+        if instance["00080018"]["Value"][0].endswith(".3"):
+            raise TypeError("injected " + "x" * 300)
+        return real(instance, *args)
+
+    monkeypatch.setattr(runner, "instance_row", failing)
+    plan = {f"/studies/{STUDY}/series/{series}/metadata": [(200, _body(_ct_series(series, 3)))]}
+    with _Server(plan) as server, caplog.at_level(logging.DEBUG, logger="cohort.harvest.runner"):
+        result = harvest([(STUDY, series)], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=False,
+                         flush_instances=1)
+    assert result.by_status == {"malformed": 1}
+    row = _log(tmp_path)[series]
+    assert row["error"] == "unreadable metadata (TypeError: injected " + "x" * (200 - len("injected ")) + ")"
+    [record] = [r for r in caplog.records if "unreadable" in r.getMessage()]
+    assert record.getMessage() == f"series {series}: unreadable metadata" and record.levelno == logging.DEBUG
+    assert record.exc_info is not None and record.exc_info[0] is TypeError
+    [commit] = HarvestStore(tmp_path).commits()  # the two parts written before the error are gone
+    assert [(p.kind, p.rows) for p in commit.parts] == [("instances", 0), ("log", 1)]
+    assert sorted(p.name for p in (tmp_path / "instances").iterdir()) == [Path(commit.parts[0].path).name]
 
 
 def test_light_asks_qido_for_each_typed_attribute(tmp_path):

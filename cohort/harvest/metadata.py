@@ -248,10 +248,16 @@ def _to_float(value: Any) -> float:
 def _to_str(value: Any) -> str:
     if isinstance(value, dict):  # PN
         alphabetic = value.get("Alphabetic")
-        return alphabetic if isinstance(alphabetic, str) and alphabetic else json.dumps(value)
+        return _utf8(alphabetic) if isinstance(alphabetic, str) and alphabetic else json.dumps(value)
     if isinstance(value, (list, bool)) or value is None:
         raise TypeError(value)
-    return str(value)
+    return _utf8(str(value))
+
+
+def _utf8(text: str) -> str:
+    """``text`` if it can be stored (UTF-8); a JSON escape of a lone surrogate (``"\\ud800"``) cannot be: ValueError."""
+    text.encode("utf-8")  # UnicodeEncodeError, a ValueError: the value is dropped like any other that does not fit
+    return text
 
 
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
@@ -265,7 +271,16 @@ def _items(dataset: dict, tag: str) -> list[dict]:
 
 
 def _strings(dataset: dict, tag: str) -> list[str]:
-    return [str(v) for v in _values(dataset, tag, "", None) or [] if isinstance(v, (str, int, float))]
+    return [str(v) for v in _values(dataset, tag, "", None) or []
+            if isinstance(v, (int, float)) or isinstance(v, str) and _storable(v)]
+
+
+def _storable(text: str) -> bool:
+    try:
+        _utf8(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _first_float(dataset: dict, tag: str, issues: list[str], dropped: list[int]) -> float | None:
