@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import datetime as dt
 import json
+import re
 import signal
 import threading
 import time
@@ -206,7 +207,10 @@ def test_each_answer_gives_its_outcome_with_every_log_field(tmp_path):
     ended = dt.datetime.now(dt.timezone.utc)
     assert result.by_status == {"ok": 2, "not_found": 2, "empty": 2, "http_error": 2, "malformed": 3}
     assert (result.series, result.skipped, result.instances) == (11, 0, 4)
-    assert result.out_dir == out and not result.interrupted and result.seconds > 0
+    assert result.out_dir == out and result.interrupted is False and result.seconds > 0
+    assert re.fullmatch(r"\d{8}T\d{6}-[0-9a-f]{6}", result.run_id)
+    records = [json.loads(p.read_text()) for p in (out / "commits").glob("*.json")]
+    assert records and {r["run_id"] for r in records} == {result.run_id}  # the store's run, as its records say
     streamed_cut = 0  # urllib3 raises IncompleteRead for a read of 256 KiB that gets 1,000 bytes, handing none over
     log = _log(out)
     url = f"{server.url}/studies/{STUDY}/series/"

@@ -818,3 +818,21 @@ def test_repair_harvest_takes_an_empty_commits_directory_as_a_harvest(tmp_path):
     with pytest.raises(HarvestError, match="holds no harvest"):
         repair_harvest(url)
     fs.rm(root.split("/")[0], recursive=True)
+
+
+def test_a_commits_directory_that_cannot_be_synced_warns_and_the_commit_stands(tmp_path, monkeypatch, caplog):
+    import cohort.harvest.store as store_module
+
+    real = store_module._fsync_dir
+
+    def failing(path):  # injected: syncing commits/ fails (the instances/ and log/ syncs before it work)
+        if Path(path).name == "commits":
+            raise OSError("injected: fsync failed")
+        real(path)
+
+    monkeypatch.setattr(store_module, "_fsync_dir", failing)
+    with caplog.at_level(logging.WARNING, logger="cohort.harvest.store"), HarvestStore(tmp_path).open() as store:
+        commit = store.write(*_batch("1.2.1", ["1.2.1.1"]))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cannot sync {tmp_path / 'commits'} (injected: fsync failed): the last commit may be lost by a power cut"]
+    assert HarvestStore(tmp_path).commits() == [commit]
