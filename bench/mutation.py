@@ -76,6 +76,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "harvest.stream": (["cohort/harvest/stream.py"], ["tests/test_harvest_stream.py", "tests/test_mut_harvest_stream.py"]),
     "harvest.runner": (["cohort/harvest/runner.py"], ["tests/test_harvest_cassettes.py", "tests/test_harvest_requests.py",
                                                       "tests/test_mut_harvest_runner.py"]),
+    # fsspec's in-memory filesystem for the object-store code; one moto S3 server for S3's If-Match PUT
+    "harvest.fs": (["cohort/harvest/fs.py"], ["tests/test_mut_harvest_fs.py"]),
     "catalog": (["cohort/catalog.py"], ["tests/test_catalog.py", "tests/test_mut_catalog.py"]),
 }
 #: Names that stand for several modules (a package measured one file at a time).
