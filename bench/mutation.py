@@ -78,6 +78,9 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
                                                       "tests/test_mut_harvest_runner.py"]),
     # fsspec's in-memory filesystem for the object-store code; one moto S3 server for S3's If-Match PUT
     "harvest.fs": (["cohort/harvest/fs.py"], ["tests/test_mut_harvest_fs.py"]),
+    # the pure parts, and runs on an in-process Dask cluster (threads: ~5 s to start); the harvests of real
+    # series on worker processes (test_dask_harvest.py: Orthanc, a killed worker) are not run per mutant
+    "harvest.cluster": (["cohort/harvest/cluster.py"], ["tests/test_mut_harvest_cluster.py"]),
     "catalog": (["cohort/catalog.py"], ["tests/test_catalog.py", "tests/test_mut_catalog.py"]),
 }
 #: Names that stand for several modules (a package measured one file at a time).

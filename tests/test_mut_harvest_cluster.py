@@ -1,0 +1,337 @@
+"""cohort/harvest/cluster.py, every outcome written out, fast: shard assignment and directories, the
+jobs a run plans, the lost-run check, the commit counter, the argument and cluster checks, the
+failure texts; and one run on an in-process Dask cluster (threads, no TCP) against an endpoint that
+refuses every connection. Written for the survivors of a mutation run (bench/mutation.py
+harvest.cluster). The harvests of real series on a LocalCluster of worker processes, a killed
+worker included, are tests/test_dask_harvest.py (Orthanc; too slow to run per mutant).
+
+The clients and ``distributed`` modules written here are stand-ins for a Dask cluster in the
+checks that never reach one (a scheduler that is down, a cluster with no worker).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import logging
+import sys
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pytest
+
+from cohort.endpoints import custom
+from cohort.errors import HarvestError
+from cohort.harvest import cluster
+from cohort.harvest.cluster import (
+    ShardedResult, ShardResult, _client, _CommitCounter, _describe, _distributed, _jobs, _left_by_a_lost_run,
+    _slots, harvest_on_cluster, shard_dir, shard_of,
+)
+from cohort.harvest.fs import LocalFiles, ObjectFiles
+from cohort.harvest.runner import HarvestResult, SeriesTask
+from cohort.retry import RetryPolicy
+
+UIDS = [f"1.2.826.0.1.3680043.8.498.{i}" for i in range(40)]
+
+
+def _documented_shard(uid: str, shards: int) -> int:
+    """The module docstring's definition: the first 8 bytes of the UID's sha256 (big-endian) modulo shards."""
+    digest = hashlib.sha256(uid.encode("ascii")).hexdigest()
+    return int(digest[:16], 16) % shards
+
+
+def test_shard_of_is_the_documented_hash():
+    for n in (1, 2, 3, 7, 1000):
+        got = [shard_of(u, n) for u in UIDS]
+        assert got == [_documented_shard(u, n) for u in UIDS]
+        assert all(0 <= s < n for s in got)
+    assert set(shard_of(u, 3) for u in UIDS) == {0, 1, 2}
+
+
+def test_shard_dir(tmp_path):
+    assert shard_dir(tmp_path, 3, 10) == tmp_path / "shards" / "0003"
+    assert shard_dir(str(tmp_path), 12, 10_000) == tmp_path / "shards" / "0012"
+    assert shard_dir(tmp_path, 12, 10_001) == tmp_path / "shards" / "00012"
+    assert shard_dir(tmp_path, 7, 123_457) == tmp_path / "shards" / "000007"
+    assert shard_dir("s3://bucket/run/", 3, 10) == "s3://bucket/run/shards/0003"
+    assert shard_dir("s3://bucket/run", 3, 10) == "s3://bucket/run/shards/0003"
+    assert shard_dir("file:///x", 1, 2) == Path("file:/x/shards/0001")
+
+
+def _result(**kw) -> HarvestResult:
+    base = dict(out_dir="o", run_id="r", series=4, skipped=1, by_status={"ok": 3}, instances=9, bytes=10**6,
+                seconds=2.0)
+    return HarvestResult(**{**base, **kw})
+
+
+def test_sharded_result_summary():
+    shards = (ShardResult(0, _result(), True, 1.0), ShardResult(1, _result(), False, 1.0),
+              ShardResult(2, _result(), True, None))
+    result = ShardedResult(**vars(_result()), shards=shards, planned=5, concurrency=2)
+    assert result.resumed == 2
+    assert result.summary() == f"{_result().summary()} [3 of 5 shard(s) done, 2 at once, 2 resumed after a lost worker]"
+    assert result.summary("again!") == f"{_result().summary('again!')} [3 of 5 shard(s) done, 2 at once, 2 resumed " \
+                                       "after a lost worker]"
+    quiet = ShardedResult(**vars(_result()), shards=shards[1:2], planned=1, concurrency=1)
+    assert quiet.resumed == 0 and quiet.summary().endswith(" [1 of 1 shard(s) done, 1 at once]")
+    assert ShardedResult(**vars(_result())).resumed == 0
+
+
+def test_jobs_one_per_shard_with_its_series(tmp_path):
+    endpoints = {"a": custom("http://127.0.0.1:1/a"), "b": custom("http://127.0.0.1:1/b"),
+                 "c": custom("http://127.0.0.1:1/c")}
+    todo = [SeriesTask(f"9.{i}", u, "a" if i % 2 else "b", f"http://x/{i}", f"why {i}" if i % 3 else None)
+            for i, u in enumerate(UIDS[:9])]
+    todo.append(SeriesTask("9.99", UIDS[20], None, None, "no endpoint serves it"))
+    options = {"workers": 2, "retry": []}
+    jobs = _jobs(todo, endpoints, 4, tmp_path, options)
+    expected: dict[int, list[SeriesTask]] = {}
+    for t in todo:
+        expected.setdefault(_documented_shard(t.series_uid, 4), []).append(t)
+    assert [j.index for j in jobs] == sorted(expected)
+    for job in jobs:
+        mine = expected[job.index]
+        assert job.out_dir == str(tmp_path / "shards" / f"{job.index:04d}")
+        assert job.source.routes.schema == pa.schema([("StudyInstanceUID", pa.string()),
+                                                      ("SeriesInstanceUID", pa.string()), ("endpoint", pa.string()),
+                                                      ("series_url", pa.string()), ("reason", pa.string())])
+        assert job.source.routes.to_pylist() == [
+            {"StudyInstanceUID": t.study_uid, "SeriesInstanceUID": t.series_uid, "endpoint": t.endpoint,
+             "series_url": t.url, "reason": t.reason} for t in mine]
+        assert job.source.endpoints == {k: e for k, e in endpoints.items() if k in {t.endpoint for t in mine}}
+        assert job.options == options and job.options is not options
+    assert len({id(j.options) for j in jobs}) == len(jobs)
+    assert _jobs([], endpoints, 4, tmp_path, options) == []
+    nulls = _jobs([SeriesTask("9", "1", None, None, None)], {}, 1, "s3://b/r", {})
+    assert nulls[0].out_dir == "s3://b/r/shards/0000" and nulls[0].source.routes.num_rows == 1
+
+
+def test_a_lost_run_left_its_lock_or_lease(tmp_path, monkeypatch, caplog):
+    local = LocalFiles(tmp_path)
+    assert _left_by_a_lost_run(local) is False
+    (tmp_path / "harvest.lock").write_text("")
+    assert _left_by_a_lost_run(local) is True
+
+    files = ObjectFiles(f"memory://b{uuid.uuid4().hex[:10]}/shard")
+    slept = []
+    monkeypatch.setattr(cluster.time, "sleep", slept.append)
+    assert _left_by_a_lost_run(files) is False
+    for text in ("{not json", "[1, 2]", json.dumps({"run_id": "r0"}), json.dumps({"expires_epoch": time.time() - 5})):
+        files.put("harvest.lease", text.encode())
+        assert _left_by_a_lost_run(files) is True, text
+    assert slept == []
+    files.put("harvest.lease", json.dumps({"run_id": "r1", "expires_epoch": time.time() + 100}).encode())
+    with caplog.at_level(logging.WARNING, logger="cohort.harvest.cluster"):
+        assert _left_by_a_lost_run(files) is True
+    assert len(slept) == 1 and 99 < slept[0] <= 101
+    assert [r.getMessage() for r in caplog.records] == [
+        f"shard {files.url}: waiting 100 s for the lease of run r1 to expire (its worker was lost)"]
+    files.put("harvest.lease", json.dumps({"run_id": "r2", "expires_epoch": time.time() + 10**6}).encode())
+    assert _left_by_a_lost_run(files) is True and slept[-1] == 301.0  # at most one lease period and a second
+
+    class Unreadable:
+        local = False
+
+        def get(self, rel):
+            raise PermissionError(rel)
+
+    assert _left_by_a_lost_run(Unreadable()) is True
+
+
+def test_commit_counter_counts_new_commit_records(tmp_path):
+    one, two, missing = tmp_path / "s1", tmp_path / "s2", tmp_path / "none"
+    (one / "commits").mkdir(parents=True)
+    (one / "commits" / "old.json").write_text(json.dumps({"series": 5}))
+    counter = _CommitCounter([str(one), str(two), str(missing)])
+    assert counter.new() == 0
+    (two / "commits").mkdir(parents=True)
+    (one / "commits" / "a.json").write_text(json.dumps({"series": 3}))
+    (two / "commits" / "b.json").write_text(json.dumps({"series": "2"}))
+    (two / "commits" / "broken.json").write_text("{half")
+    (two / "commits" / "notes.txt").write_text(json.dumps({"series": 100}))
+    (two / "commits" / "odd.json").write_text(json.dumps({"runs": 1}))
+    (two / "commits" / "dir.json").mkdir()
+    assert counter.new() == 5
+    assert counter.new() == 0
+    (two / "commits" / "broken.json").write_text(json.dumps({"series": 4}))  # retried until it reads
+    (two / "commits" / "odd.json").write_text(json.dumps({"series": 1}))
+    assert counter.new() == 5 and counter.new() == 0
+
+    class Failing:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def list(self, sub):
+            raise self.exc
+
+    assert _CommitCounter._names(Failing(OSError("gone"))) == []
+    assert _CommitCounter._names(Failing(ValueError("bad"))) == []
+
+
+def test_distributed_client_and_slots(monkeypatch):
+    import distributed
+
+    assert _distributed() is distributed
+
+    class Client:
+        made = []
+
+        def __init__(self, address, timeout, set_as_default):
+            if address.startswith("tcp://down"):
+                raise self.failure
+            Client.made.append((address, timeout, set_as_default))
+
+    fake = SimpleNamespace(Client=Client)
+    mine = Client("tcp://given:1", 1, True)
+    assert _client(mine, fake) == (mine, False)
+    client, own = _client("tcp://h:8786", fake)
+    assert own is True and Client.made[-1] == ("tcp://h:8786", 30, False)
+    client, own = _client(SimpleNamespace(scheduler_address="tcp://c:1"), fake)
+    assert own is True and Client.made[-1] == ("tcp://c:1", 30, False)
+    for bad, name in ((42, "int"), ("", "str"), (SimpleNamespace(scheduler_address=None), "SimpleNamespace")):
+        with pytest.raises(HarvestError) as err:
+            _client(bad, fake)
+        assert str(err.value) == ("cluster must be a dask.distributed Client, a cluster or a scheduler address such as "
+                                  f"tcp://127.0.0.1:8786, got {name}")
+    for failure in (OSError("refused"), TimeoutError("slow"), ValueError("bad address")):
+        Client.failure = failure
+        with pytest.raises(HarvestError) as err:
+            _client("tcp://down:1", fake)
+        assert str(err.value) == (f"cannot reach the Dask scheduler at tcp://down:1 ({type(failure).__name__}: "
+                                  f"{failure}); start it (`dask scheduler`) or check the address")
+        assert err.value.__cause__ is None and err.value.__suppress_context__
+
+    class Cluster:
+        def __init__(self, threads, wait_fails=False):
+            self.threads, self.wait_fails, self.waits = threads, wait_fails, []
+            self.scheduler = SimpleNamespace(address="tcp://s:9")
+
+        def wait_for_workers(self, n, timeout):
+            self.waits.append((n, timeout))
+            if self.wait_fails:
+                raise TimeoutError("none")
+
+        def nthreads(self):
+            return self.threads
+
+    c = Cluster({"w1": 2, "w2": 3})
+    assert _slots(c) == 5 and c.waits == [(1, 60.0)]
+    assert _slots(Cluster({})) == 1
+    with pytest.raises(HarvestError) as err:
+        _slots(Cluster({"w": 1}, wait_fails=True))
+    assert str(err.value) == ("the Dask cluster at tcp://s:9 has no worker after 60 s: start workers "
+                              "(`dask worker ADDRESS`) with idc-cohort installed")
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(HarvestError) as err:
+        _distributed()
+    assert str(err.value) == ("a harvest on a cluster needs Dask's distributed scheduler: install it with "
+                              "`pip install 'idc-cohort[dask]'`")
+
+
+def test_describe_a_shard_failure():
+    class KilledWorker(Exception):
+        pass
+
+    assert _describe(KilledWorker("task x")) == (
+        "its workers died each time it ran (task x); see the workers' logs (memory? a crash?), then run again: it "
+        "resumes from its commits")
+    assert _describe(ModuleNotFoundError("no", name="cohort")) == (
+        "a worker cannot import 'cohort': install idc-cohort[dask] on every worker (the same version)")
+    assert _describe(ValueError("v")) == "ValueError: v"
+    assert _describe(None) == "NoneType: None"
+
+
+def test_arguments_are_checked_before_any_cluster(tmp_path):
+    pairs = [("1.2", "1.2.3")]
+    url = "http://127.0.0.1:1/dicom-web"
+    for kw, message in (({"workers": 0}, "workers must be at least 1, got 0"),
+                        ({"shards": 0}, "shards must be at least 1, got 0"),
+                        ({"shards": -2}, "shards must be at least 1, got -2")):
+        with pytest.raises(HarvestError) as err:
+            harvest_on_cluster(pairs, tmp_path, url, cluster=42, **kw)
+        assert str(err.value) == message
+    # the smallest valid values pass on to the cluster check
+    with pytest.raises(HarvestError, match="^cluster must be a dask.distributed Client"):
+        harvest_on_cluster(pairs, tmp_path, url, cluster=42, workers=1, shards=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- runs on an in-process Dask cluster (threads, no TCP): series no endpoint serves, and an endpoint that refuses --
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    import distributed
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address="127.0.0.1:0") as local, \
+            distributed.Client(local, set_as_default=False) as client:
+        yield client
+
+
+def _unserved(pairs) -> cluster._Routes:
+    """A coverage report's shape in which no endpoint serves any series: a harvest logs them without a request."""
+    return cluster._Routes(pa.table({
+        "StudyInstanceUID": [s for s, _ in pairs], "SeriesInstanceUID": [u for _, u in pairs],
+        "endpoint": pa.array([None] * len(pairs), pa.string()), "series_url": pa.array([None] * len(pairs), pa.string()),
+        "reason": ["no endpoint serves it"] * len(pairs)}), {})
+
+
+def test_a_sharded_run_on_an_in_process_cluster(dask_client, tmp_path):
+    from cohort.harvest import harvest
+
+    pairs = [(f"9.{i}", u) for i, u in enumerate(UIDS[:5])]
+    reference = harvest(_unserved(pairs), tmp_path / "reference", progress=False)  # one process, no cluster
+    assert reference.series == 5 and sum(reference.by_status.values()) == 5
+    out = tmp_path / "sharded"
+    result = harvest_on_cluster(_unserved(pairs), out, cluster=dask_client, shards=3, workers=1, rate=6.0,
+                                progress=False, flush_seconds=0)
+    shards = sorted({_documented_shard(u, 3) for _, u in pairs})
+    assert isinstance(result, ShardedResult)
+    assert (result.series, result.skipped, result.instances, result.bytes, result.interrupted) == (5, 0, 0, 0, False)
+    assert result.by_status == reference.by_status
+    assert result.out_dir == out and result.run_id.startswith("sharded-") and len(result.run_id) == 14
+    assert (result.planned, result.concurrency) == (len(shards), 2)
+    assert [s.index for s in result.shards] == shards
+    assert all(s.rate == 3.0 and s.resumed is False for s in result.shards)
+    assert sum(s.result.series for s in result.shards) == 5
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"{i:04d}" for i in shards]
+    assert result.summary().endswith(f" [{len(shards)} of {len(shards)} shard(s) done, 2 at once]")
+    assert result.seconds > 0
+
+    # again: the series are settled, nothing is planned
+    again = harvest_on_cluster(_unserved(pairs), out, cluster=dask_client, workers=1, progress=False)
+    assert (again.series, again.skipped, again.planned, again.concurrency, again.shards) == (5, 5, 0, 0, ())
+    assert again.by_status == {} and again.out_dir == out
+
+    # no shards given: two a worker thread (2 threads: 4), at most one a series
+    fresh = tmp_path / "fresh"
+    four = harvest_on_cluster(_unserved(pairs), fresh, cluster=dask_client, workers=1, rate=None, progress=False)
+    assert four.planned == len({_documented_shard(u, 4) for _, u in pairs})
+    assert all(s.rate is None for s in four.shards)
+    assert sorted(p.name for p in (fresh / "shards").iterdir()) == sorted(
+        f"{i:04d}" for i in {_documented_shard(u, 4) for _, u in pairs})
+    two = harvest_on_cluster(_unserved(pairs[:1]), tmp_path / "one", cluster=dask_client, workers=1, progress=False)
+    assert two.planned == 1 and [s.index for s in two.shards] == [0]
+
+
+def test_failed_shards_fail_the_run_naming_one(dask_client, tmp_path):
+    pairs = [(f"9.{i}", u) for i, u in enumerate(UIDS[:5])]
+    refused = custom("http://127.0.0.1:1/dicom-web")  # port 1: every connection refused at once
+    policy = RetryPolicy(timeout=2, max_attempts=1, backoff_base=0.01, backoff_max=0.01, retry_after_max=0.01)
+    shards = sorted({_documented_shard(u, 3) for _, u in pairs})
+    with pytest.raises(HarvestError) as err:
+        harvest_on_cluster(pairs, tmp_path, refused, cluster=dask_client, shards=3, workers=1, policy=policy,
+                           progress=False)
+    text = str(err.value)
+    # two shards run at once; once one has failed no other is started
+    m = re.match(r"2 of (\d+) shard\(s\) failed, e\.g\. shard (\d+): HarvestError: cannot reach "
+                 r"http://127\.0\.0\.1:1/dicom-web: ", text)
+    assert m and int(m.group(1)) == len(shards) and int(m.group(2)) in shards[:2], text
+    assert text.endswith(f"; the series committed before are kept in {tmp_path}: run again to resume")
