@@ -49,8 +49,9 @@ def test_redact_and_describe(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3tVALUE")
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "conn-string-1")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "abc")  # shorter than 4: too short to be told from ordinary text
-    text = "key s3cr3tVALUE and conn-string-1 and abc"
-    assert redact(text) == "key *** and *** and abc"
+    monkeypatch.setenv("GCS_OAUTH_TOKEN", "wxyz")  # 4: long enough
+    text = "key s3cr3tVALUE and conn-string-1 and abc, wxyz"
+    assert redact(text) == "key *** and *** and abc, ***"
     assert redact("u?X-Amz-Security-Token=tok1&Signature=a/b+c x sig=1 ACCESS_TOKEN=zz;&other=1") == \
         "u?X-Amz-Security-Token=***&Signature=*** x sig=*** ACCESS_TOKEN=***&other=1"
     assert redact("signature= nothing") == "signature= nothing"
@@ -59,6 +60,7 @@ def test_redact_and_describe(monkeypatch):
     assert describe(OSError("  padded  ")) == "OSError: padded"
     assert _no_userinfo("s3://user:pw@host/x/y?q=1#f") == "s3://host/x/y"
     assert _no_userinfo("gs://b/p") == "gs://b/p"
+    assert _no_userinfo("s3://u:p@ss@host/x") == "s3://host/x"  # an @ in the password: the host is after the last
 
 
 def test_iter_chunks():
@@ -107,6 +109,8 @@ def test_local_files(tmp_path, monkeypatch):
     moved = files.move("sub/b.bin", "new/deep/b.bin")
     assert moved == tmp_path / "new" / "deep" / "b.bin" and moved.read_bytes() == b"12345"
     assert not (tmp_path / "sub" / "b.bin").exists()
+    (tmp_path / "sub" / "c.bin").write_bytes(b"c")
+    assert files.move("sub/c.bin", "new/deep/c.bin").read_bytes() == b"c"  # into a directory that exists
     files.delete("sub/a.bin")
     files.delete("sub/a.bin")  # missing: nothing
     assert not (tmp_path / "sub" / "a.bin").exists()
@@ -132,9 +136,10 @@ def test_location_of_paths_and_urls(tmp_path):
     assert location(f"file://{tmp_path}/x").root == tmp_path / "x"
     assert location(str(tmp_path)).root == tmp_path
     assert isinstance(location("relative/dir"), LocalFiles) and location("relative/dir").root == Path("relative/dir")
-    memory = fsspec.filesystem("memory")
-    files = location("memory://bkt/p", memory)
-    assert isinstance(files, ObjectFiles) and files.fs is memory and files.url == "memory://bkt/p"
+    given = _NoConditional()
+    files = location("memory://bkt/p", given)
+    assert isinstance(files, ObjectFiles) and files.fs is given and files.url == "memory://bkt/p"
+    assert files.atomic_create is False
 
 
 # -- an object store --------------------------------------------------------------------------------------------
@@ -149,10 +154,10 @@ def test_object_store_urls_are_checked():
         with pytest.raises(HarvestError) as err:
             ObjectFiles(url, memory)
         assert str(err.value) == f"memory://b/p: {fix}", url
-    for url in ("memory://b/p?region=x", "memory://b/p#frag"):
+    for url in ("memory://b/p?region=x", "memory://b/p#frag", "memory://b/my p?x=1"):
         with pytest.raises(HarvestError) as err:
             ObjectFiles(url, memory)
-        assert str(err.value) == ("memory://b/p: give the store as scheme://bucket/prefix, without ?query or "
+        assert str(err.value) == (f"{url.split('?')[0].split('#')[0]}: give the store as scheme://bucket/prefix, without ?query or "
                                   "#fragment (options come from the environment)")
     with pytest.raises(HarvestError) as err:
         ObjectFiles("MEMORY:///just/a/path", memory)
@@ -182,6 +187,11 @@ def test_object_store_names_and_operations():
         assert fh.read() == b"12345"
     assert files.is_file("parts/b") is True and files.is_file("parts/dir") is False
     assert files.is_file("parts/none") is False
+    files.put("parts/sp ", b"space")  # a key ending in a blank keeps it
+    files.put("parts/BOX", b"x")
+    assert {"sp ", "BOX"} <= set(files.list("parts")) and files.get("parts/sp ") == b"space"
+    whole = ObjectFiles(f"memory://{bucket}/pre/fix/parts/b")  # the prefix itself is an object
+    assert whole.is_file() is True and files.is_file() is False
 
     assert files.create("lease", b"one") is True
     assert files.create("lease", b"two") is False and files.get("lease") == b"one"
@@ -243,6 +253,7 @@ def test_conditional_puts_and_the_non_atomic_create():
     assert files.atomic_create is False
     assert files.create("lease", b"one") is True and files.create("lease", b"two") is False
     assert files.get("lease") == b"one"
+    assert files.create("second", b"2") is True and files.get("second") == b"2"  # the store has files: not this one
     assert files.is_file("lease") is False  # the backend's OSError reads as "not a file"
     assert ObjectFiles(f"memory://{bucket}/p", _AsyncOnly()).atomic_create is True
     assert ObjectFiles(f"memory://{bucket}/p", _AsyncWithout()).atomic_create is False
@@ -266,12 +277,45 @@ def test_filesystems_that_cannot_be_made(monkeypatch):
     assert str(err.value) == ("GS://b/p: the gs:// filesystem is not installed (ImportError: Please install gcsfs to "
                               "access Google Storage); pip install 'idc-cohort[gcs]'")
     assert err.value.__cause__ is None and err.value.__suppress_context__
+    # an S3 or GCS backend that is not installed: the extra to install is named
+    registered = sys.modules["fsspec.registry"]._registry
+    monkeypatch.setitem(sys.modules, "s3fs", None)
+    for scheme in ("s3", "s3a", "gcs"):
+        monkeypatch.delitem(registered, scheme, raising=False)
+    for url, extra, why in (("s3://b/p", "s3", "Install s3fs to access S3"), ("s3a://b/p", "s3", "Install s3fs to access S3"),
+                            ("gcs://b/p", "gcs", "Please install gcsfs to access Google Storage")):
+        with pytest.raises(HarvestError) as err:
+            ObjectFiles(url)
+        scheme = url.split(":")[0]
+        assert str(err.value) == (f"{url}: the {scheme}:// filesystem is not installed (ImportError: {why}); "
+                                  f"pip install 'idc-cohort[{extra}]'")
     monkeypatch.setitem(sys.modules, "fsspec", None)
     with pytest.raises(HarvestError) as err:
         ObjectFiles("s3://b/p")
     assert str(err.value) == ("s3://b/p: object stores need fsspec: pip install 'idc-cohort[s3]' (S3) or "
                               "'idc-cohort[gcs]' (Google Cloud Storage)")
     assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+class _RefusingS3:
+    """Stands for an S3 backend whose conditional PUT fails with the text ``text`` (texts of s3fs/botocore versions)."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def pipe_file(self, path, data, mode="overwrite", **kw):
+        if "IfMatch" in kw:
+            raise OSError(self.text)
+
+
+def test_s3_precondition_failures_read_as_changed():
+    for text in ("An error occurred (PreconditionFailed) when calling the PutObject operation",
+                 "At least one of the Pre-Conditions you specified did not hold"):
+        files = ObjectFiles("s3://b/p", _RefusingS3(text))
+        assert files.atomic_create is True
+        assert files.replace_if("lease", b"x", (1, '"etag"'), b"") is False, text
+    with pytest.raises(OSError, match="^Access Denied$"):
+        ObjectFiles("s3://b/p", _RefusingS3("Access Denied")).replace_if("lease", b"x", (1, '"etag"'), b"")
 
 
 # -- S3's conditional PUT (If-Match), on a real S3-compatible server ----------------------------------------------
@@ -306,9 +350,23 @@ def test_s3_replace_if_matches_the_etag(s3, monkeypatch):
         assert files.replace_if("lease", b"four", first.identity, b"three") is False  # stale ETag
         assert files.get("lease") == b"three"
         assert files.replace_if("none", b"x", first.identity, b"") is False
+        # s3a:// is S3 too: the ETag decides, not the content
+        s3a = ObjectFiles(f"s3a://{bucket}/h")
+        assert s3a.scheme == "s3a" and s3a.replace_if("lease", b"x", first.identity, b"three") is False
+        assert files.get("lease") == b"three"
         # no ETag known: read, compare, write
         assert files.replace_if("lease", b"five", (5,), b"three") is True and files.get("lease") == b"five"
         assert files.replace_if("lease", b"six", (3, None), b"three") is False and files.get("lease") == b"five"
         assert list(files.list("")) == ["lease"]
+        # another client adds an object: listings and stats are not served from s3fs's cache
+        other = s3fs.S3FileSystem(skip_instance_cache=True)
+        other.pipe_file(f"{bucket}/h/later", b"12")
+        other.pipe_file(f"{bucket}/h/lease", b"seven!!")
+        assert files.stat("lease").size == 7
+        assert list(files.list("")) == ["later", "lease"]
+        # reads stream in 1 MiB ranges with no read-ahead cache
+        with files.open("lease") as fh:
+            assert (fh.blocksize, fh.cache.name, fh.mode) == (2**20, "none", "rb")
+            assert fh.read() == b"seven!!"
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
