@@ -196,3 +196,24 @@ def test_missing_file_and_empty_manifest_errors(catalog, tmp_path):
                               "`cp s3://<bucket>/<crdc_series_uuid>/* <destination>` or rows with SeriesInstanceUID "
                               "or crdc_series_uuid)")
     assert err.value.path == str(empty)
+
+
+def test_errors_of_a_read_name_the_file(catalog, tmp_path):
+    v = catalog.idc_version
+    unknown = tmp_path / "unknown.s5cmd"
+    none = "00000000-0000-4000-8000-000000000000"
+    unknown.write_text(f"cp s3://idc-open-data/{none}/* .\n", encoding="utf-8")
+    with pytest.raises(ManifestError) as err:
+        read_manifest(unknown, catalog)
+    assert str(err.value) == (f"{unknown}:1: 1 series found in neither index nor prior_versions_index of IDC v{v}: "
+                              f"{unknown}:1: {none}. To fix: check for typos; a manifest of a newer IDC release "
+                              "needs a newer idc-index-data")
+    cr, two = _current("idc-open-data-cr"), _current("idc-open-data-two")
+    mixed = tmp_path / "mixed.s5cmd"
+    mixed.write_text(f"cp s3://idc-open-data-cr/{cr['crdc_series_uuid']}/* .\n"
+                     f"cp s3://idc-open-idc1/{two['crdc_series_uuid']}/* .\n", encoding="utf-8")
+    with pytest.raises(ManifestError) as err:
+        read_manifest(mixed, catalog)
+    assert str(err.value).startswith(f"{mixed}:2: the manifest mixes providers: line 1 uses AWS bucket "
+                                     "idc-open-data-cr, line 2 uses GCS bucket idc-open-idc1. ")
+    assert (err.value.path, err.value.line) == (str(mixed), 2)
