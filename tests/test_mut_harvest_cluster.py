@@ -267,8 +267,24 @@ def test_arguments_are_checked_before_any_cluster(tmp_path):
 
 @pytest.fixture(scope="module")
 def dask_client():
-    import distributed
+    """An in-process LocalCluster. Its offload thread pool is made afresh: in a process forked after an earlier
+    cluster (as mutmut runs each mutant) the module's pool still lists a thread that the fork did not copy, and
+    every connection waits on it forever."""
+    from concurrent.futures import ThreadPoolExecutor
 
+    import distributed
+    import distributed.utils
+
+    saved = distributed.utils._offload_executor
+    distributed.utils._offload_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="Dask-Offload")
+    try:
+        yield from _local_client(distributed)
+    finally:
+        distributed.utils._offload_executor.shutdown(wait=False)
+        distributed.utils._offload_executor = saved
+
+
+def _local_client(distributed):
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                                   dashboard_address="127.0.0.1:0") as local, \
             distributed.Client(local, set_as_default=False) as client:
