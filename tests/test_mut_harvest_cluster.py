@@ -351,3 +351,37 @@ def test_failed_shards_fail_the_run_naming_one(dask_client, tmp_path):
                  r"http://127\.0\.0\.1:1/dicom-web: ", text)
     assert m and int(m.group(1)) == len(shards) and int(m.group(2)) in shards[:2], text
     assert text.endswith(f"; the series committed before are kept in {tmp_path}: run again to resume")
+
+
+def test_summary_says_how_to_resume():
+    left = ShardedResult(**vars(_result(by_status={"ok": 1})), shards=(), planned=2, concurrency=1)
+    assert left.remaining == 2
+    assert left.summary("run it again") == (f"{_result(by_status={'ok': 1}).summary('run it again')} "
+                                            "[0 of 2 shard(s) done, 1 at once]")
+    assert "2 series left: run it again" in left.summary("run it again")
+
+
+def test_shards_run_with_the_run_options_quietly_under_their_own_keys(dask_client, tmp_path, capsys):
+    import distributed
+
+    pairs = [(f"9.{i}", u) for i, u in enumerate(UIDS[:4])]
+    status = next(iter(harvest_on_cluster(_unserved(pairs), tmp_path, cluster=dask_client, shards=2, workers=1,
+                                          progress=False).by_status))
+    with distributed.get_task_stream(client=dask_client) as stream:
+        # the series are settled; asked again for their status, the shards ask again too (the run's options travel)
+        again = harvest_on_cluster(_unserved(pairs), tmp_path, cluster=dask_client, shards=2, workers=1,
+                                   progress=False, retry=[status])
+        third = harvest_on_cluster(_unserved(pairs), tmp_path, cluster=dask_client, shards=2, workers=1,
+                                   progress=False, retry=[status])
+    assert (again.skipped, again.by_status) == (0, {status: 4})
+    assert sum(s.result.skipped for s in again.shards) == 0 and third.by_status == {status: 4}
+    keys = [t["key"] for t in stream.data]
+    assert len(keys) == 2 * again.planned
+    tokens = set()
+    for key in keys:
+        m = re.fullmatch(r"harvest-shard-(\d{4})-([0-9a-f]{8})", key)
+        assert m, key
+        tokens.add(m.group(2))
+    assert len(tokens) == 2  # one a run: a second run on the cluster never meets the first one's tasks
+    err = capsys.readouterr().err
+    assert "%|" not in err  # no progress bar from the shards' harvests, nor from the coordinator
