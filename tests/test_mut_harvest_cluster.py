@@ -385,3 +385,14 @@ def test_shards_run_with_the_run_options_quietly_under_their_own_keys(dask_clien
     assert len(tokens) == 2  # one a run: a second run on the cluster never meets the first one's tasks
     err = capsys.readouterr().err
     assert "%|" not in err  # no progress bar from the shards' harvests, nor from the coordinator
+
+
+def test_the_coordinator_bar_counts_committed_series(dask_client, tmp_path, capsys):
+    pairs = [(f"9.{i}", u) for i, u in enumerate(UIDS[:3])]
+    planned = len({_documented_shard(u, 2) for _, u in pairs})
+    harvest_on_cluster(_unserved(pairs), tmp_path, cluster=dask_client, shards=2, workers=1, progress=True)
+    lines = [ln for ln in capsys.readouterr().err.replace("\r", "\n").splitlines() if ln.strip()]
+    last = lines[-1]
+    assert last.startswith("harvest (sharded): 100%|"), lines
+    assert " 3/3 [" in last and "series/s" in last and last.endswith(f", shards={planned}/{planned}]"), last
+    assert all(ln.startswith("harvest (sharded):") for ln in lines if "%|" in ln)  # the shards' own bars stay off
