@@ -396,3 +396,17 @@ def test_the_coordinator_bar_counts_committed_series(dask_client, tmp_path, caps
     assert last.startswith("harvest (sharded): 100%|"), lines
     assert " 3/3 [" in last and "series/s" in last and last.endswith(f", shards={planned}/{planned}]"), last
     assert all(ln.startswith("harvest (sharded):") for ln in lines if "%|" in ln)  # the shards' own bars stay off
+
+
+def test_ctrl_c_stops_the_coordinator_and_says_interrupted(dask_client, tmp_path, monkeypatch):
+    pairs = [(f"9.{i}", u) for i, u in enumerate(UIDS[:4])]
+
+    def interrupt(self):  # Ctrl-C while the coordinator looks at the commit records (injected)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_CommitCounter, "new", interrupt)
+    result = harvest_on_cluster(_unserved(pairs), tmp_path, cluster=dask_client, shards=4, workers=1, progress=False)
+    assert result.interrupted is True  # the shards that ended before the interrupt still count
+    assert len(result.shards) <= result.planned and all(not s.result.interrupted for s in result.shards)
+    assert (result.series, result.skipped, result.instances) == (4, 0, 0)
+    assert result.summary().startswith("interrupted: 4 series ")
