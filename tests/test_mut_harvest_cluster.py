@@ -108,6 +108,9 @@ def test_jobs_one_per_shard_with_its_series(tmp_path):
     assert _jobs([], endpoints, 4, tmp_path, options) == []
     nulls = _jobs([SeriesTask("9", "1", None, None, None)], {}, 1, "s3://b/r", {})
     assert nulls[0].out_dir == "s3://b/r/shards/0000" and nulls[0].source.routes.num_rows == 1
+    assert nulls[0].source.routes.schema == pa.schema([
+        ("StudyInstanceUID", pa.string()), ("SeriesInstanceUID", pa.string()), ("endpoint", pa.string()),
+        ("series_url", pa.string()), ("reason", pa.string())])  # string columns even when all null
 
 
 def test_a_lost_run_left_its_lock_or_lease(tmp_path, monkeypatch, caplog):
@@ -299,15 +302,23 @@ def _unserved(pairs) -> cluster._Routes:
         "reason": ["no endpoint serves it"] * len(pairs)}), {})
 
 
-def test_a_sharded_run_on_an_in_process_cluster(dask_client, tmp_path):
+def test_a_sharded_run_on_an_in_process_cluster(dask_client, tmp_path, caplog):
     from cohort.harvest import harvest
 
     pairs = [(f"9.{i}", u) for i, u in enumerate(UIDS[:5])]
     reference = harvest(_unserved(pairs), tmp_path / "reference", progress=False)  # one process, no cluster
     assert reference.series == 5 and sum(reference.by_status.values()) == 5
     out = tmp_path / "sharded"
-    result = harvest_on_cluster(_unserved(pairs), out, cluster=dask_client, shards=3, workers=1, rate=6.0,
-                                progress=False, flush_seconds=0)
+    before = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="cohort.harvest.cluster"):
+        result = harvest_on_cluster(_unserved(pairs), out, cluster=dask_client, shards=3, workers=1, rate=6.0,
+                                    progress=False, flush_seconds=0)
+    took = time.monotonic() - before
+    planned = len({_documented_shard(u, 3) for _, u in pairs})
+    assert [r.getMessage() for r in caplog.records if r.name == "cohort.harvest.cluster"] == [
+        f"harvest {out} on {dask_client.scheduler.address}: 5 series, 0 already complete, {planned} shard(s) of 3, "
+        "2 at once"]
+    assert 0 < result.seconds <= took
     shards = sorted({_documented_shard(u, 3) for _, u in pairs})
     assert isinstance(result, ShardedResult)
     assert (result.series, result.skipped, result.instances, result.bytes, result.interrupted) == (5, 0, 0, 0, False)
@@ -333,8 +344,9 @@ def test_a_sharded_run_on_an_in_process_cluster(dask_client, tmp_path):
     assert all(s.rate is None for s in four.shards)
     assert sorted(p.name for p in (fresh / "shards").iterdir()) == sorted(
         f"{i:04d}" for i in {_documented_shard(u, 4) for _, u in pairs})
-    two = harvest_on_cluster(_unserved(pairs[:1]), tmp_path / "one", cluster=dask_client, workers=1, progress=False)
-    assert two.planned == 1 and [s.index for s in two.shards] == [0]
+    odd = next(u for u in UIDS if _documented_shard(u, 2) == 1)  # would be shard 1 of 2
+    two = harvest_on_cluster(_unserved([("9", odd)]), tmp_path / "one", cluster=dask_client, workers=1, progress=False)
+    assert two.planned == 1 and [s.index for s in two.shards] == [0]  # one series: one shard
 
 
 def test_failed_shards_fail_the_run_naming_one(dask_client, tmp_path):
@@ -351,6 +363,11 @@ def test_failed_shards_fail_the_run_naming_one(dask_client, tmp_path):
                  r"http://127\.0\.0\.1:1/dicom-web: ", text)
     assert m and int(m.group(1)) == len(shards) and int(m.group(2)) in shards[:2], text
     assert text.endswith(f"; the series committed before are kept in {tmp_path}: run again to resume")
+    assert "failed after 1 attempts" in text  # the run's retry policy reached the shards
+    with pytest.raises(HarvestError) as err:  # one shard, one failure: it is the one named
+        harvest_on_cluster(pairs, tmp_path / "one", refused, cluster=dask_client, shards=1, workers=1, policy=policy,
+                           progress=False)
+    assert str(err.value).startswith("1 of 1 shard(s) failed, e.g. shard 0: HarvestError: cannot reach ")
 
 
 def test_summary_says_how_to_resume():
@@ -390,7 +407,7 @@ def test_shards_run_with_the_run_options_quietly_under_their_own_keys(dask_clien
 def test_the_coordinator_bar_counts_committed_series(dask_client, tmp_path, capsys):
     pairs = [(f"9.{i}", u) for i, u in enumerate(UIDS[:3])]
     planned = len({_documented_shard(u, 2) for _, u in pairs})
-    harvest_on_cluster(_unserved(pairs), tmp_path, cluster=dask_client, shards=2, workers=1, progress=True)
+    harvest_on_cluster(_unserved(pairs), tmp_path, cluster=dask_client, shards=2, workers=1)  # progress by default
     lines = [ln for ln in capsys.readouterr().err.replace("\r", "\n").splitlines() if ln.strip()]
     last = lines[-1]
     assert last.startswith("harvest (sharded): 100%|"), lines
