@@ -59,6 +59,7 @@ def test_shard_dir(tmp_path):
     assert shard_dir(tmp_path, 7, 123_457) == tmp_path / "shards" / "000007"
     assert shard_dir("s3://bucket/run/", 3, 10) == "s3://bucket/run/shards/0003"
     assert shard_dir("s3://bucket/run", 3, 10) == "s3://bucket/run/shards/0003"
+    assert shard_dir("s3://bucket/runX//", 3, 10) == "s3://bucket/runX/shards/0003"
     assert shard_dir("file:///x", 1, 2) == Path("file:/x/shards/0001")
 
 
@@ -133,6 +134,8 @@ def test_a_lost_run_left_its_lock_or_lease(tmp_path, monkeypatch, caplog):
     assert len(slept) == 1 and 99 < slept[0] <= 101
     assert [r.getMessage() for r in caplog.records] == [
         f"shard {files.url}: waiting 100 s for the lease of run r1 to expire (its worker was lost)"]
+    files.put("harvest.lease", json.dumps({"run_id": "r3", "expires_epoch": time.time() + 0.5}).encode())
+    assert _left_by_a_lost_run(files) is True and 1.0 < slept[-1] <= 1.5  # under a second left: waited too
     files.put("harvest.lease", json.dumps({"run_id": "r2", "expires_epoch": time.time() + 10**6}).encode())
     assert _left_by_a_lost_run(files) is True and slept[-1] == 301.0  # at most one lease period and a second
 
