@@ -49,6 +49,7 @@ def test_plan_text_bytes_and_defaults(tmp_path):
     assert (plan.is_s5cmd, plan.dir_template, plan.manifest) == (False, DEFAULT_DIR_TEMPLATE, None)
     assert DEFAULT_DIR_TEMPLATE == "%collection_id/%PatientID/%StudyInstanceUID/%Modality_%SeriesInstanceUID"
     assert _gb(1_234_567_890) == "1.23 GB" and _gb(12_345_678_901_234) == "12,345.68 GB"
+    assert _gb(1_255_000_001) == "1.26 GB"  # a GB is exactly 10^9 bytes
     result = SimpleNamespace(result=pa.table({"series_size_MB": [1.004, None, 2.0031]}))
     assert _size_MB(result) == 3.01
     assert _describe({"collection": ["a"], "patient": ["p1", "p2", "p3", "p4"]}) == \
@@ -262,3 +263,49 @@ def test_download_hands_over_and_reports_failures(catalog, tmp_path, monkeypatch
     with pytest.raises(DiskSpaceError):
         download(DownloadPlan(plan.manifest, fresh, plan.provider, 1, 1.0, plan.cohort, True), client)
     assert client.calls == [] and not fresh.exists()
+
+
+def test_free_bytes_of_another_file_system(tmp_path):
+    """DEST on a file system other than / (tmpfs /dev/shm here): its own free space, not that of /."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == Path("/").stat().st_dev:
+        shm = tmp_path  # no separate file system here: the check below still holds
+    st = os.statvfs(shm)
+    got = _plan(shm / f"dest-{os.getpid()}").free_bytes()
+    assert abs(got - st.f_bavail * st.f_frsize) < 64 * 2**20
+
+
+def test_plans_use_the_catalog_given(catalog, tmp_path):
+    s5cmd = tmp_path / "one.s5cmd"
+    s5cmd.write_text(f"cp s3://idc-open-data/{SLIDE_UUID}/* .\n", encoding="utf-8")
+    assert plan_download(s5cmd, catalog=catalog).cohort.catalog is catalog
+    plan = plan_selection(series=[SLIDE], catalog=catalog)
+    assert plan.cohort.catalog is catalog
+    assert plan.cohort.result.column_names == ["SeriesInstanceUID", "collection_id", "PatientID", "StudyInstanceUID",
+                                               "Modality", "crdc_series_uuid", "series_size_MB"]
+    with pytest.raises(DownloadError) as err:
+        plan_selection(patient=["p", 7], catalog=catalog)
+    assert str(err.value) == "patient takes strings (one or a list); got int 7"
+    with pytest.raises(DownloadError) as err:
+        plan_selection(study=[f"9.{i}" for i in range(5)], catalog=catalog)
+    assert str(err.value) == (f"5 study value(s) not in the index of IDC v{catalog.idc_version}: 9.0, 9.1, 9.2, 9.3, "
+                              "9.4; check the --study values")
+
+
+def test_download_builds_idc_index_client_and_hears_only_idc_index(catalog, tmp_path, monkeypatch):
+    import idc_index
+
+    s5cmd = tmp_path / "one.s5cmd"
+    s5cmd.write_text(f"cp s3://idc-open-data/{SLIDE_UUID}/* .\n", encoding="utf-8")
+    plan = plan_download(s5cmd, tmp_path / "dl", catalog)
+    monkeypatch.setattr(DownloadPlan, "free_bytes", lambda self: 10**15)
+
+    class Noisy(_Client):
+        def download_from_manifest(self, **kw):
+            logging.getLogger("urllib3.connectionpool").error("another library's error")
+            super().download_from_manifest(**kw)
+
+    made = []
+    monkeypatch.setattr(idc_index, "IDCClient", lambda: made.append(Noisy()) or made[-1])
+    assert download(plan) is None  # no client given: idc-index's own is made; other loggers' errors are not ours
+    assert len(made) == 1 and made[0].calls[0]["manifestFile"] == str(s5cmd)
