@@ -240,3 +240,11 @@ def test_write_manifest_defaults_and_errors(catalog, small, tmp_path):
     message = str(err.value)
     assert message.startswith(f"{csv_path}: cannot write the manifest: ") and "\n" not in message
     assert len(message) > len(f"{csv_path}: cannot write the manifest: ") + 5 and not csv_path.exists()
+
+
+def test_nested_directories_and_the_aws_bucket_of_an_s5cmd_line(catalog, small, tmp_path):
+    cr = small["cr"]
+    cohort = Cohort(pa.table({"SeriesInstanceUID": [cr["SeriesInstanceUID"]]}), Provenance.make(catalog), catalog)
+    info = write_manifest(cohort, tmp_path / "a" / "b" / "c.s5cmd", routes=small["routes"], citations=False)
+    lines = [ln for ln in info.path.read_text().splitlines() if not ln.startswith("#")]
+    assert lines == [f"cp s3://idc-open-data-cr/{cr['crdc_series_uuid']}/* ."]  # the AWS bucket, not idc-open-cr
