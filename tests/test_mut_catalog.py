@@ -399,6 +399,11 @@ def test_referenced_tables(sql, names):
     assert catalog_module.referenced_tables(sql, KNOWN) == names
 
 
+def test_quoted_names_with_spaces_inside():
+    assert catalog_module.referenced_tables('SELECT * FROM "my table" AS t', ["my table", "my"]) == {"my table"}
+    assert catalog_module.referenced_tables('SELECT * FROM "my table"', ["my table", "my"]) == {"my table"}
+
+
 def test_quoted_names_with_quotes_inside():
     assert catalog_module.referenced_tables('SELECT * FROM "a""b"', ['a"b', "b"]) == {'a"b'}
     assert catalog_module.referenced_tables('SELECT * FROM "s"."index"', ["index"]) == set()
@@ -500,7 +505,8 @@ def test_rows_and_df_name_the_source_in_errors(catalog):
             run("SELECT CAST('x' || $p AS INTEGER) AS v", {"p": "y"}, source="mine.sql")
         assert str(info.value) == ("Conversion Error: Could not convert string 'xy' to INT32 "
                                    "(in mine.sql; with parameters p='y')")
-        assert info.value.source == "mine.sql"
+        assert info.value.source == "mine.sql" and info.value.sql == "SELECT CAST('x' || $p AS INTEGER) AS v"
+        assert info.value.params == {"p": "y"}
 
 
 def test_only_a_missing_table_is_an_unknown_table(catalog):
