@@ -517,7 +517,7 @@ def test_only_a_missing_table_is_an_unknown_table(catalog):
     # a name DuckDB's message cannot delimit (a space in it) is still an unknown table
     with pytest.raises(UnknownTableError) as info:
         catalog.sql('SELECT * FROM "no such"')
-    assert str(info.value).startswith("unknown table '") and ". Available now: " in str(info.value)
+    assert str(info.value).startswith("unknown table 'no such'. Available now: ")  # it said '?' before
 
 
 def test_only_a_parameter_problem_is_a_parameter_error(catalog):
@@ -549,3 +549,49 @@ def test_a_write_is_placed_at_its_own_line(sql, where):
     with pytest.raises(ReadOnlyError) as info:
         catalog_module.check_read_only(sql, source="q.sql")
     assert info.value.message == f"{where} {READ_ONLY_TAIL}"
+
+
+def test_a_catalog_made_with_the_defaults_reads_the_local_copy_of_this_version():
+    import idc_index_data
+
+    cat = Catalog(download=False)  # made here: a session fixture's construction is mapped to one test only
+    assert cat.local_copy is not None and cat.local_copy.is_file()
+    assert cat.local_copy.parent.name == idc_index_data.__version__
+    assert _views(cat)["index"] == "CREATE VIEW index AS SELECT * FROM idc_local_copy.main.index;"
+
+
+def test_downloads_are_on_by_default(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/{{version}}/{{name}}.parquet"
+    import idc_index_data
+
+    tried = url.format(version=idc_index_data.__version__, name="sm_index")
+    cat = Catalog(cache_dir=tmp_path, urls=(url,), local_copy=False)
+    if cat.available("sm_index"):
+        pytest.skip("sm_index is in idc-index's cache on this machine")  # pragma: no cover
+    with pytest.raises(TableUnavailableError) as info:
+        cat.ensure("sm_index")
+    assert str(info.value).startswith(f"table 'sm_index' is not on this machine and could not be fetched (tried {tried}: "
+                                      "ConnectionError")
+    off = Catalog(cache_dir=tmp_path, urls=(url,), local_copy=False, download=False)
+    with pytest.raises(TableUnavailableError, match=r"^table 'sm_index' is not on this machine, nor cached, and "
+                                                    r"downloads are off"):
+        off.ensure("sm_index")
+
+
+def test_a_lookup_of_ten_thousand_uids_loads_no_pandas():
+    import subprocess
+    import sys
+
+    # up to 10,000 UIDs go into a list literal: an Arrow table of them would import pandas (a second, 77 MB)
+    code = (
+        "import sys; from cohort import Catalog; cat = Catalog(download=False, local_copy=False); "
+        "uids = ['1.2.826.0.1.3680043.99999.%d' % i for i in range(10_000)]; "
+        "print(cat.unknown_uids(uids) == uids, 'pandas' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]
