@@ -359,9 +359,11 @@ def test_check_read_only_messages_in_full():
         assert type(info.value) is QueryError
         assert info.value.message == message
         assert str(info.value) == message + " (in q.sql; with parameters n=2)"
+        assert info.value.sql == sql
     with pytest.raises(QueryError) as info:
         catalog_module.check_read_only("SELECT 1; SELECT 2; SELECT 3", source="a.sql", params={"x": 1})
     assert str(info.value) == "3 statements found; a query holds exactly one SELECT (in a.sql; with parameters x=1)"
+    assert info.value.sql == "SELECT 1; SELECT 2; SELECT 3"
     catalog_module.check_read_only("SELECT 1")  # a single SELECT passes
 
 
@@ -595,3 +597,15 @@ def test_a_lookup_of_ten_thousand_uids_loads_no_pandas():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "False"]
+
+
+def test_a_refused_write_through_a_query_names_its_source_and_parameters(catalog):
+    with pytest.raises(ReadOnlyError) as info:
+        catalog.sql("SET threads = 1", {"p": 1}, source="w.sql")
+    assert str(info.value) == f"w.sql:1: SET {READ_ONLY_TAIL} (with parameters p=1)"
+
+
+def test_comments_and_strings_leave_no_words_behind():
+    # DuckDB's scanner fails on JOIN ... USING, so the words are read: what replaces a comment or string is no name
+    sql = "SELECT 'a' FROM index JOIN b USING (c) -- note"
+    assert catalog_module.referenced_tables(sql, ["index", "xx", "XX"]) == {"index"}
