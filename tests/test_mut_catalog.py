@@ -609,3 +609,18 @@ def test_comments_and_strings_leave_no_words_behind():
     # DuckDB's scanner fails on JOIN ... USING, so the words are read: what replaces a comment or string is no name
     sql = "SELECT 'a' FROM index JOIN b USING (c) -- note"
     assert catalog_module.referenced_tables(sql, ["index", "xx", "XX"]) == {"index"}
+
+
+def test_a_relative_directory_stays_allowed_after_a_change_of_directory(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name in ("sub", "other", "elsewhere"):
+        (tmp_path / name).mkdir()
+    pq.write_table(pa.table({"x": [4, 5]}), tmp_path / "sub" / "a.parquet")
+    monkeypatch.chdir(tmp_path)
+    cat = Catalog(download=False)
+    cat.add_view("rel", f"SELECT * FROM read_parquet('{tmp_path}{os.sep}sub{os.sep}a.parquet')", allow_dir="sub")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cat.add_view("two", "SELECT 1 AS one", allow_dir=tmp_path / "other")  # the sandbox is rebuilt here
+    assert cat.rows("SELECT sum(x) AS s FROM rel") == (["s"], [(9,)])
