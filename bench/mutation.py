@@ -99,6 +99,13 @@ SKIP_TESTS: dict[str, tuple[str, ...]] = {
     # tests/test_mut_harvest_store.py, the lock itself by harvest.lock's tests
     "harvest.store": ("test_a_second_writer_is_refused_while_the_first_lives",
                       "test_a_lock_left_by_a_dead_process_is_taken_over_with_a_message"),
+    # idc-index's IDCClient (its fixture: 15 s and ~1 GB in each mutant's run); the views and SQL it compares
+    # are checked against the Parquet files by test_catalog.py/test_mut_catalog.py's own tests
+    "catalog": ("test_same_rows_as_idc_index",),
+    # each routes the whole index (a million series: 5-20 s per mutant on a loaded machine); the routing rules
+    # they count are checked series by series against the reference router of test_coverage_routing.py
+    "coverage": ("test_prefer_google_whole_index_matches_independent_count",
+                 "test_pinned_release_whole_index_matches_independent_count"),
 }
 CONFTEST_HOOK = """
 

@@ -278,7 +278,7 @@ class Catalog:
     def _translate(self, exc: duckdb.Error, sql: str, source: str | None, params: dict) -> QueryError:
         text = str(exc)
         if isinstance(exc, duckdb.CatalogException) and "Table with name" in text:
-            m = re.search(r"Table with name (\S+) does not exist", text)
+            m = re.search(r"Table with name (.+?) does not exist", text)  # the name may hold spaces
             name = m.group(1) if m else "?"
             return UnknownTableError(self.store.unknown_table_message(name))  # type: ignore[return-value]
         if isinstance(exc, duckdb.InvalidInputException) and "parameter" in text.lower():

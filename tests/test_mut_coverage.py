@@ -1,0 +1,477 @@
+"""cohort/coverage.py's exact outcomes that the mutation run (``bench/mutation.py coverage``) showed
+untested: policies and their messages, the checks of route()'s settings, the endpoints a report
+names, the report's tables and texts, discover_newest_store and verify against a scripted DICOMweb
+server on 127.0.0.1 (each answer chosen per request: the faults are injected, not waited for).
+
+Expected values are written out by hand or read from the shipped index with pyarrow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import idc_index_data
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from cohort import Cohort, CoverageError, custom
+from cohort.coverage import (
+    PREFER_GOOGLE,
+    PREFER_PROXY,
+    CoverageReport,
+    Policy,
+    PolicyKind,
+    default_policy,
+    discover_newest_store,
+    route,
+    sql_value,
+    verify,
+)
+from cohort.endpoints import BasicAuth, google_store, idc_proxy
+from cohort.retry import RetryPolicy
+
+CURRENT = int(idc_index_data.__version__.split(".")[0])
+ONCE = RetryPolicy(max_attempts=1)
+
+
+# -- policies ----------------------------------------------------------------------------------------
+def test_policy_checks_its_fields():
+    with pytest.raises(CoverageError) as info:
+        Policy(PolicyKind.PINNED)
+    assert str(info.value) == ("a pinned policy needs a release, and only a pinned policy has one: "
+                               "use Policy.pinned(N)")
+    with pytest.raises(CoverageError, match=r"^a pinned policy needs a release"):
+        Policy(PolicyKind.PREFER_GOOGLE, release=9)
+    with pytest.raises(CoverageError) as info:
+        Policy(PolicyKind.ENDPOINT)
+    assert str(info.value) == ("an endpoint policy needs an endpoint, and only it has one: "
+                               "use Policy.explicit(cohort.custom(URL))")
+    with pytest.raises(CoverageError, match=r"^an endpoint policy needs an endpoint"):
+        Policy(PolicyKind.PREFER_PROXY, endpoint=custom("http://127.0.0.1:9/x"))
+    assert Policy(PolicyKind.PINNED, release=0).release == 0
+
+
+def test_policy_parse_every_form():
+    local = custom("http://127.0.0.1:9/dicom-web", name="local")
+    assert Policy.parse(PREFER_PROXY) is PREFER_PROXY
+    assert Policy.parse(local) == Policy(PolicyKind.ENDPOINT, endpoint=local)
+    assert Policy.parse(12) == Policy(PolicyKind.PINNED, release=12)
+    assert Policy.pinned("7").release == 7  # made an int
+    assert Policy.parse(PolicyKind.PREFER_GOOGLE) == PREFER_GOOGLE
+    assert Policy.parse(PolicyKind.PREFER_PROXY) == PREFER_PROXY
+    assert Policy.parse("  Google ") == PREFER_GOOGLE and Policy.parse("PROXY") == PREFER_PROXY
+    assert Policy.parse("V9") == Policy.parse(" v9 ") == Policy.parse("9") == Policy(PolicyKind.PINNED, release=9)
+    for bad in (True, PolicyKind.PINNED, PolicyKind.ENDPOINT, "v", "vv9x", "9.5", "pinned", 2.0, None):
+        with pytest.raises(CoverageError) as info:
+            Policy.parse(bad)
+        assert str(info.value) == (f"unknown routing policy {bad!r}: use 'google', 'proxy', a release number to pin "
+                                   "(e.g. 'v9'), or an Endpoint")
+
+
+def test_policy_texts():
+    assert str(PREFER_GOOGLE) == "prefer google"
+    assert str(PREFER_PROXY) == "prefer proxy"
+    assert str(Policy.pinned(3)) == "pinned to v3"
+    assert str(Policy.explicit(custom("http://127.0.0.1:9/x", name="mine"))) == "explicit endpoint mine"
+    assert [k.value for k in PolicyKind] == ["google", "proxy", "pinned", "endpoint"]
+
+
+def test_default_policy_follows_the_credentials_file(tmp_path, monkeypatch):
+    key = tmp_path / "adc.json"
+    key.write_text("{}")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    assert default_policy() is PREFER_GOOGLE
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "absent.json"))
+    assert default_policy() is PREFER_PROXY
+
+
+def test_sql_value():
+    assert sql_value(None) == "NULL"
+    assert sql_value(True) == "true" and sql_value(False) == "false"
+    assert sql_value(0) == "0" and sql_value(-3) == "-3"
+    assert sql_value("it's") == "'it''s'"
+    assert sql_value(["a", 1, None, (True,)]) == "['a', 1, NULL, [true]]"
+    assert sql_value([]) == "[]"
+    with pytest.raises(TypeError) as info:
+        sql_value(1.5)
+    assert str(info.value) == "no SQL literal for float"
+
+
+# -- route: settings, endpoints, the report ---------------------------------------------------------
+def _read(catalog, sql: str) -> list[dict]:
+    """Rows of plain SQL over the index tables (DuckDB's own reading, not coverage.py's)."""
+    cur = catalog.connection.cursor()
+    try:
+        result = cur.execute(sql)
+        names = [d[0] for d in result.description]
+        return [dict(zip(names, row)) for row in result.fetchall()]
+    finally:
+        cur.close()
+
+
+@pytest.fixture(scope="module")
+def paad(catalog) -> dict:
+    """tcga_paad series in idc-open-data: three last revised before the current release, two in it."""
+    rows = _read(catalog, "SELECT SeriesInstanceUID, StudyInstanceUID, series_size_MB, series_revised_idc_version AS made "
+                          "FROM index WHERE collection_id = 'tcga_paad' AND aws_bucket = 'idc-open-data' ORDER BY 1")
+    old = [r for r in rows if r["made"] < CURRENT]
+    new = [r for r in rows if r["made"] == CURRENT]
+    assert len(old) >= 3 and len(new) >= 2
+    return {"old": old[:3], "new": new[:2]}
+
+
+def test_route_checks_its_settings(catalog, paad):
+    cohort = Cohort.from_uids([paad["old"][0]["SeriesInstanceUID"]], catalog=catalog)
+    with pytest.raises(CoverageError) as info:
+        route(cohort, "google", first_google_store=0)
+    assert str(info.value) == "first_google_store must be 1 or later, got 0"
+    with pytest.raises(CoverageError) as info:
+        route(cohort, "google", newest_google_store=CURRENT + 1)
+    assert str(info.value) == (f"newest Google store v{CURRENT + 1} is newer than the index (IDC v{CURRENT}); "
+                               "update idc-index-data or give a store no newer than the index")
+    for pin in (0, CURRENT + 1):
+        with pytest.raises(CoverageError) as info:
+            route(cohort, pin)
+        assert str(info.value) == f"cannot pin release v{pin}: the index is IDC v{CURRENT}, so pin 1 to {CURRENT}"
+    # the bounds themselves are accepted
+    assert route(cohort, "google", newest_google_store=CURRENT).newest_google_store == CURRENT
+    assert route(cohort, 1).policy == Policy.pinned(1) and route(cohort, CURRENT).policy == Policy.pinned(CURRENT)
+    one = route(cohort, "google", newest_google_store=1, first_google_store=1)
+    assert one.newest_google_store == 1  # a store equal to the first one is a store
+    assert route(cohort, "google", newest_google_store=4, first_google_store=5).newest_google_store is None
+
+
+def test_route_without_a_policy_uses_the_default(catalog, paad, tmp_path, monkeypatch):
+    cohort = Cohort.from_uids([paad["old"][0]["SeriesInstanceUID"]], catalog=catalog)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "absent.json"))
+    assert route(cohort).policy == PREFER_PROXY
+    key = tmp_path / "adc.json"
+    key.write_text("{}")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    report = route(cohort)
+    assert report.policy == PREFER_GOOGLE
+    assert report.newest_google_store == CURRENT - 1  # lag 1 by default
+    assert route(cohort, lag=3).newest_google_store == CURRENT - 3
+
+
+def test_the_endpoints_of_a_report(catalog, paad, caplog):
+    old, new = paad["old"], paad["new"]
+    cohort = Cohort.from_uids([r["SeriesInstanceUID"] for r in old + new], catalog=catalog)
+    caplog.set_level(logging.INFO, logger="cohort.coverage")
+    report = route(cohort, "google", newest_google_store=CURRENT - 1)
+    assert f"routed 5 series (prefer google, newest Google store {CURRENT - 1})" in caplog.messages
+    store = google_store(CURRENT - 1)
+    assert report.endpoints == {store.name: store, "idc-proxy": idc_proxy()}
+    got = {r["SeriesInstanceUID"]: r for r in report.routes.to_pylist()}
+    for r in old:
+        assert got[r["SeriesInstanceUID"]]["endpoint"] == store.name
+        assert got[r["SeriesInstanceUID"]]["served_version"] == CURRENT - 1
+    for r in new:
+        assert got[r["SeriesInstanceUID"]]["endpoint"] == "idc-proxy"
+    pinned = route(cohort, 1)  # tcga_paad was not in v1: nobody serves it
+    assert pinned.endpoints == {}
+    assert set(pinned.routes.column("endpoint").to_pylist()) == {"unavailable"}
+    assert pinned.unavailable == 5
+
+
+def test_a_series_that_left_idc_is_routed_with_the_current_ones(catalog):
+    rows = _read(catalog, "SELECT SeriesInstanceUID, aws_bucket, min_idc_version, max_idc_version FROM prior_versions_index "
+                          "WHERE SeriesInstanceUID IN (SELECT min(SeriesInstanceUID) FROM prior_versions_index p "
+                          "ANTI JOIN index USING (SeriesInstanceUID) WHERE p.aws_bucket = 'idc-open-data')")
+    uid = rows[0]["SeriesInstanceUID"]
+    newest = max(rows, key=lambda r: r["max_idc_version"])
+    assert newest["aws_bucket"] == "idc-open-data" and newest["max_idc_version"] < CURRENT
+    current_uid = _read(catalog, "SELECT min(SeriesInstanceUID) AS u FROM index")[0]["u"]
+    report = route(Cohort.from_uids([current_uid, uid], catalog=catalog), "google", newest_google_store=CURRENT - 1)
+    got = {r["SeriesInstanceUID"]: r for r in report.routes.to_pylist()}
+    assert set(got) == {current_uid, uid}
+    assert got[uid]["in_current_release"] is False and got[current_uid]["in_current_release"] is True
+    assert got[uid]["revision_version"] == newest["min_idc_version"]
+    store = min(newest["max_idc_version"], CURRENT - 1)
+    assert got[uid]["endpoint"] == f"idc-store-v{store}"
+    assert report.routes.schema.field("in_current_release").type == pa.bool_()
+
+
+def test_report_tables_and_texts(catalog, paad):
+    old, new = paad["old"], paad["new"]
+    cohort = Cohort.from_uids([r["SeriesInstanceUID"] for r in old + new], catalog=catalog)
+    report = route(cohort, "google", newest_google_store=CURRENT - 1)
+    store = f"idc-store-v{CURRENT - 1}"
+    old_gb = round(sum(r["series_size_MB"] for r in old) / 1000, 3)
+    new_gb = round(sum(r["series_size_MB"] for r in new) / 1000, 3)
+    assert report.by_endpoint().to_dict("records") == [
+        {"endpoint": store, "series": 3, "size_GB": old_gb}, {"endpoint": "idc-proxy", "series": 2, "size_GB": new_gb}]
+    by_collection = report.by_collection().to_dict("records")
+    assert by_collection == [{"collection_id": "tcga_paad", "endpoint": store, "series": 3, "size_GB": old_gb},
+                             {"collection_id": "tcga_paad", "endpoint": "idc-proxy", "series": 2, "size_GB": new_gb}]
+    assert list(report.by_reason().columns) == ["endpoint", "reason", "series", "size_GB"]
+    assert report.unavailable == 0
+    head = f"5 series routed (prefer google; IDC v{CURRENT}, newest Google store v{CURRENT - 1})"
+    assert report.summary_text() == "\n".join([
+        head, f"  {store}: 3 series, {old_gb:,.2f} GB", f"  idc-proxy: 2 series, {new_gb:,.2f} GB"])
+    assert repr(report) == f"<CoverageReport {head}>"
+    html = report._repr_html_()
+    assert html.startswith(f"<div><b>Coverage</b> {head}<br>  {store}: 3 series")
+    assert html.endswith("</table></div>") and "<table" in html
+    assert len(report.to_pandas()) == 5
+
+
+def test_report_ties_sort_by_name_and_unknown_sizes_count_zero(catalog, paad):
+    # pinned to v1 (before tcga_paad): no revision, no size; one group
+    uids = [r["SeriesInstanceUID"] for r in paad["old"][:2]]
+    report = route(Cohort.from_uids(uids, catalog=catalog), 1)
+    assert report.by_endpoint().to_dict("records") == [{"endpoint": "unavailable", "series": 2, "size_GB": 0.0}]
+    text = report.summary_text()
+    assert text.splitlines()[1:] == ["  unavailable: 2 series, 0.00 GB",
+                                     "  the proxy would serve different data, or nothing, for 2 series"]
+    assert "newest Google store v" in text.splitlines()[0]
+    none = route(Cohort.from_uids(uids, catalog=catalog), "proxy", newest_google_store=3, first_google_store=4)
+    assert f"series routed (prefer proxy; IDC v{CURRENT}, newest Google store none)" in none.summary_text()
+    # equal counts: by name
+    one_each = route(Cohort.from_uids([paad["old"][0]["SeriesInstanceUID"], paad["new"][0]["SeriesInstanceUID"]],
+                           catalog=catalog), "google", newest_google_store=CURRENT - 1)
+    assert [r["endpoint"] for r in one_each.by_endpoint().to_dict("records")] == ["idc-proxy", f"idc-store-v{CURRENT - 1}"]
+
+
+def test_report_html_escapes():
+    routes = pa.table({"SeriesInstanceUID": ["1.2"], "collection_id": ["c"], "endpoint": ["<b>&"],
+                       "series_size_MB": [1500.0], "series_url": ["u"], "proxy_differs": [False],
+                       "reason": ["r<"]})
+    report = CoverageReport(routes, {}, Policy.explicit(custom("http://127.0.0.1:9", name="a<b")), CURRENT, None)
+    assert report.summary_text() == f"1 series routed (explicit endpoint a<b; IDC v{CURRENT}, newest Google store none)\n  <b>&: 1 series, 1.50 GB"
+    html = report._repr_html_()
+    assert html.startswith(f"<div><b>Coverage</b> 1 series routed (explicit endpoint a&lt;b; IDC v{CURRENT}, "
+                           "newest Google store none)<br>  &lt;b&gt;&amp;: 1 series, 1.50 GB<table")
+
+
+# -- a scripted DICOMweb server ---------------------------------------------------------------------
+class _Scripted(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        with self.server.lock:
+            self.server.requests.append((url.path, query, self.headers.get("Accept"), self.headers.get("Authorization")))
+            self.server.active += 1
+            self.server.most = max(self.server.most, self.server.active)
+        try:
+            key = query["SeriesInstanceUID"][0] if "SeriesInstanceUID" in query else url.path
+            plan = self.server.plan[key]  # (status, body) every time, or a list of them in turn (the last repeats)
+            status, body = (plan.pop(0) if len(plan) > 1 else plan[0]) if isinstance(plan, list) else plan
+            if self.server.hold:
+                self.server.hold.wait(0.2)
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", str(0 if status == 204 else len(data)))
+            self.end_headers()
+            if status != 204:
+                self.wfile.write(data)
+        finally:
+            with self.server.lock:
+                self.server.active -= 1
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    httpd.plan, httpd.requests, httpd.lock, httpd.active, httpd.most, httpd.hold = {}, [], threading.Lock(), 0, 0, None
+    httpd.base = f"http://127.0.0.1:{httpd.server_port}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- discover_newest_store ---------------------------------------------------------------------------
+def _stores(server):
+    return lambda n: custom(f"{server.base}/v{n}", name=f"store-v{n}")
+
+
+def test_discover_probes_down_to_the_first_store_that_answers(server):
+    server.plan = {"/v25/studies": (404, []), "/v24/studies": (404, []), "/v23/studies": (200, [])}
+    assert discover_newest_store(25, store=_stores(server), policy=ONCE) == 23
+    assert server.requests == [(f"/v{n}/studies", {"limit": ["1"]}, "application/dicom+json", None) for n in (25, 24, 23)]
+    server.requests.clear()
+    server.plan = {"/v9/studies": (204, b"")}
+    assert discover_newest_store(9, store=_stores(server), policy=ONCE) == 9
+
+
+def test_discover_stops_after_max_probes_or_the_first_store(server):
+    server.plan = {f"/v{n}/studies": (404, []) for n in range(1, 26)}
+    assert discover_newest_store(25, store=_stores(server), policy=ONCE) is None
+    assert [r[0] for r in server.requests] == ["/v25/studies", "/v24/studies", "/v23/studies", "/v22/studies"]
+    server.requests.clear()
+    assert discover_newest_store(25, first=24, store=_stores(server), policy=ONCE) is None
+    assert [r[0] for r in server.requests] == ["/v25/studies", "/v24/studies"]
+    server.requests.clear()
+    assert discover_newest_store(25, store=_stores(server), policy=ONCE, max_probes=2) is None
+    assert [r[0] for r in server.requests] == ["/v25/studies", "/v24/studies"]
+    server.requests.clear()
+    assert discover_newest_store(3, store=_stores(server), policy=ONCE) is None  # stores start at v1
+    assert [r[0] for r in server.requests] == ["/v3/studies", "/v2/studies", "/v1/studies"]
+
+
+def test_discover_refuses_to_guess_on_other_answers(server):
+    server.plan = {"/v25/studies": (500, [])}
+    with pytest.raises(CoverageError) as info:
+        discover_newest_store(25, store=_stores(server), policy=ONCE)
+    assert str(info.value) == (f"could not tell whether store-v25 exists (HTTP 500 from {server.base}/v25/studies); "
+                               "give the newest store yourself (newest_google_store=N, --newest-store N)")
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(CoverageError) as info:
+        discover_newest_store(5, store=lambda n: custom(f"{dead}/v{n}", name=f"s{n}"), policy=ONCE)
+    assert str(info.value) == (f"could not tell whether s5 exists (ConnectionError from {dead}/v5/studies); "
+                               "give the newest store yourself (newest_google_store=N, --newest-store N)")
+
+
+def test_discover_retries_three_times_by_default(server):
+    server.plan = {"/v25/studies": [(503, []), (503, []), (503, []), (200, [])]}
+    with pytest.raises(CoverageError, match=r"\(HTTP 503 from "):
+        discover_newest_store(25, store=_stores(server))
+    assert len(server.requests) == 3
+    server.requests.clear()
+    server.plan = {"/v25/studies": [(503, []), (503, []), (200, [])]}
+    assert discover_newest_store(25, store=_stores(server)) == 25
+
+
+# -- verify --------------------------------------------------------------------------------------------
+def _present(uid):
+    return 200, [{"0020000E": {"vr": "UI", "Value": [uid]}}]
+
+
+@pytest.fixture(scope="module")
+def nine(catalog) -> list[tuple[str, str]]:
+    """(StudyInstanceUID, SeriesInstanceUID) of nine tcga_paad series."""
+    rows = _read(catalog, "SELECT StudyInstanceUID, SeriesInstanceUID FROM index WHERE collection_id = 'tcga_paad' "
+                          "ORDER BY 1, 2 LIMIT 9")
+    return [(r["StudyInstanceUID"], r["SeriesInstanceUID"]) for r in rows]
+
+
+def test_verify_reports_each_answer(server, catalog, nine):
+    uids = [s for _, s in nine]
+    server.plan = {
+        uids[0]: _present(uids[0]),
+        uids[1]: (204, b""),
+        uids[2]: _present("1.2.3.another"),
+        uids[3]: (200, b"not json"),
+        uids[4]: (404, []),
+        uids[5]: [(500, []), (500, [])],
+        uids[6]: (200, {"0020000E": 1}),  # an object, not a list
+        uids[7]: (200, [{}]),  # an item without the UID
+        uids[8]: (200, [{"0020000E": {"vr": "UI", "Value": []}}]),
+    }
+    report = route(Cohort.from_uids(uids, catalog=catalog), custom(server.base + "/dw", name="scripted"))
+    checked = verify(report, policy=RetryPolicy(max_attempts=2, backoff_base=0, jitter=0), rate=None)
+    got = {r["SeriesInstanceUID"]: r for r in checked.results.to_pylist()}
+    assert checked.results.column_names == ["StudyInstanceUID", "SeriesInstanceUID", "endpoint", "status",
+                                            "http_status", "attempts", "detail"]
+    want = [("present", 200, 1, None), ("missing", 204, 1, None), ("missing", 200, 1, None),
+            ("error", 200, 1, "the answer is not a DICOM JSON list"), ("error", 404, 1, "HTTP 404"),
+            ("error", 500, 2, "HTTP 500"), ("error", 200, 1, "the answer is not a DICOM JSON list"),
+            ("missing", 200, 1, None), ("error", 200, 1, "the answer is not a DICOM JSON list")]
+    study = dict((s, st) for st, s in nine)
+    for uid, (status, http, attempts, detail) in zip(uids, want):
+        assert got[uid] == {"StudyInstanceUID": study[uid], "SeriesInstanceUID": uid, "endpoint": "scripted",
+                            "status": status, "http_status": http, "attempts": attempts, "detail": detail}, uid
+    asked = sorted((path, q["SeriesInstanceUID"][0], accept) for path, q, accept, _ in server.requests)
+    assert asked == sorted([(f"/dw/studies/{study[u]}/series", u, "application/dicom+json") for u in uids]
+                           + [(f"/dw/studies/{study[uids[5]]}/series", uids[5], "application/dicom+json")])
+    assert checked.counts == {"present": 1, "missing": 3, "error": 5}
+    assert checked.unavailable == 0
+    assert checked.summary_text() == "checked 9 series: 1 present, 3 missing, 5 errors"
+    mism = checked.mismatches()
+    assert sorted(mism["SeriesInstanceUID"]) == sorted(uids[1:]) and list(mism.index) == list(range(8))
+    assert len(checked.to_pandas()) == 9
+
+
+def test_verify_skips_unavailable_series_and_counts_them(server, catalog, nine):
+    uids = [s for _, s in nine[:4]]
+    server.plan = {u: _present(u) for u in uids}
+    report = route(Cohort.from_uids(uids, catalog=catalog), custom(server.base, name="scripted"))
+    endpoint = pc.if_else(pc.is_in(report.routes["SeriesInstanceUID"], value_set=pa.array(uids[:1])),
+                          "unavailable", report.routes["endpoint"])
+    routes = report.routes.set_column(report.routes.schema.get_field_index("endpoint"), "endpoint", endpoint)
+    partly = CoverageReport(routes, report.endpoints, report.policy, report.idc_version, None)
+    checked = partly.verify(rate=None, policy=ONCE)
+    assert sorted(checked.results.column("SeriesInstanceUID").to_pylist()) == sorted(uids[1:])
+    assert checked.unavailable == 1
+    assert checked.summary_text() == "checked 3 series: 3 present, 0 missing, 0 errors (1 unavailable series not checked)"
+    assert [q["SeriesInstanceUID"][0] for _, q, _, _ in server.requests if uids[0] in q["SeriesInstanceUID"]] == []
+
+
+def test_verify_samples_reproducibly(server, catalog, nine):
+    uids = [s for _, s in nine]
+    server.plan = {u: _present(u) for u in uids}
+    report = route(Cohort.from_uids(uids, catalog=catalog), custom(server.base, name="scripted"))
+    order = report.routes.column("SeriesInstanceUID").to_pylist()
+    every = verify(report, len(uids), rate=None, policy=ONCE)  # a sample as large as the cohort: all, in order
+    assert every.results.column("SeriesInstanceUID").to_pylist() == order
+    samples = {seed: verify(report, 3, seed=seed, rate=None, policy=ONCE).results.column("SeriesInstanceUID").to_pylist()
+               for seed in range(4)}
+    for got in samples.values():
+        assert len(got) == len(set(got)) == 3 and set(got) <= set(uids)
+    assert verify(report, 3, rate=None, policy=ONCE).results.column("SeriesInstanceUID").to_pylist() == samples[0]
+    assert verify(report, 3, seed=2, rate=None, policy=ONCE).results.column("SeriesInstanceUID").to_pylist() == samples[2]
+    assert len({tuple(s) for s in samples.values()}) > 1
+    assert verify(report, 0, rate=None, policy=ONCE).results.num_rows == 0
+
+
+def test_verify_workers_and_rate(server, catalog, nine):
+    uids = [s for _, s in nine[:4]]
+    server.plan = {u: _present(u) for u in uids}
+    report = route(Cohort.from_uids(uids, catalog=catalog), custom(server.base, name="scripted"))
+    with pytest.raises(CoverageError) as info:
+        verify(report, workers=0)
+    assert str(info.value) == "workers must be at least 1, got 0"
+    server.hold = threading.Event()  # each answer takes 0.2 s: requests in flight together would overlap
+    one = verify(report, workers=1, policy=ONCE)  # the default rate (10 a second) with a burst of 1
+    assert one.counts == {"present": 4, "missing": 0, "error": 0}
+    assert server.most == 1
+    assert verify(report, workers=2, rate=1000.0, policy=ONCE).counts["present"] == 4
+
+
+def test_verify_without_credentials_is_an_error_per_series(server, catalog, nine, monkeypatch):
+    uids = [s for _, s in nine[:2]]
+    monkeypatch.delenv("H_MUTCOV_USER", raising=False)
+    report = route(Cohort.from_uids(uids, catalog=catalog),
+                   custom(server.base, BasicAuth("H_MUTCOV_USER", "H_MUTCOV_PASSWORD"), name="locked"))
+    checked = verify(report, rate=None, policy=ONCE)
+    detail = "basic authentication needs the environment variables H_MUTCOV_USER and H_MUTCOV_PASSWORD"
+    got = sorted(checked.results.to_pylist(), key=lambda r: r["SeriesInstanceUID"])
+    assert got == [{"StudyInstanceUID": st, "SeriesInstanceUID": s, "endpoint": "locked", "status": "error",
+                    "http_status": None, "attempts": 0, "detail": detail} for st, s in sorted(nine[:2], key=lambda p: p[1])]
+    assert server.requests == []
+    monkeypatch.setenv("H_MUTCOV_USER", "u")
+    monkeypatch.setenv("H_MUTCOV_PASSWORD", "p")
+    server.plan = {u: _present(u) for u in uids}
+    assert verify(report, rate=None, policy=ONCE).counts["present"] == 2
+    assert {r[3] for r in server.requests} == {"Basic dTpw"}  # base64 of u:p
+
+
+def test_verify_a_dead_endpoint(catalog, nine):
+    uids = [s for _, s in nine[:1]]
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    report = route(Cohort.from_uids(uids, catalog=catalog), custom(dead, name="dead"))
+    row = verify(report, rate=None, policy=RetryPolicy(max_attempts=2, backoff_base=0, jitter=0)).results.to_pylist()[0]
+    assert (row["status"], row["http_status"], row["attempts"], row["detail"]) == (
+        "error", None, 2, "ConnectionError after 2 attempts")
