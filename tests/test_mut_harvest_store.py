@@ -504,6 +504,26 @@ def test_a_final_status_wins_a_tie_in_harvest_series(tmp_path):
                       {"SeriesInstanceUID": "1.2.2", "status": "not_found"}]
 
 
+def test_harvest_status_lets_a_final_status_win_a_tie_and_orders_ties_by_status(tmp_path):
+    # Half the series write the final outcome first, half last, at the same finished_at: whichever order the
+    # log is read in, counting the non-final one for any series is wrong.
+    with HarvestStore(tmp_path).open() as store:
+        for i in range(8):
+            pair = [("timeout", []), ("ok", [f"1.2.{i}.1"])]
+            for status, instances in (pair if i % 2 else pair[::-1]):
+                store.write(*_batch(f"1.2.{i}", instances, status=status))
+        for i, status in enumerate(["timeout", "http_error", "not_found", "malformed", "empty"]):
+            store.write(*_batch(f"1.3.{i}", [], status=status))
+    assert harvest_status(tmp_path).to_pylist() == [
+        {"status": "ok", "complete": True, "series": 8, "instances": 8, "bytes": 80},
+        {"status": "empty", "complete": True, "series": 1, "instances": 0, "bytes": 0},
+        {"status": "http_error", "complete": False, "series": 1, "instances": 0, "bytes": 0},
+        {"status": "malformed", "complete": False, "series": 1, "instances": 0, "bytes": 0},
+        {"status": "not_found", "complete": True, "series": 1, "instances": 0, "bytes": 0},
+        {"status": "timeout", "complete": False, "series": 1, "instances": 0, "bytes": 0},
+    ]
+
+
 def test_duckdb_reads_local_parts_by_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     to_source, filesystem = duckdb_source(LocalFiles("rel"))

@@ -521,6 +521,9 @@ def harvest_stores(out_dir: str | os.PathLike) -> list[HarvestStore]:
 def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
     """Series, instances and bytes per status, counting each series' latest outcome (``cohort harvest-status``).
 
+    A final status wins a tie of ``finished_at`` (as in the ``harvest_series`` view); rows come most series first,
+    then by status.
+
     Raises a HarvestError naming the damaged parts, if any (repair with :meth:`HarvestStore.repair`).
     """
     import duckdb
@@ -530,9 +533,10 @@ def harvest_status(out_dir: str | os.PathLike) -> pa.Table:
     con.register("log", pa.concat_tables(store.read_log(columns) for store in _existing(out_dir)))
     return con.execute(
         "WITH last AS (SELECT * FROM log QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID "
-        "ORDER BY finished_at DESC) = 1) "
+        f"ORDER BY finished_at DESC, status IN {_FINAL_SQL} DESC) = 1) "
         f"SELECT status, status IN {_FINAL_SQL} AS complete, count(*) AS series, "
-        "sum(instances)::BIGINT AS instances, sum(bytes)::BIGINT AS bytes FROM last GROUP BY ALL ORDER BY series DESC"
+        "sum(instances)::BIGINT AS instances, sum(bytes)::BIGINT AS bytes FROM last GROUP BY ALL "
+        "ORDER BY series DESC, status"
     ).to_arrow_table()
 
 
