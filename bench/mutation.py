@@ -73,6 +73,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "harvest.selection": (["cohort/harvest/selection.py"], ["tests/test_mut_harvest_selection.py"]),
     "harvest.lock": (["cohort/harvest/lock.py"], ["tests/test_mut_harvest_lock.py"]),
     "harvest.store": (["cohort/harvest/store.py"], ["tests/test_harvest_store.py", "tests/test_mut_harvest_store.py"]),
+    "harvest.views": (["cohort/harvest/views.py"], ["tests/test_harvest_store.py", "tests/test_mut_harvest_store.py"]),
     "harvest.stream": (["cohort/harvest/stream.py"], ["tests/test_harvest_stream.py", "tests/test_mut_harvest_stream.py"]),
     "harvest.runner": (["cohort/harvest/runner.py"], ["tests/test_harvest_cassettes.py", "tests/test_harvest_requests.py",
                                                       "tests/test_mut_harvest_runner.py"]),
@@ -98,6 +99,8 @@ SKIP_TESTS: dict[str, tuple[str, ...]] = {
     # ~10 s each (a second Python process holds the lock); the store's use of the lock is checked in-process by
     # tests/test_mut_harvest_store.py, the lock itself by harvest.lock's tests
     "harvest.store": ("test_a_second_writer_is_refused_while_the_first_lives",
+                      "test_a_lock_left_by_a_dead_process_is_taken_over_with_a_message"),
+    "harvest.views": ("test_a_second_writer_is_refused_while_the_first_lives",
                       "test_a_lock_left_by_a_dead_process_is_taken_over_with_a_message"),
     # idc-index's IDCClient (its fixture: 15 s and ~1 GB in each mutant's run); the views and SQL it compares
     # are checked against the Parquet files by test_catalog.py/test_mut_catalog.py's own tests

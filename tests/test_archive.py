@@ -20,7 +20,6 @@ import pytest
 
 from cohort import Catalog
 from cohort.archive import build_archive
-from cohort.archive.build import ARCHIVE
 from cohort.archive.catalog import open_archive
 from cohort.archive.derive import DERIVED, duckdb_type, schema
 from tests.support import data

@@ -29,8 +29,8 @@ from cohort.errors import HarvestError
 from cohort.harvest import INSTANCE_SCHEMA, LOG_SCHEMA, HarvestStore, harvest_status, instance_row, open_harvest
 from cohort.harvest.fs import LocalFiles, ObjectFiles
 from cohort.harvest.lock import LEASE_NAME, LOCK_NAME
-from cohort.harvest.store import (INSTANCES, LOG, Commit, Part, Problem, committed_parts, duckdb_source,
-                                  harvest_stores, new_run_id, part_name, repair_harvest)
+from cohort.harvest.store import INSTANCES, LOG, Commit, Part, Problem, new_run_id, part_name
+from cohort.harvest.views import committed_parts, duckdb_source, harvest_stores, repair_harvest
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 RUN = "20260101T000000-abcdef"

@@ -26,7 +26,8 @@ from cohort import Catalog
 from cohort.errors import HarvestError
 from cohort.harvest import INSTANCE_SCHEMA, LOG_SCHEMA, HarvestStore, harvest_status, instance_row, open_harvest
 from cohort.harvest.lock import LEASE_NAME, ObjectLease
-from cohort.harvest.store import INSTANCES, LOG, repair_harvest
+from cohort.harvest.store import INSTANCES, LOG
+from cohort.harvest.views import repair_harvest
 from tests.support.s3 import MotoS3, require_moto
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)

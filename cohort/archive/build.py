@@ -73,7 +73,8 @@ class Archive:
 
 def counted_parts(harvest_dir: Path) -> list[Path]:
     """The harvest's instances parts that count (a commit lists them), via the store's reading API."""
-    from ..harvest.store import INSTANCES, LOG, harvest_stores
+    from ..harvest.store import INSTANCES, LOG
+    from ..harvest.views import harvest_stores
 
     stores = harvest_stores(harvest_dir)  # the directory and the shards of a sharded harvest
     if not any(store.parts(LOG) for store in stores):
@@ -128,7 +129,8 @@ def _build_remote(url: str, collection_id: str | None, force: bool) -> Archive:
     import tempfile  # noqa: PLC0415
 
     from ..harvest.fs import describe  # noqa: PLC0415
-    from ..harvest.store import INSTANCES, LOG, harvest_stores  # noqa: PLC0415
+    from ..harvest.store import INSTANCES, LOG  # noqa: PLC0415
+    from ..harvest.views import harvest_stores  # noqa: PLC0415
 
     started = time.monotonic()
     stores = harvest_stores(url)  # the store and the shards of a sharded harvest
@@ -236,7 +238,8 @@ def _merge_tree(tree: dict, extra: dict) -> None:
 
 def _write_series(con: duckdb.DuckDBPyConnection, root: Path | str, out: Path, log_parts: list | None = None) -> None:
     """archive_series: each series' endpoint and DICOMweb URL, from its latest successful log row."""
-    from ..harvest.store import LOG, harvest_stores
+    from ..harvest.store import LOG
+    from ..harvest.views import harvest_stores
 
     if log_parts is None:  # the directory and the shards of a sharded harvest
         log_parts = [p for store in harvest_stores(root) for p in store.parts(LOG)]

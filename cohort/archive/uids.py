@@ -35,7 +35,7 @@ def read_series_file(path: str | os.PathLike) -> list[tuple[str, str]]:
     if missing:
         raise ArchiveError(f"{path}: needs the columns {', '.join(_COLUMNS)}; it lacks {', '.join(missing)} "
                            f"(it has {', '.join(rel.columns)})")
-    rows = con.sql(f"SELECT DISTINCT trim(StudyInstanceUID), trim(SeriesInstanceUID) FROM rel "
+    rows = con.sql("SELECT DISTINCT trim(StudyInstanceUID), trim(SeriesInstanceUID) FROM rel "
                    "WHERE SeriesInstanceUID IS NOT NULL").fetchall()
     bad = [i for i, (study, series) in enumerate(rows) if not study or not series]
     if bad:

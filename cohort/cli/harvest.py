@@ -156,7 +156,7 @@ def harvest_status_cmd(out_dir: str, fmt: str | None, output: str | None, repair
         else:
             click.echo("nothing to repair: every committed part is intact", err=True)
     if list_parts:
-        from ..harvest.store import committed_parts  # noqa: PLC0415
+        from ..harvest.views import committed_parts  # noqa: PLC0415
 
         click.echo("\n".join(str(p) for p in committed_parts(out_dir, list_parts)))
         return

@@ -8,7 +8,8 @@
 
 Modules: :mod:`.metadata` (DICOM JSON → typed row), :mod:`.stream` (a metadata
 body read one instance at a time), :mod:`.store` (the Parquet directory, its
-commit records, integrity checks and repair), :mod:`.lock` (one writer per
+commit records, integrity checks and repair), :mod:`.views` (a harvest and its
+shards read together: status, committed parts, DuckDB views), :mod:`.lock` (one writer per
 directory), :mod:`.probe` (is an endpoint a DICOMweb service that takes our
 credentials), :mod:`.selection` (which series a run asks for), :mod:`.runner`
 (concurrent, polite runs), :mod:`.cluster` (a run sharded across a Dask cluster).
@@ -17,18 +18,9 @@ credentials), :mod:`.selection` (which series a run asks for), :mod:`.runner`
 from .cluster import ShardedResult, ShardResult, harvest_on_cluster, shard_of
 from .metadata import COLUMNS, MalformedMetadata, instance_row
 from .runner import DEFAULT_RATE, DEFAULT_WORKERS, HarvestResult, SeriesTask, harvest, series_tasks
-from .store import (
-    FINAL_STATUSES,
-    INSTANCE_SCHEMA,
-    LOG_SCHEMA,
-    STATUSES,
-    HarvestStore,
-    harvest_status,
-    harvest_stores,
-    open_harvest,
-    repair_harvest,
-)
+from .store import FINAL_STATUSES, INSTANCE_SCHEMA, LOG_SCHEMA, STATUSES, HarvestStore
 from .stream import iter_instances, parse_body
+from .views import harvest_status, harvest_stores, open_harvest, repair_harvest
 
 __all__ = [
     "COLUMNS",

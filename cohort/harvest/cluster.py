@@ -62,7 +62,8 @@ from .fs import Files, is_url, location
 from .lock import LEASE_SECONDS, LEASE_NAME, LOCK_NAME
 from .runner import DEFAULT_RATE, DEFAULT_WORKERS, PYTHON_RESUME, HarvestResult, SeriesTask, harvest, series_tasks
 from .selection import complete, final_statuses, retry_statuses
-from .store import COMMITS, SHARDS, HarvestStore, harvest_stores
+from .store import COMMITS, SHARDS, HarvestStore
+from .views import harvest_stores
 
 log = logging.getLogger(__name__)
 

@@ -61,9 +61,9 @@ from ..retry import Attempted, RateLimiter, RetryPolicy, call
 from .metadata import LIGHT_TAGS, MalformedMetadata, instance_row
 from .probe import ACCEPT_JSON, AUTH_STATUSES, probe, snippet
 from .selection import complete, final_statuses, retry_statuses
-from .store import (FINAL_STATUSES, INSTANCE_SCHEMA, INSTANCES, LOG_SCHEMA, STATUSES, HarvestStore, Part,
-                    harvest_stores)
+from .store import FINAL_STATUSES, INSTANCE_SCHEMA, INSTANCES, LOG_SCHEMA, STATUSES, HarvestStore, Part
 from .stream import iter_instances
+from .views import harvest_stores
 
 log = logging.getLogger(__name__)
 

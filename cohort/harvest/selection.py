@@ -51,7 +51,7 @@ def complete(endpoint: str | None, final: tuple[str, str | None] | None, retry: 
 def final_statuses(stores: Iterable[HarvestStore]) -> dict[str, tuple[str, str | None]]:
     """SeriesInstanceUID -> (status, endpoint) of each series' latest counted outcome over ``stores``.
 
-    ``stores`` are a harvest directory and its shards (:func:`.store.harvest_stores`): a series
+    ``stores`` are a harvest directory and its shards (:func:`.views.harvest_stores`): a series
     settled in any of them is settled (the latest outcome wins, as in one store's
     :meth:`HarvestStore.final_statuses`).
     """
