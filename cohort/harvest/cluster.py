@@ -26,7 +26,7 @@ writer per shard (its lock), resume from its own commit records.
   only settled (``ok``) series have counted instances, so a rerun with another
   number of shards, which moves unsettled series to other shards, is safe too.
 - **Readers** (``open_harvest``, ``harvest_status``, ``cohort sql --harvest``,
-  ``harvest-status``) take DIR and its shards together (:func:`.store.harvest_stores`).
+  ``harvest-status``) take DIR and its shards together (:func:`.views.harvest_stores`).
 - **Credentials** never travel through Dask: endpoints name where their secrets
   are (environment variables, Google's application-default credentials) and
   each worker reads them from its own environment when it makes its sessions.
