@@ -12,6 +12,9 @@ round trip; loopback alone would measure Orthanc's CPU, not the harvester):
   One instance a series keeps Orthanc's own CPU (about 1 ms an instance,
   effectively one core) from being the limit on a 2-core machine. Issue 13 item 5:
   ours >= 90% of the bound and >= 1.1x the threaded loop.
+  Beside them, the floor of any client with the same concurrency: the same GETs from
+  a thread pool over one urllib3 pool, each body read and dropped (nothing parsed or
+  written); its share of the bound is the most a client can reach here.
 - SERVER-BOUND: SMALL (below) straight from Orthanc, no proxy: instances a second,
   ours vs the threaded loop (target: at least as many).
 - SMALL = 200 x 10 (2,000 instances) and LARGE = 2,000 x 10 (20,000): peak RSS of
@@ -83,6 +86,22 @@ def child(args: argparse.Namespace) -> None:
         with ThreadPoolExecutor(args.workers) as pool:
             counts = list(pool.map(one, pairs))
         instances, ok = sum(counts), len(counts)
+    elif args.child == "bare":  # the floor of any client: the same GETs in a thread pool, bodies read and dropped
+        from concurrent.futures import ThreadPoolExecutor
+
+        import urllib3
+
+        pool = urllib3.PoolManager(maxsize=args.workers, headers={"Accept": "application/dicom+json"})
+
+        def get(pair: list[str]) -> int:
+            response = pool.request("GET", f"{args.url}/studies/{pair[0]}/series/{pair[1]}/metadata")
+            assert response.status == 200, response.status
+            return 1
+
+        start, cpu = time.monotonic(), time.process_time()  # imports not counted
+        with ThreadPoolExecutor(args.workers) as threads:
+            ok = sum(threads.map(get, pairs))
+        instances = 0  # not parsed
     else:
         from dicomweb_client.api import DICOMwebClient
 
@@ -185,7 +204,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=2, help="runs of FAST and server-bound each; best reported")
     parser.add_argument("--no-check", action="store_true", help="exit 0 even when a target is missed")
-    parser.add_argument("--child", choices=["ours", "sequential", "threaded"])
+    parser.add_argument("--child", choices=["ours", "sequential", "threaded", "bare"])
     parser.add_argument("--url")
     parser.add_argument("--pairs")
     parser.add_argument("--out")
@@ -263,6 +282,8 @@ def cohort_runs(args: argparse.Namespace, work: Path) -> dict[str, dict]:
                 f"threaded dicomweb-client ({args.workers}), fast": best("threaded", url, cohorts["fast"],
                                                                           args.workers),
                 "ours, small": run_child("ours", url, cohorts["small"], args.workers, work),
+                f"floor: bare urllib3 GETs ({args.workers} threads, bodies dropped), fast": best(
+                    "bare", url, cohorts["fast"], args.workers),
             }
             if not args.no_large:
                 runs["ours, large (10x the series)"] = run_child("ours", url, cohorts["large"], args.workers, work)
@@ -308,6 +329,7 @@ def _report(args: argparse.Namespace, runs: dict[str, dict]) -> tuple[list[str],
                          f"{1000 * r['proxy_cpu'] / r['series']:.1f} ms, Orthanc {1000 * r['orthanc_cpu'] / r['series']:.1f}"
                          f" ms")
     ratio_thr, share = rate_ours / rate_thr, rate_ours / bound
+    floor = next((r for name, r in runs.items() if name.startswith("floor:")), None)
     server = {k: v for k, v in runs.items() if k.endswith("no latency")}
     thr_sb, ours_sb = server.values()
     sb_ours, sb_thr = (r["instances"] / r["seconds"] for r in (ours_sb, thr_sb))
@@ -318,6 +340,11 @@ def _report(args: argparse.Namespace, runs: dict[str, dict]) -> tuple[list[str],
         f"throughput ratio ours/threaded dicomweb-client: {ratio_thr:.2f}x (target >= 1.1x)",
         f"latency bound {args.workers} / {rtt * 1000:.0f} ms = {bound:.1f} series/s; ours = "
         f"{100 * share:.0f}% of it (target >= 90%)",
+        *([] if floor is None else [
+            f"floor (bare urllib3, same GETs, nothing parsed or written): {floor['series'] / floor['seconds']:.1f} "
+            f"series/s = {100 * floor['series'] / floor['seconds'] / bound:.0f}% of the bound; ours = "
+            f"{100 * rate_ours * floor['seconds'] / floor['series']:.0f}% of the floor, threaded dicomweb-client = "
+            f"{100 * rate_thr * floor['seconds'] / floor['series']:.0f}%"]),
         f"server-bound (no latency), {ours_sb['instances']:,} instances: ours {sb_ours:.0f} instances/s, threaded "
         f"dicomweb-client {sb_thr:.0f} instances/s: {sb_ours / sb_thr:.2f}x (target >= 1.0x)",
         f"ROW|harvest {ours['series']} series, {args.latency * 1000:.0f} ms latency, {args.workers} workers|"
