@@ -371,3 +371,20 @@ def test_elements_after_a_sequence_too_deep_are_still_scanned():
     deep = "0040A730[0]." * MAX_DEPTH
     assert row["issues"] == [f"{deep}0040A730: sequences nested deeper than 64 levels are not scanned",
                              f"{deep}00691003: no vr"]
+
+
+def test_an_identifier_that_is_no_utf8_string_is_left_out_and_the_row_stays_writable():
+    # "\ud800" is what json.loads makes of the JSON escape of a lone surrogate: valid JSON, no UTF-8 string
+    import pyarrow as pa
+
+    instance = {**SOP,
+                "00400560": {"vr": "SQ", "Value": [{"00400551": {"vr": "LO", "Value": ["S1", "a\ud800", "S2"]}}]},
+                "00480105": {"vr": "SQ", "Value": [{"00480106": {"vr": "SH", "Value": ["\udfff", "P1"]}}]}}
+    row = instance_row(instance)
+    assert row["SpecimenIdentifier"] == ["S1", "S2"]
+    assert row["OpticalPathIdentifier"] == ["P1"]
+    assert json.loads(row["json"]) == instance  # escaped where it cannot be stored as it is, so still the same JSON
+    assert "\\ud800" in row["json"] and "\\udfff" in row["json"]
+    assert instance_row({**SOP, "0008103E": {"vr": "LO", "Value": ["é"]}})["json"].count("é") == 1  # else unescaped
+    row.pop("values_dropped")
+    pa.Table.from_pylist([row], schema=ROW_SCHEMA)  # raises on a value that is no UTF-8 string

@@ -156,8 +156,15 @@ def instance_row(instance: dict[str, Any], study_uid: str | None = None,
 
 
 def _dumps(instance: dict[str, Any]) -> str:
+    """The instance as compact JSON; non-ASCII as is, unless a value is no UTF-8 string (a lone surrogate,
+    from a JSON escape such as ``"\\ud800"``): then escaped, as it came, so that the text can be stored."""
     try:
-        return json.dumps(instance, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(instance, separators=(",", ":"), ensure_ascii=False)
+        try:
+            _utf8(text)
+        except ValueError:
+            text = json.dumps(instance, separators=(",", ":"))
+        return text
     except RecursionError:
         raise MalformedMetadata("an instance is nested too deeply to write as JSON") from None
 
