@@ -640,12 +640,12 @@ def test_discover_waits_fifteen_seconds_for_each_answer_by_default(server):
 class _Recording:
     """The catalog, recording where each query says it comes from (the ``source`` its errors name)."""
 
-    def __init__(self, catalog):
-        self.catalog, self.sources = catalog, []
+    def __init__(self, catalog, idc_version=None):
+        self.catalog, self.sources, self.version = catalog, [], idc_version
 
     @property
-    def idc_version(self):
-        return self.catalog.idc_version
+    def idc_version(self):  # another release than the installed index's, when given
+        return self.version or self.catalog.idc_version
 
     def sql(self, sql, **kwargs):
         self.sources.append(kwargs.get("source"))
@@ -657,9 +657,18 @@ def _cohort_of(recording, uids):
     return types.SimpleNamespace(catalog=recording, result=pa.table({"SeriesInstanceUID": pa.array(uids, pa.string())}))
 
 
-def test_route_queries_name_their_source_and_ask_for_old_series_only_when_needed(catalog, paad):
-    left = _read(catalog, "SELECT min(SeriesInstanceUID) AS u FROM prior_versions_index ANTI JOIN index "
-                          "USING (SeriesInstanceUID)")[0]["u"]
+@pytest.fixture(scope="module")
+def gone(catalog) -> dict:
+    """A series that left IDC, with one revision (in idc-open-data): its UIDs and the releases that had it."""
+    rows = _read(catalog, "SELECT SeriesInstanceUID, StudyInstanceUID, aws_bucket, min_idc_version, max_idc_version "
+                          "FROM prior_versions_index WHERE SeriesInstanceUID = (SELECT min(SeriesInstanceUID) "
+                          "FROM prior_versions_index ANTI JOIN index USING (SeriesInstanceUID))")
+    assert len(rows) == 1 and rows[0]["aws_bucket"] == "idc-open-data" and rows[0]["max_idc_version"] < CURRENT - 1
+    return rows[0]
+
+
+def test_route_queries_name_their_source_and_ask_for_old_series_only_when_needed(catalog, paad, gone):
+    left = gone["SeriesInstanceUID"]
     current = [r["SeriesInstanceUID"] for r in paad["old"][:2]]
     recording = _Recording(catalog)
     report = route(_cohort_of(recording, current), "proxy")
@@ -702,3 +711,23 @@ def test_route_discovers_the_newest_store_with_the_auth_given(catalog, paad, ser
     assert report.newest_google_store is None
     assert [path for path, _, _, _ in server.requests] == [f"/v{n}/studies" for n in (CURRENT, CURRENT - 1)]
     assert set(report.routes.column("endpoint").to_pylist()) == {"idc-proxy"}
+
+
+def test_route_takes_the_default_newest_store_from_the_cohorts_catalog(catalog, paad):
+    cohort = _cohort_of(_Recording(catalog, idc_version=20), [paad["old"][0]["SeriesInstanceUID"]])
+    report = route(cohort, "google")  # a catalog of IDC v20 (not the installed index's release): store v19
+    assert (report.idc_version, report.newest_google_store) == (20, 19)
+    assert route(cohort, "google", lag=2).newest_google_store == 18
+
+
+def test_route_names_the_store_after_unavailable_series(catalog, gone):
+    pin = gone["max_idc_version"]
+    later = _read(catalog, f"SELECT min(SeriesInstanceUID) AS u FROM index WHERE series_init_idc_version > {pin}")[0]["u"]
+    # the current series (unavailable as of the pin) come first, the series that left IDC after them
+    report = route(Cohort.from_uids([later, gone["SeriesInstanceUID"]], catalog=catalog), pin)
+    assert report.routes.column("endpoint").to_pylist() == ["unavailable", f"idc-store-v{pin}"]
+    assert report.endpoints == {f"idc-store-v{pin}": google_store(pin)}
+    assert report.routes.column("series_url").to_pylist() == [
+        None, f"https://healthcare.googleapis.com/v1/projects/nci-idc-data/locations/us-central1/datasets/"
+              f"idc/dicomStores/idc-store-v{pin}/dicomWeb/studies/{gone['StudyInstanceUID']}/series/"
+              f"{gone['SeriesInstanceUID']}"]
