@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
+import time
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,6 +21,7 @@ import idc_index_data
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import requests
 
 from cohort import Cohort, CoverageError, custom
 from cohort.coverage import (
@@ -26,14 +30,15 @@ from cohort.coverage import (
     CoverageReport,
     Policy,
     PolicyKind,
+    Verification,
     default_policy,
     discover_newest_store,
     route,
     sql_value,
     verify,
 )
-from cohort.endpoints import BasicAuth, google_store, idc_proxy
-from cohort.retry import RetryPolicy
+from cohort.endpoints import BasicAuth, BearerTokenAuth, Endpoint, EndpointKind, NoAuth, google_store, idc_proxy
+from cohort.retry import RateLimiter, RetryPolicy
 
 CURRENT = int(idc_index_data.__version__.split(".")[0])
 ONCE = RetryPolicy(max_attempts=1)
@@ -475,3 +480,254 @@ def test_verify_a_dead_endpoint(catalog, nine):
     row = verify(report, rate=None, policy=RetryPolicy(max_attempts=2, backoff_base=0, jitter=0)).results.to_pylist()[0]
     assert (row["status"], row["http_status"], row["attempts"], row["detail"]) == (
         "error", None, 2, "ConnectionError after 2 attempts")
+
+
+# -- what the second mutation run showed untested ---------------------------------------------------
+def _routes(endpoints: list[str], reasons: list[str] | None = None, sizes: list[float] | None = None) -> pa.Table:
+    """A hand-made routes table (one series per endpoint name given), enough for the report's tables."""
+    n = len(endpoints)
+    return pa.table({"StudyInstanceUID": [f"1.2.{i}" for i in range(n)],
+                     "SeriesInstanceUID": [f"1.2.{i}.1" for i in range(n)], "collection_id": ["c"] * n,
+                     "endpoint": endpoints, "series_size_MB": sizes or [1000.0] * n,
+                     "series_url": [None if e == "unavailable" else f"http://127.0.0.1:9/{i}" for i, e in enumerate(endpoints)],
+                     "proxy_differs": [False] * n, "reason": reasons or ["r"] * n})
+
+
+def test_report_tables_are_numbered_from_zero_after_sorting():
+    # grouped in order of appearance (a: 1, b: 2), sorted by count (b, a): the index is 0, 1 all the same
+    report = CoverageReport(_routes(["a", "b", "b"]), {}, PREFER_PROXY, CURRENT, None)
+    table = report.by_endpoint()
+    assert table.to_dict("records") == [{"endpoint": "b", "series": 2, "size_GB": 2.0},
+                                        {"endpoint": "a", "series": 1, "size_GB": 1.0}]
+    assert list(table.index) == [0, 1]
+    assert list(report.by_reason().index) == [0, 1] and list(report.by_collection().index) == [0, 1]
+
+
+def test_report_html_lists_every_endpoint_and_twenty_reasons():
+    reasons = [f"reason {i:02d}" for i in range(21)]
+    report = CoverageReport(_routes(["b"] * 11 + ["a"] * 10, reasons, [1500.0] * 21), {}, PREFER_PROXY, CURRENT, None)
+    html = report._repr_html_()
+    head = f"21 series routed (prefer proxy; IDC v{CURRENT}, newest Google store none)"
+    assert html.startswith(f"<div><b>Coverage</b> {head}<br>  b: 11 series, 16.50 GB<br>  a: 10 series, 15.00 GB"
+                           '<table class="dataframe">')  # border=0: pandas writes no border attribute
+    assert html.count("<br>") == 2 and "<BR>" not in html
+    assert re.findall(r"<th>(.*?)</th>", html) == ["endpoint", "reason", "series", "size_GB"]  # no index column
+    cells = re.findall(r"<td>(.*?)</td>", html)
+    assert len(cells) == 4 * 20  # the first 20 reasons only
+    # one series each: ordered by endpoint then reason; a's 10 reasons (11-20) first, then b's first 10 of 11
+    assert cells[1::4] == reasons[11:] + reasons[:10]
+    assert cells[:4] == ["a", "reason 11", "1", "1.5"]
+
+
+def test_mismatches_have_the_results_columns_only():
+    rows = [{"StudyInstanceUID": "1.2", "SeriesInstanceUID": f"1.2.{i}", "endpoint": "e", "status": s,
+             "http_status": 200, "attempts": 1, "detail": None} for i, s in enumerate(["present", "missing", "error"])]
+    checked = Verification(pa.Table.from_pylist(rows), 0)
+    mism = checked.mismatches()
+    assert list(mism.columns) == ["StudyInstanceUID", "SeriesInstanceUID", "endpoint", "status", "http_status",
+                                  "attempts", "detail"]
+    assert mism["SeriesInstanceUID"].tolist() == ["1.2.1", "1.2.2"] and list(mism.index) == [0, 1]
+
+
+def _hand_report(server, n: int) -> CoverageReport:
+    """Series 1.2.i.1 of studies 1.2.i, all routed to the scripted server, each present there."""
+    routes = _routes(["scripted"] * n)
+    server.plan = {f"1.2.{i}.1": _present(f"1.2.{i}.1") for i in range(n)}
+    return CoverageReport(routes, {"scripted": custom(server.base, name="scripted")}, PREFER_PROXY, CURRENT, None)
+
+
+def test_the_reports_verify_passes_the_sample_and_the_options_on(server):
+    report = _hand_report(server, 5)
+    two = report.verify(2, seed=3, rate=None, policy=ONCE)
+    assert two.results.num_rows == 2
+    assert two.results.column("SeriesInstanceUID").to_pylist() == verify(
+        report, 2, seed=3, rate=None, policy=ONCE).results.column("SeriesInstanceUID").to_pylist()
+    assert report.verify(sample=1, rate=None, policy=ONCE).results.num_rows == 1
+    with pytest.raises(CoverageError, match=r"^workers must be at least 1, got 0$"):
+        report.verify(workers=0)
+
+
+def test_verify_results_have_a_fixed_schema(server):
+    report = _hand_report(server, 2)
+    schema = [("StudyInstanceUID", pa.string()), ("SeriesInstanceUID", pa.string()), ("endpoint", pa.string()),
+              ("status", pa.string()), ("http_status", pa.int32()), ("attempts", pa.int32()), ("detail", pa.string())]
+    for sample in (None, 0):  # with rows, and with none
+        results = verify(report, sample, rate=None, policy=ONCE).results
+        assert [(f.name, f.type) for f in results.schema] == schema, sample
+
+
+class _CountingLimiter(RateLimiter):
+    made: list = []
+
+    def __init__(self, rate, burst=1):
+        super().__init__(rate, burst)
+        self.acquired = 0
+        _CountingLimiter.made.append(self)
+
+    def acquire(self, stop=None):
+        self.acquired += 1
+        return super().acquire(stop)
+
+
+def test_verify_limits_the_rate_of_every_request(server, monkeypatch):
+    monkeypatch.setattr(_CountingLimiter, "made", [])
+    monkeypatch.setattr("cohort.coverage.RateLimiter", _CountingLimiter)
+    report = _hand_report(server, 3)
+    assert verify(report, policy=ONCE).counts["present"] == 3  # by default: 10 a second, bursts of 8 (the workers)
+    [limiter] = _CountingLimiter.made
+    assert (limiter.rate, limiter.burst, limiter.acquired) == (10.0, 8, 3)
+    _CountingLimiter.made.clear()
+    assert verify(report, workers=2, rate=50.0, policy=ONCE).counts["present"] == 3
+    [limiter] = _CountingLimiter.made
+    assert (limiter.rate, limiter.burst, limiter.acquired) == (50.0, 2, 3)
+    _CountingLimiter.made.clear()
+    for uncapped in (None, 0):  # no limiter at all
+        assert verify(report, rate=uncapped, policy=ONCE).counts["present"] == 3
+    assert _CountingLimiter.made == []
+
+
+class _Gathering:
+    """A hold for the scripted server: each answer waits until ``at`` requests are in flight (at most 0.3 s)."""
+
+    def __init__(self, server, at: int):
+        self.server, self.at = server, at
+
+    def wait(self, _timeout):
+        deadline = time.monotonic() + 0.3
+        while self.server.active < self.at and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+
+def test_verify_runs_eight_requests_at_once_by_default(server):
+    report = _hand_report(server, 9)
+    server.hold = _Gathering(server, 9)  # nine in flight only if a ninth worker existed
+    assert verify(report, rate=None, policy=ONCE).counts["present"] == 9
+    assert server.most == 8
+
+
+def test_discover_logs_each_probe(server, caplog):
+    caplog.set_level(logging.INFO, logger="cohort.coverage")
+    server.plan = {"/v25/studies": (404, []), "/v24/studies": (200, [])}
+    assert discover_newest_store(25, store=_stores(server), policy=ONCE) == 24
+    assert caplog.messages == ["probe store-v25: 404", "probe store-v24: 200"]
+    caplog.clear()
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(CoverageError):
+        discover_newest_store(5, store=lambda n: custom(f"{dead}/v{n}", name=f"s{n}"), policy=ONCE)
+    assert caplog.messages == ["probe s5: ConnectionError"]
+
+
+def test_discover_waits_fifteen_seconds_for_each_answer_by_default(server):
+    timeouts = []
+
+    class Timed(requests.Session):
+        def get(self, url, **kwargs):
+            timeouts.append(kwargs.get("timeout"))
+            return super().get(url, **kwargs)
+
+    class Store(Endpoint):
+        def session(self):
+            return Timed()
+
+    server.plan = {"/v25/studies": (404, []), "/v24/studies": (200, [])}
+    assert discover_newest_store(25, store=lambda n: Store(f"store-v{n}", f"{server.base}/v{n}")) == 24
+    assert timeouts == [15, 15]
+    assert discover_newest_store(25, store=lambda n: Store(f"store-v{n}", f"{server.base}/v{n}"),
+                                 policy=RetryPolicy(timeout=2.5)) == 24
+    assert timeouts[2:] == [2.5, 2.5]
+
+
+class _Recording:
+    """The catalog, recording where each query says it comes from (the ``source`` its errors name)."""
+
+    def __init__(self, catalog, idc_version=None):
+        self.catalog, self.sources, self.version = catalog, [], idc_version
+
+    @property
+    def idc_version(self):  # another release than the installed index's, when given
+        return self.version or self.catalog.idc_version
+
+    def sql(self, sql, **kwargs):
+        self.sources.append(kwargs.get("source"))
+        return self.catalog.sql(sql, **kwargs)
+
+
+def _cohort_of(recording, uids):
+    """A cohort of exactly these UIDs (repeats kept), over the recording catalog."""
+    return types.SimpleNamespace(catalog=recording, result=pa.table({"SeriesInstanceUID": pa.array(uids, pa.string())}))
+
+
+@pytest.fixture(scope="module")
+def gone(catalog) -> dict:
+    """A series that left IDC, with one revision (in idc-open-data): its UIDs and the releases that had it."""
+    rows = _read(catalog, "SELECT SeriesInstanceUID, StudyInstanceUID, aws_bucket, min_idc_version, max_idc_version "
+                          "FROM prior_versions_index WHERE SeriesInstanceUID = (SELECT min(SeriesInstanceUID) "
+                          "FROM prior_versions_index ANTI JOIN index USING (SeriesInstanceUID))")
+    assert len(rows) == 1 and rows[0]["aws_bucket"] == "idc-open-data" and rows[0]["max_idc_version"] < CURRENT - 1
+    return rows[0]
+
+
+def test_route_queries_name_their_source_and_ask_for_old_series_only_when_needed(catalog, paad, gone):
+    left = gone["SeriesInstanceUID"]
+    current = [r["SeriesInstanceUID"] for r in paad["old"][:2]]
+    recording = _Recording(catalog)
+    report = route(_cohort_of(recording, current), "proxy")
+    assert sorted(report.routes.column("SeriesInstanceUID").to_pylist()) == sorted(current)
+    assert recording.sources == ["cohort.coverage.route"]  # every UID is a current series: one query
+    recording.sources.clear()
+    report = route(_cohort_of(recording, [current[0], current[0], current[1]]), "proxy")  # a repeated UID
+    assert sorted(report.routes.column("SeriesInstanceUID").to_pylist()) == sorted(current)
+    assert recording.sources == ["cohort.coverage.route"]
+    recording.sources.clear()
+    report = route(_cohort_of(recording, [*current, left]), "proxy")
+    assert sorted(report.routes.column("SeriesInstanceUID").to_pylist()) == sorted([*current, left])
+    assert recording.sources == ["cohort.coverage.route"] * 3  # the current series, the missing UIDs, the old series
+
+
+def test_route_discovers_the_newest_store_with_the_auth_given(catalog, paad, server, monkeypatch):
+    made = []
+
+    def store(version, auth=None):  # the Google stores, on the scripted server
+        made.append((version, auth))
+        return Endpoint(f"idc-store-v{version}", f"{server.base}/v{version}", EndpointKind.GOOGLE, version,
+                        auth or NoAuth())
+
+    monkeypatch.setattr("cohort.coverage.google_store", store)
+    monkeypatch.setenv("H_COV_TOKEN", "t0k")
+    auth = BearerTokenAuth("H_COV_TOKEN")
+    cohort = Cohort.from_uids([r["SeriesInstanceUID"] for r in paad["old"]], catalog=catalog)
+    server.plan = {f"/v{CURRENT}/studies": (404, []), f"/v{CURRENT - 1}/studies": (404, []),
+                   f"/v{CURRENT - 2}/studies": (200, [])}
+    report = route(cohort, "google", discover=True, google_auth=auth)
+    assert report.newest_google_store == CURRENT - 2
+    assert [(path, bearer) for path, _, _, bearer in server.requests] == [
+        (f"/v{n}/studies", "Bearer t0k") for n in (CURRENT, CURRENT - 1, CURRENT - 2)]
+    name = f"idc-store-v{CURRENT - 2}"
+    assert set(report.routes.column("endpoint").to_pylist()) == {name}  # made before v{CURRENT - 2}
+    assert report.endpoints[name].auth is auth and report.endpoints[name].url == f"{server.base}/v{CURRENT - 2}"
+    # probing stops at the first store: none from v{CURRENT - 1} on answers, so no Google store at all
+    server.requests.clear()
+    report = route(cohort, "google", discover=True, first_google_store=CURRENT - 1, google_auth=auth)
+    assert report.newest_google_store is None
+    assert [path for path, _, _, _ in server.requests] == [f"/v{n}/studies" for n in (CURRENT, CURRENT - 1)]
+    assert set(report.routes.column("endpoint").to_pylist()) == {"idc-proxy"}
+
+
+def test_route_takes_the_default_newest_store_from_the_cohorts_catalog(catalog, paad):
+    cohort = _cohort_of(_Recording(catalog, idc_version=20), [paad["old"][0]["SeriesInstanceUID"]])
+    report = route(cohort, "google")  # a catalog of IDC v20 (not the installed index's release): store v19
+    assert (report.idc_version, report.newest_google_store) == (20, 19)
+    assert route(cohort, "google", lag=2).newest_google_store == 18
+
+
+def test_route_names_the_store_after_unavailable_series(catalog, gone):
+    pin = gone["max_idc_version"]
+    later = _read(catalog, f"SELECT min(SeriesInstanceUID) AS u FROM index WHERE series_init_idc_version > {pin}")[0]["u"]
+    # the current series (unavailable as of the pin) come first, the series that left IDC after them
+    report = route(Cohort.from_uids([later, gone["SeriesInstanceUID"]], catalog=catalog), pin)
+    assert report.routes.column("endpoint").to_pylist() == ["unavailable", f"idc-store-v{pin}"]
+    assert report.endpoints == {f"idc-store-v{pin}": google_store(pin)}
+    assert report.routes.column("series_url").to_pylist() == [
+        None, f"https://healthcare.googleapis.com/v1/projects/nci-idc-data/locations/us-central1/datasets/"
+              f"idc/dicomStores/idc-store-v{pin}/dicomWeb/studies/{gone['StudyInstanceUID']}/series/"
+              f"{gone['SeriesInstanceUID']}"]
