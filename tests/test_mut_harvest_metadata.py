@@ -388,3 +388,8 @@ def test_an_identifier_that_is_no_utf8_string_is_left_out_and_the_row_stays_writ
     assert instance_row({**SOP, "0008103E": {"vr": "LO", "Value": ["é"]}})["json"].count("é") == 1  # else unescaped
     row.pop("values_dropped")
     pa.Table.from_pylist([row], schema=ROW_SCHEMA)  # raises on a value that is no UTF-8 string
+
+
+def test_the_escaped_json_of_a_value_that_is_no_utf8_string_is_compact_too():
+    row = instance_row({**SOP, "0008103E": {"vr": "LO", "Value": ["a\ud800"]}})
+    assert row["json"] == '{"00080018":{"vr":"UI","Value":["1.2.3.4"]},"0008103E":{"vr":"LO","Value":["a\\ud800"]}}'
