@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+from types import SimpleNamespace
 
 import duckdb
 import idc_index_data
@@ -27,7 +28,8 @@ from cohort.citations import cite
 from cohort.coverage import route
 from cohort.manifest import COLUMNS, PARQUET_KEY, ManifestFormat, Provider, manifest_table, write_manifest
 from cohort.manifest.write import (
-    _copy, _distinct, _encode, _header_lines, _one_line, _replacing, _write_delimited, _write_json, _write_s5cmd,
+    _copy, _distinct, _encode, _header_lines, _one_line, _provenance, _replacing, _write_delimited, _write_json,
+    _write_s5cmd,
 )
 
 SLIDE = "1.3.6.1.4.1.5962.99.1.3380245274.1362068963.1639762817818.2.0"
@@ -312,3 +314,30 @@ def test_a_writer_that_fails_before_its_body_file_exists_raises_its_own_error(tm
         _write_delimited(gone / "m.csv", _table(), {"k": 1}, ",", True)
     assert str(err.value) == f'IO Error: Cannot open file "{gone}/m.csv.body": No such file or directory'
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_commented_table_keeps_carriage_returns_inside_its_fields(tmp_path):
+    """A field holding CR or CRLF (quoted by DuckDB) is copied below the comment lines byte for byte."""
+    table = pa.table({"SeriesInstanceUID": ["1.2", "1.3"], "note": ["a\r\nb", "c\rd"]})
+    for delimiter, name in ((",", "m.csv"), ("\t", "m.tsv")):
+        path = tmp_path / name
+        _write_delimited(path, table, {"k": "v"}, delimiter, True)
+        text = path.read_bytes().decode("utf-8")
+        assert text.startswith("# k: v\n")
+        assert _rows(text[len("# k: v\n"):], delimiter) == [["SeriesInstanceUID", "note"], ["1.2", "a\r\nb"],
+                                                            ["1.3", "c\rd"]]
+
+
+def test_the_size_of_series_with_no_known_size_is_zero(tmp_path):
+    """`_provenance` on a hand-made table whose sizes are all null (stand-ins for the cohort and routes)."""
+    table = pa.table({"SeriesInstanceUID": ["1.2", "1.3"], "StudyInstanceUID": ["1", "1"], "PatientID": ["p", "q"],
+                      "collection_id": ["c", "c"], "license_short_name": [None, "CC BY 4.0"],
+                      "source_DOI": ["10.1/x", None], "series_size_MB": pa.array([None, None], pa.float64())})
+    cohort = SimpleNamespace(provenance=SimpleNamespace(to_dict=lambda: {"query": "q"}))
+    routes = SimpleNamespace(policy="the policy")
+    prov = _provenance(cohort, table, ManifestFormat.CSV, Provider.AWS, tmp_path / "m.csv", cite([], fetch=False),
+                       routes)
+    assert prov["size_MB"] == 0
+    assert (prov["series"], prov["revisions"], prov["studies"], prov["patients"], prov["collections"]) == (2, 2, 1, 2, 1)
+    assert prov["licenses"] == {"CC BY 4.0": 1, "unknown (earlier release)": 1}
+    assert (prov["query"], prov["dicomweb_policy"], prov["download"]) == ("q", "the policy", "cohort download m.csv")
