@@ -580,3 +580,18 @@ def test_one_unreadable_commit_record_does_not_hide_the_others(tmp_path):
         (commits / f"good{i}.json").write_text(json.dumps({"series": 1}))
         (commits / f"half{i}.json").write_text("{half")
     assert counter.new() == 10  # whatever order the names come in
+
+
+def test_a_series_of_5001_instances_is_written_in_parts_of_5000_by_default(dask_client, tmp_path):
+    """harvest's default flush of 5000 instances reaches the shards: a part of 5000 rows, then one of 1."""
+    series = UIDS[32]
+    one = {"0020000D": {"vr": "UI", "Value": [STUDY]}, "0020000E": {"vr": "UI", "Value": [series]}}
+    body = json.dumps([{**one, "00080018": {"vr": "UI", "Value": [f"{series}.{i}"]}} for i in range(5001)]).encode()
+    with _Server({f"/studies/{STUDY}/series/{series}/metadata": [(200, body)]}) as server:
+        result = harvest_on_cluster([(STUDY, series)], tmp_path, server.url, cluster=dask_client, shards=1,
+                                    workers=1, policy=ONCE, progress=False)
+    assert (result.by_status, result.instances) == ({"ok": 1}, 5001)
+    from cohort.harvest import HarvestStore
+
+    [commit] = HarvestStore(tmp_path / "shards" / "0000").commits()
+    assert [(p.kind, p.rows) for p in commit.parts] == [("instances", 5000), ("instances", 1), ("log", 1)]
