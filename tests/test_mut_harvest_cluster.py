@@ -16,6 +16,7 @@ import json
 import re
 import logging
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -271,6 +272,20 @@ def test_arguments_are_checked_before_any_cluster(tmp_path):
 # -- runs on an in-process Dask cluster (threads, no TCP): series no endpoint serves, and an endpoint that refuses --
 
 
+@pytest.fixture(autouse=True)
+def _own_tqdm_lock(monkeypatch):
+    """tqdm's global lock holds a multiprocessing RLock, a semaphore shared by every process forked after it was
+    made: mutmut makes it while mapping the tests, then runs each mutant in such a fork. A fork that ends (a failed
+    test's os._exit, a timeout's kill) while one of its threads is inside a bar's ``__new__`` leaves it held, and
+    every later fork waits on it forever (each mutant then ends as a "timeout"). This process gets a lock of its own."""
+    import tqdm.auto
+    import tqdm.std
+
+    lock = threading.RLock()
+    for cls in {tqdm.std.tqdm, tqdm.auto.tqdm}:
+        monkeypatch.setattr(cls, "_lock", lock, raising=False)
+
+
 @pytest.fixture(scope="module")
 def dask_client():
     """An in-process LocalCluster. Its offload thread pool is made afresh: in a process forked after an earlier
@@ -430,3 +445,153 @@ def test_ctrl_c_stops_the_coordinator_and_says_interrupted(dask_client, tmp_path
     assert len(result.shards) <= result.planned and all(not s.result.interrupted for s in result.shards)
     assert (result.series, result.skipped, result.instances) == (4, 0, 0)
     assert result.summary().startswith("interrupted: 4 series ")
+
+
+# -- what the run after the tqdm-lock fix showed untested: series a DICOMweb server on 127.0.0.1 answers -----------
+
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+
+
+class _Server:
+    """DICOMweb on 127.0.0.1 (a thread of this process): ``plan`` maps a path below the root to the answers of its
+    1st, 2nd, ... request (the last repeats); ``/studies`` (the probe) answers ``[]``; anything else 404."""
+
+    def __init__(self, plan: dict[str, list[tuple[int, bytes]]]) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.plan, self.paths, self.lock = plan, [], threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path = self.path.split("?")[0].removeprefix("/dicom-web")
+                with server.lock:
+                    server.paths.append(path)
+                    n = server.paths.count(path)
+                answers = [(200, b"[]")] if path == "/studies" else server.plan.get(path, [(404, b"")])
+                status, body = answers[min(n, len(answers)) - 1]
+                self.send_response(status)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/dicom-web"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _metadata(series: str, sop: str) -> bytes:
+    """One instance's DICOM JSON: its UIDs and modality, written by hand."""
+    return json.dumps([{"0020000D": {"vr": "UI", "Value": [STUDY]}, "0020000E": {"vr": "UI", "Value": [series]},
+                        "00080018": {"vr": "UI", "Value": [sop]}, "00080060": {"vr": "CS", "Value": ["CT"]}}]).encode()
+
+
+ONCE = RetryPolicy(timeout=5, max_attempts=1)
+
+
+def test_a_served_series_is_asked_for_its_full_metadata_by_default(dask_client, tmp_path):
+    series = UIDS[30]
+    path = f"/studies/{STUDY}/series/{series}/metadata"
+    with _Server({path: [(200, _metadata(series, series + ".1"))]}) as server:
+        result = harvest_on_cluster([(STUDY, series)], tmp_path, server.url, cluster=dask_client, shards=1,
+                                    workers=1, policy=ONCE, progress=False)
+        asked = [p for p in server.paths if p != "/studies"]
+    assert asked == [path]  # /metadata (not the light /instances?includefield=... search)
+    assert (result.by_status, result.instances, result.skipped) == ({"ok": 1}, 1, 0)
+    from cohort.harvest import HarvestStore
+
+    rows = HarvestStore(tmp_path / "shards" / "0000").read_instances(columns=["SOPInstanceUID", "Modality"])
+    assert rows.to_pylist() == [{"SOPInstanceUID": series + ".1", "Modality": "CT"}]
+
+
+def test_a_series_not_found_at_its_endpoint_is_not_asked_again_there(dask_client, tmp_path):
+    series = UIDS[31]
+    path = f"/studies/{STUDY}/series/{series}/metadata"
+    with _Server({path: [(404, b"no such series")]}) as server:
+        first = harvest_on_cluster([(STUDY, series)], tmp_path, server.url, cluster=dask_client, shards=1,
+                                   workers=1, policy=ONCE, progress=False)
+        again = harvest_on_cluster([(STUDY, series)], tmp_path, server.url, cluster=dask_client, shards=1,
+                                   workers=1, policy=ONCE, progress=False)
+        asked = [p for p in server.paths if p != "/studies"]
+    assert first.by_status == {"not_found": 1}
+    assert (again.skipped, again.planned, again.by_status) == (1, 0, {})
+    assert asked == [path]  # once
+
+
+def test_series_a_shard_finds_settled_in_its_own_store_count_as_skipped(dask_client, tmp_path):
+    """Shard 0 of 1 logged a series not found; a later run of 2 shards (asking not-found series again) logged an
+    HTTP 500 in shard 1; a run of 1 shard then plans it (its latest outcome is not final) and shard 0 skips it."""
+    series = next(u for u in UIDS if _documented_shard(u, 2) == 1)
+    path = f"/studies/{STUDY}/series/{series}/metadata"
+    run = dict(cluster=dask_client, workers=1, policy=ONCE, progress=False)
+    with _Server({path: [(404, b"no"), (500, b"busy")]}) as server:
+        assert harvest_on_cluster([(STUDY, series)], tmp_path, server.url, shards=1, **run).by_status == {
+            "not_found": 1}
+        assert harvest_on_cluster([(STUDY, series)], tmp_path, server.url, shards=2, retry=["not_found"],
+                                  **run).by_status == {"http_error": 1}
+        third = harvest_on_cluster([(STUDY, series)], tmp_path, server.url, shards=1, **run)
+        asked = [p for p in server.paths if p != "/studies"]
+    assert asked == [path, path]
+    assert (third.planned, [s.index for s in third.shards], third.shards[0].result.skipped) == (1, [0], 1)
+    assert (third.series, third.skipped, third.by_status) == (1, 1, {})
+
+
+def test_the_routing_policy_reaches_the_router(tmp_path, monkeypatch):
+    """A cohort (no endpoint given) is routed with the run's policy; the router is a stand-in recording it."""
+    from cohort.harvest import runner
+
+    asked = []
+
+    def route(cohort, policy):
+        asked.append(policy)
+        return _unserved([("9", UIDS[0])])
+
+    monkeypatch.setattr(runner, "route", route)
+    cohort = SimpleNamespace(series_uids=lambda: [UIDS[0]], to_arrow=lambda: None)
+    for routing in ("proxy", None):
+        with pytest.raises(HarvestError, match="^cluster must be"):  # routed before the cluster is looked at
+            harvest_on_cluster(cohort, tmp_path, cluster=42, routing=routing)
+    assert asked == ["proxy", None]
+
+
+def test_one_unreadable_commit_record_does_not_hide_the_others(tmp_path):
+    commits = tmp_path / "s" / "commits"
+    commits.mkdir(parents=True)
+    counter = _CommitCounter([str(tmp_path / "s")])
+    for i in range(10):
+        (commits / f"good{i}.json").write_text(json.dumps({"series": 1}))
+        (commits / f"half{i}.json").write_text("{half")
+    assert counter.new() == 10  # whatever order the names come in
+
+
+def test_a_series_of_5001_instances_is_written_in_parts_of_5000_by_default(dask_client, tmp_path):
+    """harvest's default flush of 5000 instances reaches the shards: a part of 5000 rows, then one of 1."""
+    series = UIDS[32]
+    one = {"0020000D": {"vr": "UI", "Value": [STUDY]}, "0020000E": {"vr": "UI", "Value": [series]}}
+    body = json.dumps([{**one, "00080018": {"vr": "UI", "Value": [f"{series}.{i}"]}} for i in range(5001)]).encode()
+    with _Server({f"/studies/{STUDY}/series/{series}/metadata": [(200, body)]}) as server:
+        result = harvest_on_cluster([(STUDY, series)], tmp_path, server.url, cluster=dask_client, shards=1,
+                                    workers=1, policy=ONCE, progress=False)
+    assert (result.by_status, result.instances) == ({"ok": 1}, 5001)
+    from cohort.harvest import HarvestStore
+
+    [commit] = HarvestStore(tmp_path / "shards" / "0000").commits()
+    assert [(p.kind, p.rows) for p in commit.parts] == [("instances", 5000), ("instances", 1), ("log", 1)]

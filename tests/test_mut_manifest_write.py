@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+from types import SimpleNamespace
 
 import duckdb
 import idc_index_data
@@ -27,7 +28,8 @@ from cohort.citations import cite
 from cohort.coverage import route
 from cohort.manifest import COLUMNS, PARQUET_KEY, ManifestFormat, Provider, manifest_table, write_manifest
 from cohort.manifest.write import (
-    _copy, _distinct, _encode, _header_lines, _one_line, _replacing, _write_delimited, _write_json, _write_s5cmd,
+    _copy, _distinct, _encode, _header_lines, _one_line, _provenance, _replacing, _write_delimited, _write_json,
+    _write_s5cmd,
 )
 
 SLIDE = "1.3.6.1.4.1.5962.99.1.3380245274.1362068963.1639762817818.2.0"
@@ -248,3 +250,94 @@ def test_nested_directories_and_the_aws_bucket_of_an_s5cmd_line(catalog, small, 
     info = write_manifest(cohort, tmp_path / "a" / "b" / "c.s5cmd", routes=small["routes"], citations=False)
     lines = [ln for ln in info.path.read_text().splitlines() if not ln.startswith("#")]
     assert lines == [f"cp s3://idc-open-data-cr/{cr['crdc_series_uuid']}/* ."]  # the AWS bucket, not idc-open-cr
+
+
+# -- what the full mutation run showed untested ------------------------------------------------------------
+
+
+def test_citations_are_fetched_by_default_and_only_when_asked(catalog, small, tmp_path, monkeypatch):
+    """Fetching is injected (no network): each DOI's text is its own name; the cache is a fresh directory."""
+    from cohort import citations as citations_module
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    asked = []
+
+    def fetch(session, resolver, doi, style, timeout):
+        asked.append(doi)
+        return f"Reference {doi}."
+
+    monkeypatch.setattr(citations_module, "_fetch", fetch)
+    cohort = Cohort(pa.table({"SeriesInstanceUID": [SLIDE]}), Provenance.make(catalog), catalog)
+    doi = small["slide"]["source_DOI"].lower()
+    wanted = [citations_module.IDC_DOI, doi]
+    info = write_manifest(cohort, tmp_path / "a.s5cmd", routes=small["routes"])  # citations left at its default
+    assert asked == wanted
+    assert [(c.doi, c.status.value, c.text) for c in info.citations.items] == [
+        (d, "fetched", f"Reference {d}.") for d in wanted]
+    assert info.provenance["citations"]["summary"] == "2 DOIs: 2 fetched"
+    assert f"# cite: https://doi.org/{doi} Reference {doi}." in info.path.read_text().splitlines()
+
+    asked.clear()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty cache"))
+    info = write_manifest(cohort, tmp_path / "b.s5cmd", routes=small["routes"], citations=False)
+    assert asked == []
+    assert info.provenance["citations"]["summary"] == "2 DOIs: 2 skipped (fetching not requested)"
+    info = write_manifest(cohort, tmp_path / "c.s5cmd", routes=small["routes"], citations=True)
+    assert asked == wanted and info.provenance["citations"]["summary"] == "2 DOIs: 2 fetched"
+
+
+def test_a_duckdb_write_error_is_named_by_its_first_line(catalog, small, tmp_path):
+    """DuckDB cannot open its temporary file: a dangling symlink into a missing directory stands there (a real
+    IOException, not an OSError; the symlink itself is removed like any temporary file)."""
+    cohort = Cohort(pa.table({"SeriesInstanceUID": [SLIDE]}), Provenance.make(catalog), catalog)
+    for name in ("blocked.csv", "blocked.json"):
+        path = tmp_path / name
+        tmp = tmp_path / f".{name}.{os.getpid()}.tmp"
+        target = tmp_path / "missing" / "x" if name.endswith(".csv") else tmp_path / "missing" / "y"
+        written = tmp if name.endswith(".csv") else tmp_path / f".{name}.{os.getpid()}.tmp.body"
+        written.symlink_to(target)
+        with pytest.raises(ManifestError) as err:
+            write_manifest(cohort, path, routes=small["routes"], citations=False)
+        assert str(err.value) == (f'{path}: cannot write the manifest: IO Error: Cannot open file "{written}": '
+                                  "No such file or directory")
+        assert err.value.__cause__ is None and err.value.__suppress_context__
+        assert not path.exists() and not written.is_symlink() and not tmp.exists()
+
+
+def test_a_writer_that_fails_before_its_body_file_exists_raises_its_own_error(tmp_path):
+    """The body file is deleted if there: a DuckDB error raised before it was made is not hidden by the cleanup."""
+    gone = tmp_path / "no such directory"
+    with pytest.raises(duckdb.IOException) as err:
+        _write_json(gone / "m.json", _table(), {"k": 1})
+    assert str(err.value) == f'IO Error: Cannot open file "{gone}/m.json.body": No such file or directory'
+    with pytest.raises(duckdb.IOException) as err:
+        _write_delimited(gone / "m.csv", _table(), {"k": 1}, ",", True)
+    assert str(err.value) == f'IO Error: Cannot open file "{gone}/m.csv.body": No such file or directory'
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_commented_table_keeps_carriage_returns_inside_its_fields(tmp_path):
+    """A field holding CR or CRLF (quoted by DuckDB) is copied below the comment lines byte for byte."""
+    table = pa.table({"SeriesInstanceUID": ["1.2", "1.3"], "note": ["a\r\nb", "c\rd"]})
+    for delimiter, name in ((",", "m.csv"), ("\t", "m.tsv")):
+        path = tmp_path / name
+        _write_delimited(path, table, {"k": "v"}, delimiter, True)
+        text = path.read_bytes().decode("utf-8")
+        assert text.startswith("# k: v\n")
+        assert _rows(text[len("# k: v\n"):], delimiter) == [["SeriesInstanceUID", "note"], ["1.2", "a\r\nb"],
+                                                            ["1.3", "c\rd"]]
+
+
+def test_the_size_of_series_with_no_known_size_is_zero(tmp_path):
+    """`_provenance` on a hand-made table whose sizes are all null (stand-ins for the cohort and routes)."""
+    table = pa.table({"SeriesInstanceUID": ["1.2", "1.3"], "StudyInstanceUID": ["1", "1"], "PatientID": ["p", "q"],
+                      "collection_id": ["c", "c"], "license_short_name": [None, "CC BY 4.0"],
+                      "source_DOI": ["10.1/x", None], "series_size_MB": pa.array([None, None], pa.float64())})
+    cohort = SimpleNamespace(provenance=SimpleNamespace(to_dict=lambda: {"query": "q"}))
+    routes = SimpleNamespace(policy="the policy")
+    prov = _provenance(cohort, table, ManifestFormat.CSV, Provider.AWS, tmp_path / "m.csv", cite([], fetch=False),
+                       routes)
+    assert prov["size_MB"] == 0
+    assert (prov["series"], prov["revisions"], prov["studies"], prov["patients"], prov["collections"]) == (2, 2, 1, 2, 1)
+    assert prov["licenses"] == {"CC BY 4.0": 1, "unknown (earlier release)": 1}
+    assert (prov["query"], prov["dicomweb_policy"], prov["download"]) == ("q", "the policy", "cohort download m.csv")
