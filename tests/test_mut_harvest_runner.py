@@ -81,8 +81,10 @@ class _Server:
     """DICOMweb on 127.0.0.1: ``plan`` maps a path below the root to answers for its 1st, 2nd, ... request.
 
     An answer is ``(status, body)``, ``(status, body, headers)``, ``("cut", body, n)`` (Content-Length of the
-    whole body, n bytes sent, connection closed), ``("reset",)`` (the connection closed without an answer), ``("slow", seconds, answer)`` or ``("gate", commits, answer)``
-    (held until the harvest directory ``gate_dir`` holds that many commit records, at most 5 s).
+    whole body, n bytes sent, connection closed), ``("reset",)`` (the connection closed without an answer), ``("slow", seconds, answer)``, ``("gate", commits, answer)``
+    (held until the harvest directory ``gate_dir`` holds that many commit records, at most 5 s) or
+    ``("event", threading.Event, answer)`` (held until the test sets the event, at most 5 s). ``/studies`` (the
+    probe) answers ``[]`` unless the plan says otherwise.
     """
 
     def __init__(self, plan: dict[str, list], gate_dir: Path | None = None) -> None:
@@ -105,7 +107,7 @@ class _Server:
                 with server.lock:
                     server.requests.append((path, parse_qsl(parts.query), self.headers.get("Accept")))
                     n = server.count[path] = server.count.get(path, 0) + 1
-                if path == "/studies":
+                if path == "/studies" and path not in server.plan:  # the probe passes unless planned
                     return self._send(200, b"[]", {})
                 answers = server.plan.get(path, [(404, b"")])
                 self._answer(answers[min(n, len(answers)) - 1])
@@ -113,6 +115,10 @@ class _Server:
             def _answer(self, answer):
                 if answer[0] == "slow":
                     time.sleep(answer[1])
+                    return self._answer(answer[2])
+                if answer[0] == "event":  # held until the test sets the event (at most 5 s)
+                    if not answer[1].wait(5):
+                        server.gates_timed_out += 1
                     return self._answer(answer[2])
                 if answer[0] == "gate":
                     deadline = time.monotonic() + 5
@@ -672,3 +678,94 @@ def test_a_ctrl_c_inside_the_commit_block_is_raised_after_it():
     finally:
         signal.signal(signal.SIGINT, previous)
     assert seen[-1] is signal.default_int_handler  # not replaced from another thread (it cannot be)
+
+
+# -- Ctrl-C during the run, a failed probe, the pieces of the main loop (added with the 2026-12-02 run) ------
+def _path(series: str, study: str = STUDY) -> str:
+    return f"/studies/{study}/series/{series}/metadata"
+
+
+def test_ctrl_c_keeps_what_finished_drops_what_streams_or_waits_and_cancels_the_rest(tmp_path, monkeypatch):
+    """Three workers: one series finishes; three are held by the server until the Ctrl-C; three more wait in the
+    pool. The Ctrl-C is raised by the main loop's wait for finished series (``_finished``) once the first series
+    was taken and the three held requests have arrived; the held answers are released when the run waits for
+    its running series (``wait``), after the queued ones were cancelled."""
+    import cohort.harvest.runner as runner
+
+    release = threading.Event()
+    names = ["ok", "gone", "streaming", "retrying", "queued1", "queued2", "queued3"]
+    uid = {name: f"1.2.826.0.1.3680043.9.7433.9.10{i}" for i, name in enumerate(names)}
+    plan = {
+        _path(uid["ok"]): [(200, _body(_ct_series(uid["ok"], 1)))],
+        _path(uid["gone"]): [("event", release, (404, b"gone"))],  # finishes after the Ctrl-C: an outcome
+        _path(uid["streaming"]): [("event", release, (200, _body(_ct_series(uid["streaming"], 3))))],
+        _path(uid["retrying"]): [("event", release, (503, b"busy")), (200, _body(_ct_series(uid["retrying"], 1)))],
+    }
+    taken: list = []
+    real_finished, real_wait = runner._finished, runner.wait
+
+    def finished(done, timeout):
+        held = all(server.count.get(_path(uid[n]), 0) == 1 for n in ("gone", "streaming", "retrying"))
+        if taken and held:
+            raise KeyboardInterrupt
+        got = real_finished(done, 0.05)
+        taken.extend(got)
+        return got
+
+    def wait(futures, *args, **kwargs):
+        release.set()
+        return real_wait(futures, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_finished", finished)
+    monkeypatch.setattr(runner, "wait", wait)
+    with _Server(plan) as server:
+        result = harvest([(STUDY, uid[n]) for n in names], tmp_path, custom(server.url, name="srv"), workers=3,
+                         rate=None, policy=NOW_RETRY, progress=False, flush_instances=1)
+        counts = dict(server.count)
+        assert server.gates_timed_out == 0
+    assert result.interrupted is True
+    assert (result.series, result.skipped, result.by_status) == (7, 0, {"ok": 1, "not_found": 1})
+    assert (result.instances, result.remaining) == (1, 5)
+    assert result.summary("rerun").startswith("interrupted: 7 series (0 already complete; this run: ok 1, "
+                                              "not_found 1), 1 instances, ")
+    assert result.summary("rerun").endswith("; 5 series left: rerun")
+    log = _log(tmp_path)
+    assert set(log) == {uid["ok"], uid["gone"]}
+    assert (log[uid["gone"]]["status"], log[uid["gone"]]["error"]) == ("not_found", "HTTP 404: gone")
+    # the queued series were never asked for; the retrying one was not asked again once stopped
+    assert [counts.get(_path(uid[n]), 0) for n in names] == [1, 1, 1, 1, 0, 0, 0]
+    store = HarvestStore(tmp_path)
+    assert store.read_instances(["SOPInstanceUID"]).column(0).to_pylist() == [f"{uid['ok']}.1"]
+    # the part the streaming series wrote before it saw the stop was deleted: only committed parts are left
+    assert sorted(p.name for p in (tmp_path / "instances").iterdir()) == \
+        sorted(Path(p).name for p in store.part_names("instances"))
+
+
+def test_a_failed_probe_commits_nothing_and_deletes_the_parts_written(tmp_path):
+    """The probe fails (a 404 with a body: not a DICOMweb root) while a series has already written parts."""
+    series = "1.2.826.0.1.3680043.9.7433.9.110"
+    release = threading.Event()
+    plan = {"/studies": [("event", release, (404, b"no such route"))],
+            _path(series): [(200, _body(_ct_series(series, 3)))],
+            _path("1.2.9.111"): [(200, _body(_ct_series("1.2.9.111", 1)))]}
+
+    with _Server(plan) as server:
+        import cohort.harvest.runner as runner
+
+        real = runner._Run.flush
+
+        def flush(self):  # the probe answers once both series have been taken (their parts written)
+            if len(self._logs) == 2:
+                release.set()
+            return real(self)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(runner._Run, "flush", flush)
+            mp.setattr(runner._Run, "_due", lambda self: len(self._logs) == 2)
+            with pytest.raises(HarvestError) as err:
+                harvest([(STUDY, series), (STUDY, "1.2.9.111")], tmp_path, custom(server.url, name="srv"),
+                        workers=2, rate=None, policy=ONCE, progress=False, flush_instances=1)
+    assert str(err.value).startswith(f"srv does not answer as a DICOMweb service: GET {server.url}/studies?limit=1 "
+                                     "answered HTTP 404 (application/dicom+json: no such route); check --url")
+    assert not list((tmp_path / "commits").glob("*.json"))
+    assert list((tmp_path / "instances").iterdir()) == []  # the series' parts were deleted
