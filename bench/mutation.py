@@ -117,6 +117,17 @@ def pytest_collection_modifyitems(config, items):
     if len(kept) != len(items):
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
+
+
+# mutmut forks every mutant's run from one process: tqdm's default lock holds a multiprocessing semaphore made
+# there and shared by all the forks, so a fork killed (a timeout) while holding it hangs every later progress bar
+# until mutmut's timeout, which counts as a kill. Each process gets a lock of its own.
+def pytest_configure(config):
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
 """
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 
