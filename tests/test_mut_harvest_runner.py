@@ -769,3 +769,158 @@ def test_a_failed_probe_commits_nothing_and_deletes_the_parts_written(tmp_path):
                                      "answered HTTP 404 (application/dicom+json: no such route); check --url")
     assert not list((tmp_path / "commits").glob("*.json"))
     assert list((tmp_path / "instances").iterdir()) == []  # the series' parts were deleted
+
+
+def test_a_failed_probe_is_the_error_even_when_no_series_finished(tmp_path):
+    """The only series is refused (401: no outcome, the run stops): the probe's failure is the error raised, not the
+    refused credentials (the endpoint is not what the user meant)."""
+    series = "1.2.826.0.1.3680043.9.7433.9.120"
+    plan = {"/studies": [(404, b"no such route")], _path(series): [(401, b"who?")]}
+    with _Server(plan) as server, pytest.raises(HarvestError) as err:
+        harvest([(STUDY, series)], tmp_path, custom(server.url, name="srv"), workers=2, rate=None, policy=ONCE,
+                progress=False)
+    assert str(err.value).startswith("srv does not answer as a DICOMweb service: ")
+    assert not list((tmp_path / "commits").glob("*.json"))
+
+
+def test_each_endpoint_is_probed_once_and_the_first_failure_by_name_is_raised(tmp_path):
+    class Report:
+        def __init__(self, urls):
+            self.endpoints = {name: custom(url, name=name) for name, url in urls.items()}
+            self.routes = pa.table({
+                "StudyInstanceUID": [STUDY] * 4,
+                "SeriesInstanceUID": ["1.2.1", "1.2.2", "1.2.3", "1.2.4"],
+                "endpoint": ["b", "a", "b", "a"],
+                "series_url": [f"{urls[e]}/studies/{STUDY}/series/{s}" for e, s in
+                               (("b", "1.2.1"), ("a", "1.2.2"), ("b", "1.2.3"), ("a", "1.2.4"))],
+            })  # no reason column
+
+    with _Server({"/studies": [(404, b"not b")]}) as b, _Server({"/studies": [(404, b"not a")]}) as a:
+        with pytest.raises(HarvestError) as err:
+            harvest(Report({"b": b.url, "a": a.url}), tmp_path / "both", workers=2, rate=None, policy=ONCE,
+                    progress=False)
+        assert str(err.value).startswith(f"a does not answer as a DICOMweb service: GET {a.url}/studies?limit=1 "
+                                         "answered HTTP 404 (application/dicom+json: not a)")
+        assert (a.count["/studies"], b.count["/studies"]) == (1, 1)
+    with _Server({"/studies": [(404, b"not b")]}) as b, _Server({}) as a:
+        with pytest.raises(HarvestError) as err:
+            harvest(Report({"b": b.url, "a": a.url}), tmp_path / "b", workers=2, rate=None, policy=ONCE,
+                    progress=False)
+        assert str(err.value).startswith("b does not answer as a DICOMweb service: ")
+    with _Server({}) as b, _Server({}) as a:  # both pass: every series asked from its own endpoint
+        result = harvest(Report({"b": b.url, "a": a.url}), tmp_path / "ok", workers=2, rate=None, policy=ONCE,
+                         progress=False)
+        assert sorted(p for p in b.count if p != "/studies") == [_path("1.2.1"), _path("1.2.3")]
+        assert sorted(p for p in a.count if p != "/studies") == [_path("1.2.2"), _path("1.2.4")]
+        assert (a.count["/studies"], b.count["/studies"]) == (1, 1)
+    assert result.by_status == {"not_found": 4}
+    log = _log(tmp_path / "ok")
+    assert {s: (r["endpoint"], r["error"]) for s, r in log.items()} == {
+        "1.2.1": ("b", "HTTP 404: Not Found"), "1.2.2": ("a", "HTTP 404: Not Found"),
+        "1.2.3": ("b", "HTTP 404: Not Found"), "1.2.4": ("a", "HTTP 404: Not Found")}
+
+
+def test_a_cohort_is_routed_with_the_routing_policy_asked_for(tmp_path, monkeypatch):
+    import cohort.harvest.runner as runner
+
+    class Cohortish:  # a Cohort's shape: series_uids and to_arrow
+        series_uids = ["1.2.7"]
+
+        def to_arrow(self):
+            return pa.table({"StudyInstanceUID": ["1.2"], "SeriesInstanceUID": ["1.2.7"]})
+
+    class Routed:
+        endpoints = {"e": custom("http://127.0.0.1:9/dicom-web", name="e")}
+        routes = pa.table({"StudyInstanceUID": ["1.2"], "SeriesInstanceUID": ["1.2.7"], "endpoint": [None],
+                           "series_url": [None], "reason": ["not in the index"]})
+
+    cohort, calls = Cohortish(), []
+    monkeypatch.setattr(runner, "route", lambda source, routing: calls.append((source, routing)) or Routed())
+    tasks, endpoints = series_tasks(cohort, None, "prefer_google")
+    assert calls == [(cohort, "prefer_google")]
+    assert tasks == [SeriesTask("1.2", "1.2.7", None, None, "not in the index")] and endpoints == Routed.endpoints
+    result = harvest(cohort, tmp_path, routing="prefer_aws", workers=1, rate=None, policy=ONCE, progress=False)
+    assert calls[1] == (cohort, "prefer_aws")
+    assert result.by_status == {"not_found": 1}
+    assert _log(tmp_path)["1.2.7"]["error"] == "no endpoint serves this series: not in the index"
+    # with an endpoint given, a cohort is not routed: its own pairs are asked from that endpoint
+    tasks, _ = series_tasks(cohort, custom("http://h/w", name="w"), "prefer_google")
+    assert len(calls) == 2 and [(t.endpoint, t.url) for t in tasks] == [("w", "http://h/w/studies/1.2/series/1.2.7")]
+
+
+def test_finished_takes_every_future_already_queued_in_order():
+    from queue import SimpleQueue
+
+    from cohort.harvest.runner import _finished
+
+    done = SimpleQueue()
+    assert _finished(done, timeout=0.01) == []
+    for item in ("a", "b", "c"):
+        done.put(item)
+    assert _finished(done, timeout=0.01) == ["a", "b", "c"]
+    assert done.empty() and _finished(done, timeout=0) == []
+
+
+def test_with_flush_seconds_zero_each_finished_series_is_committed_at_once(tmp_path):
+    uids = [f"1.2.826.0.1.3680043.9.7433.9.13{i}" for i in range(3)]
+    plan = {_path(uids[0]): [(200, _body(_ct_series(uids[0], 1)))],
+            _path(uids[1]): [("gate", 1, (200, _body(_ct_series(uids[1], 1))))],
+            _path(uids[2]): [("gate", 2, (200, _body(_ct_series(uids[2], 1))))]}
+    with _Server(plan, gate_dir=tmp_path) as server:
+        harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                progress=False, flush_instances=1000, flush_seconds=0)
+        assert server.gates_timed_out == 0
+    commits = HarvestStore(tmp_path).commits()
+    assert [[(p.kind, p.rows) for p in c.parts] for c in commits] == [[("instances", 1), ("log", 1)]] * 3
+
+
+def test_the_run_logs_its_start_times_itself_and_shows_a_bar_named_harvest(tmp_path, caplog, capsys):
+    import logging
+
+    uid = "1.2.826.0.1.3680043.9.7433.9.140"
+    plan = {_path(uid): [(200, _body(_ct_series(uid, 2)))]}
+    with _Server(plan) as server:
+        first = harvest([(STUDY, uid)], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=False)
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="cohort.harvest.runner"):
+            second = harvest([(STUDY, uid), (STUDY, "1.2.9.141")], tmp_path, server.url, workers=1, rate=None,
+                             policy=ONCE, progress=True)
+        took = time.monotonic() - started
+    assert 0 < second.seconds <= took and 0 < first.seconds
+    [record] = [r for r in caplog.records if r.name == "cohort.harvest.runner"]
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == f"harvest {tmp_path}: 2 series, 1 already complete, run {second.run_id}"
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("harvest: 100%") and "| 1/1 [" in last and "series/s" in last
+    assert "instances=0" in last and "not_found=1" in last
+
+
+def test_each_worker_thread_keeps_one_session_per_endpoint(tmp_path, monkeypatch):
+    from cohort.endpoints import Endpoint
+
+    made, names = [], set()
+    real = Endpoint.fast_session
+
+    def fast_session(self):
+        made.append(threading.current_thread().name)
+        return real(self)
+
+    monkeypatch.setattr(Endpoint, "fast_session", fast_session)
+    import cohort.harvest.runner as runner
+
+    real_row = runner.instance_row
+
+    def row(*args):
+        names.add(threading.current_thread().name)
+        return real_row(*args)
+
+    monkeypatch.setattr(runner, "instance_row", row)
+    uids = [f"1.2.826.0.1.3680043.9.7433.9.15{i}" for i in range(4)]
+    plan = {_path(uid): [(200, _body(_ct_series(uid, 1)))] for uid in uids}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                         progress=False)
+    assert result.by_status == {"ok": 4}
+    assert made == ["harvest_0"]  # one worker thread: one session for its four series (the probe has its own)
+    assert names == {"harvest_0"}
