@@ -924,3 +924,26 @@ def test_each_worker_thread_keeps_one_session_per_endpoint(tmp_path, monkeypatch
     assert result.by_status == {"ok": 4}
     assert made == ["harvest_0"]  # one worker thread: one session for its four series (the probe has its own)
     assert names == {"harvest_0"}
+
+
+def test_the_bar_follows_the_terminal_width_as_it_changes(tmp_path, capsys, monkeypatch):
+    """The terminal's size as tqdm asks it (``tqdm.std._screen_shape_wrapper``: stderr is captured here) changes after
+    the bar was drawn; the bar's last line takes the new width (``dynamic_ncols``)."""
+    import tqdm.std
+
+    import cohort.harvest.runner as runner
+
+    width = [61]
+    monkeypatch.setattr(tqdm.std, "_screen_shape_wrapper", lambda: lambda fp: (width[0] - 1, 19))
+    real = runner._Run._take
+
+    def take(self, outcome, bar):
+        width[0] = 101
+        return real(self, outcome, bar)
+
+    monkeypatch.setattr(runner._Run, "_take", take)
+    uid = "1.2.826.0.1.3680043.9.7433.9.160"
+    with _Server({_path(uid): [(200, _body(_ct_series(uid, 1)))]}) as server:
+        harvest([(STUDY, uid)], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=True)
+    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
+    assert len(lines[0]) == 60 and len(lines[-1]) == 100, lines
