@@ -947,3 +947,57 @@ def test_the_bar_follows_the_terminal_width_as_it_changes(tmp_path, capsys, monk
         harvest([(STUDY, uid)], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=True)
     lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
     assert len(lines[0]) == 60 and len(lines[-1]) == 100, lines
+
+
+def test_the_probe_runs_under_the_run_s_policy(tmp_path):
+    """One attempt allowed: the probe's 503 is not asked again (the default policy would retry it and pass)."""
+    plan = {"/studies": [(503, b"busy"), (200, b"[]")]}
+    with _Server(plan) as server, pytest.raises(HarvestError) as err:
+        harvest([(STUDY, "1.2.9.170")], tmp_path, custom(server.url, name="srv"), workers=1, rate=None, policy=ONCE,
+                progress=False)
+    assert str(err.value) == (f"srv is not available: GET {server.url}/studies?limit=1 answered HTTP 503 after 1 "
+                              "attempts; try again later")
+    assert server.count["/studies"] == 1
+
+
+def test_every_request_the_probe_s_too_takes_a_token_of_one_shared_limiter(tmp_path, monkeypatch):
+    import cohort.harvest.runner as runner
+    from cohort.retry import RateLimiter
+
+    made, taken = [], []
+
+    class Recording(RateLimiter):
+        def __init__(self, rate, burst=1):
+            made.append((rate, burst))
+            super().__init__(rate, burst=burst)
+
+        def acquire(self, stop=None):
+            taken.append(id(self))
+            return super().acquire(stop)
+
+    monkeypatch.setattr(runner, "RateLimiter", Recording)
+    uids = [f"1.2.9.18{i}" for i in range(3)]
+    plan = {_path(uids[0]): [(503, b""), (204, b"")]}
+    with _Server(plan) as server:
+        harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=3, rate=1000.0, policy=NOW_RETRY,
+                progress=False)
+        harvest([(STUDY, "1.2.9.189")], tmp_path / "one", server.url, workers=1, rate=None, policy=ONCE,
+                progress=False)
+        asked = len(server.requests)
+    assert made == [(1000.0, 3), (None, 1)]
+    assert len(taken) == asked == 1 + 4 + 1 + 1  # the probes, three series (one asked twice), the probe, one series
+    assert len(set(taken)) == 2
+
+
+def test_a_failed_probe_stops_the_run_before_the_rest_is_asked(tmp_path):
+    """One worker: the probe (submitted first) has failed before the first series starts, so the main loop sees the
+    failure when it takes that series and stops: at most the two series submitted after it were asked."""
+    uids = [f"1.2.9.19{i}" for i in range(10)]
+    plan = {"/studies": [(404, b"no")], **{_path(uid): [(204, b"")] for uid in uids}}
+    with _Server(plan) as server, pytest.raises(HarvestError) as err:
+        harvest([(STUDY, uid) for uid in uids], tmp_path, custom(server.url, name="srv"), workers=1, rate=None,
+                policy=ONCE, progress=False, flush_seconds=3600)
+    assert str(err.value).startswith("srv does not answer as a DICOMweb service: ")
+    asked = [p for p, _, _ in server.requests if p != "/studies"]
+    assert 1 <= len(asked) <= 3 and asked == [_path(uid) for uid in uids[:len(asked)]]
+    assert not list((tmp_path / "commits").glob("*.json"))
