@@ -83,7 +83,8 @@ class _Server:
     An answer is ``(status, body)``, ``(status, body, headers)``, ``("cut", body, n)`` (Content-Length of the
     whole body, n bytes sent, connection closed), ``("reset",)`` (the connection closed without an answer), ``("slow", seconds, answer)``, ``("gate", commits, answer)``
     (held until the harvest directory ``gate_dir`` holds that many commit records, at most 5 s) or
-    ``("event", threading.Event, answer)`` (held until the test sets the event, at most 5 s). ``/studies`` (the
+    ``("event", threading.Event, answer)`` (held until the test sets the event, at most 5 s) or
+    ``("until", condition, answer)`` (held until ``condition()`` is true, at most 5 s). ``/studies`` (the
     probe) answers ``[]`` unless the plan says otherwise.
     """
 
@@ -115,6 +116,14 @@ class _Server:
             def _answer(self, answer):
                 if answer[0] == "slow":
                     time.sleep(answer[1])
+                    return self._answer(answer[2])
+                if answer[0] == "until":  # held until the test's condition holds (at most 5 s)
+                    deadline = time.monotonic() + 5
+                    while not answer[1]():
+                        if time.monotonic() > deadline:
+                            server.gates_timed_out += 1
+                            break
+                        time.sleep(0.01)
                     return self._answer(answer[2])
                 if answer[0] == "event":  # held until the test sets the event (at most 5 s)
                     if not answer[1].wait(5):
@@ -1001,3 +1010,40 @@ def test_a_failed_probe_stops_the_run_before_the_rest_is_asked(tmp_path):
     asked = [p for p, _, _ in server.requests if p != "/studies"]
     assert 1 <= len(asked) <= 3 and asked == [_path(uid) for uid in uids[:len(asked)]]
     assert not list((tmp_path / "commits").glob("*.json"))
+
+
+
+def test_workers_ask_for_series_at_once_each_held_until_the_other_is_asked(tmp_path):
+    """Two workers: each series is answered only once the other's request has arrived, which needs both in flight."""
+    uids = ["1.2.9.200", "1.2.9.201"]
+    counts: dict = {}
+
+    def both_asked():
+        return all(counts.get(_path(uid), 0) for uid in uids)
+
+    plan = {_path(uid): [("until", both_asked, (204, b""))] for uid in uids}
+    with _Server(plan) as server:
+        counts = server.count
+        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=2, rate=None, policy=ONCE,
+                         progress=False)
+        assert server.gates_timed_out == 0
+    assert result.by_status == {"empty": 2}
+
+
+def test_a_batch_due_by_time_is_committed_while_a_series_is_still_out(tmp_path):
+    """flush_seconds=0.2: the first series is taken at once, and the main loop, with nothing else finishing, wakes
+    up to commit it once 0.2 s have passed; the second series is answered only once that commit exists."""
+    uids = ["1.2.9.210", "1.2.9.211"]
+    plan = {_path(uids[0]): [(204, b"")], _path(uids[1]): [("gate", 1, (204, b""))]}
+    with _Server(plan, gate_dir=tmp_path) as server:
+        harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=2, rate=None, policy=ONCE,
+                progress=False, flush_seconds=0.2)
+        assert server.gates_timed_out == 0
+    commits = HarvestStore(tmp_path).commits()
+    assert [[(p.kind, p.rows) for p in c.parts] for c in commits] == [[("instances", 0), ("log", 1)]] * 2
+
+
+def test_without_progress_nothing_is_written_to_the_terminal(tmp_path, capsys):
+    with _Server({}) as server:
+        harvest([(STUDY, "1.2.9.220")], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=False)
+    assert capsys.readouterr() == ("", "")
