@@ -1047,3 +1047,107 @@ def test_without_progress_nothing_is_written_to_the_terminal(tmp_path, capsys):
     with _Server({}) as server:
         harvest([(STUDY, "1.2.9.220")], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=False)
     assert capsys.readouterr() == ("", "")
+
+
+def test_a_series_taken_after_a_ctrl_c_moves_the_bar(tmp_path, monkeypatch, capsys):
+    """One worker: the first series is taken, the second is held by the server until the run waits for it after the
+    Ctrl-C (then answered 404: an outcome, on the bar), the third is cancelled in the queue."""
+    import cohort.harvest.runner as runner
+
+    release = threading.Event()
+    uids = ["1.2.9.230", "1.2.9.231", "1.2.9.232"]
+    plan = {_path(uids[0]): [(204, b"")], _path(uids[1]): [("event", release, (404, b""))]}
+    taken: list = []
+    real_finished, real_wait = runner._finished, runner.wait
+
+    def finished(done, timeout):
+        if taken and server.count.get(_path(uids[1])):
+            raise KeyboardInterrupt
+        got = real_finished(done, 0.05)
+        taken.extend(got)
+        return got
+
+    def wait(futures, *args, **kwargs):
+        release.set()
+        return real_wait(futures, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_finished", finished)
+    monkeypatch.setattr(runner, "wait", wait)
+    with _Server(plan) as server:
+        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                         progress=True)
+        asked = [p for p, _, _ in server.requests if p != "/studies"]
+    assert result.interrupted and result.by_status == {"empty": 1, "not_found": 1}
+    assert asked == [_path(uids[0]), _path(uids[1])]
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "| 2/3 [" in last and "empty=1" in last and "not_found=1" in last
+
+
+def test_after_a_failed_probe_queued_series_are_cancelled_and_running_ones_awaited(tmp_path, monkeypatch):
+    """One worker: the probe fails before the first series starts; when the main loop takes that series the second
+    is running (held by the server until the pool is shut down) and the third queued: the third is never asked, and
+    no worker thread of the run is left when harvest() raises."""
+    import cohort.harvest.runner as runner
+
+    release = threading.Event()
+    uids = ["1.2.9.240", "1.2.9.241", "1.2.9.242"]
+    plan = {"/studies": [(404, b"no")], _path(uids[0]): [(204, b"")],
+            _path(uids[1]): [("event", release, (204, b""))]}
+    real_finished = runner._finished
+
+    def finished(done, timeout):
+        got = real_finished(done, timeout)
+        deadline = time.monotonic() + 5
+        while got and not server.count.get(_path(uids[1])) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the worker takes the second series once it is done with the first
+        return got
+
+    class Pool(runner.ThreadPoolExecutor):
+        def shutdown(self, *args, **kwargs):
+            release.set()
+            return super().shutdown(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_finished", finished)
+    monkeypatch.setattr(runner, "ThreadPoolExecutor", Pool)
+    with _Server(plan) as server:
+        with pytest.raises(HarvestError):
+            harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                    progress=False, flush_seconds=3600)
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("harvest_")]
+        asked = [p for p, _, _ in server.requests if p != "/studies"]
+    assert alive == []
+    assert asked == [_path(uids[0]), _path(uids[1])]
+    assert not list((tmp_path / "commits").glob("*.json"))
+
+
+def test_at_most_two_series_per_worker_wait_in_the_pool(tmp_path, monkeypatch):
+    """The probe holds the only worker until two series were submitted; the pool never holds more than two series
+    not yet finished (the queue stays bounded whatever the cohort's size)."""
+    import cohort.harvest.runner as runner
+
+    lock, out, most = threading.Lock(), [0], [0]
+
+    class Pool(runner.ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            if getattr(fn, "__name__", "") != "_harvest_series":
+                return super().submit(fn, *args, **kwargs)
+            with lock:
+                out[0] += 1
+                most[0] = max(most[0], out[0])
+            future = super().submit(fn, *args, **kwargs)
+            future.add_done_callback(lambda f: _done())
+            return future
+
+    def _done():
+        with lock:
+            out[0] -= 1
+
+    monkeypatch.setattr(runner, "ThreadPoolExecutor", Pool)
+    uids = [f"1.2.9.25{i}" for i in range(6)]
+    plan = {"/studies": [("until", lambda: most[0] >= 2, (200, b"[]"))]}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                         progress=False)
+        assert server.gates_timed_out == 0
+    assert result.by_status == {"not_found": 6}
+    assert most[0] == 2
