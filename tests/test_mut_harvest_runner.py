@@ -80,8 +80,8 @@ STUDY = CT.StudyInstanceUID
 class _Server:
     """DICOMweb on 127.0.0.1: ``plan`` maps a path below the root to answers for its 1st, 2nd, ... request.
 
-    An answer is ``(status, body)``, ``(status, body, headers)``, ``("cut", body, n)`` (Content-Length of the
-    whole body, n bytes sent, connection closed), ``("reset",)`` (the connection closed without an answer), ``("slow", seconds, answer)``, ``("gate", commits, answer)``
+    An answer is ``(status, body)``, ``(status, body, headers)``, ``("cut", body, n[, status])`` (Content-Length of
+    the whole body, n bytes sent, connection closed), ``("reset",)`` (the connection closed without an answer), ``("slow", seconds, answer)``, ``("gate", commits, answer)``
     (held until the harvest directory ``gate_dir`` holds that many commit records, at most 5 s) or
     ``("event", threading.Event, answer)`` (held until the test sets the event, at most 5 s) or
     ``("until", condition, answer)`` (held until ``condition()`` is true, at most 5 s). ``/studies`` (the
@@ -140,9 +140,9 @@ class _Server:
                 if answer[0] == "reset":  # no answer at all: the connection is closed
                     self.close_connection = True
                     return
-                if answer[0] == "cut":
+                if answer[0] == "cut":  # ("cut", body, n) or ("cut", body, n, status)
                     body = answer[1]
-                    self.send_response(200)
+                    self.send_response(answer[3] if len(answer) > 3 else 200)
                     self.send_header("Content-Type", "application/dicom+json")
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
@@ -1151,3 +1151,118 @@ def test_at_most_two_series_per_worker_wait_in_the_pool(tmp_path, monkeypatch):
         assert server.gates_timed_out == 0
     assert result.by_status == {"not_found": 6}
     assert most[0] == 2
+
+
+
+def test_a_series_no_endpoint_serves_has_every_log_field(tmp_path):
+    class Report:
+        endpoints: dict = {}
+        routes = pa.table({"StudyInstanceUID": [STUDY], "SeriesInstanceUID": ["1.2.260"], "endpoint": [None],
+                           "series_url": [None], "reason": ["no copy"]})
+
+    started = dt.datetime.now(dt.timezone.utc)
+    result = harvest(Report(), tmp_path, workers=1, rate=None, policy=ONCE, progress=False)
+    row = _log(tmp_path)["1.2.260"]
+    assert started <= row.pop("finished_at") <= dt.datetime.now(dt.timezone.utc)
+    assert row == {"StudyInstanceUID": STUDY, "SeriesInstanceUID": "1.2.260", "endpoint": None, "url": None,
+                   "status": "not_found", "http_status": None, "attempts": 0, "instances": 0, "values_dropped": 0,
+                   "bytes": 0, "seconds": 0.0, "error": "no endpoint serves this series: no copy",
+                   "run_id": result.run_id}
+
+
+def test_series_urls_ending_in_a_slash_or_without_a_host_are_asked_as_written(tmp_path):
+    class Report:
+        def __init__(self, url):
+            self.endpoints = {"srv": custom(url, name="srv")}
+            self.routes = pa.table({
+                "StudyInstanceUID": [STUDY, STUDY],
+                "SeriesInstanceUID": ["1.2.270", "1.2.271"],
+                "endpoint": ["srv", "srv"],
+                "series_url": [f"{url}/studies/{STUDY}/series/1.2.270/", f"/studies/{STUDY}/series/1.2.271"],
+            })
+
+    for light, leaf in ((False, "metadata"), (True, "instances")):
+        plan = {f"/studies/{STUDY}/series/1.2.270/{leaf}": [(204, b"")]}
+        with _Server(plan) as server:
+            result = harvest(Report(server.url), tmp_path / leaf, workers=1, rate=None, policy=ONCE, progress=False,
+                             light=light)
+            asked = [p for p, _, _ in server.requests if p != "/studies"]
+        assert asked == [f"/studies/{STUDY}/series/1.2.270/{leaf}"]
+        assert result.by_status == {"empty": 1, "http_error": 1}
+        log = _log(tmp_path / leaf)
+        assert log["1.2.270"]["url"] == f"{server.url}/studies/{STUDY}/series/1.2.270/{leaf}"
+        relative = f"/studies/{STUDY}/series/1.2.271/{leaf}"
+        assert (log["1.2.271"]["url"], log["1.2.271"]["error"]) == (
+            relative, f"MissingSchema: Invalid URL '{relative}': No scheme supplied. Perhaps you meant https://{relative}?")
+
+
+def test_an_error_body_cut_short_is_asked_again(tmp_path):
+    series = "1.2.9.280"
+    plan = {_path(series): [("cut", b"x" * 5000, 100, 503), (404, b"gone")]}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, series)], tmp_path, server.url, workers=1, rate=None, policy=NOW_RETRY,
+                         progress=False)
+    assert result.by_status == {"not_found": 1}
+    row = _log(tmp_path)[series]
+    assert (row["attempts"], row["error"], row["bytes"]) == (2, "HTTP 404: gone", 4)
+
+
+def test_the_bar_never_shows_a_status_before_its_series_is_counted(tmp_path, capsys):
+    with _Server({}) as server:
+        harvest([(STUDY, "1.2.9.290")], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=True)
+    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
+    assert "1/1 [" in lines[-1] and "not_found=1" in lines[-1]
+    assert not [line for line in lines if "0/1 [" in line and "not_found" in line], lines
+
+
+def test_a_probe_failing_before_any_series_finished_stops_the_run(tmp_path, monkeypatch):
+    """Two workers, every series held by the server until the pool is shut down: the main loop, with nothing
+    finished, wakes up, sees the failed probe and stops; the queued series are never asked."""
+    import cohort.harvest.runner as runner
+
+    release = threading.Event()
+    uids = [f"1.2.9.30{i}" for i in range(6)]
+    plan = {"/studies": [(404, b"no")], **{_path(uid): [("event", release, (204, b""))] for uid in uids}}
+
+    class Pool(runner.ThreadPoolExecutor):
+        def shutdown(self, *args, **kwargs):
+            release.set()
+            return super().shutdown(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "ThreadPoolExecutor", Pool)
+    with _Server(plan) as server:
+        with pytest.raises(HarvestError) as err:
+            harvest([(STUDY, uid) for uid in uids], tmp_path, custom(server.url, name="srv"), workers=2, rate=None,
+                    policy=ONCE, progress=False, flush_seconds=3600)
+        asked = {p for p, _, _ in server.requests if p != "/studies"}
+        assert server.gates_timed_out == 0
+    assert str(err.value).startswith("srv does not answer as a DICOMweb service: ")
+    assert asked <= {_path(uids[0]), _path(uids[1])}
+    assert not list((tmp_path / "commits").glob("*.json"))
+
+
+def test_the_json_bytes_counted_for_a_batch_start_from_zero_after_each_commit(tmp_path, monkeypatch):
+    """FLUSH_BYTES one byte more than one instance's text: two single-instance series make a batch, one does not;
+    the third series is answered after the first commit, the fourth once the third was taken."""
+    import cohort.harvest.runner as runner
+
+    uids = [f"1.2.826.0.1.3680043.9.7433.9.31{i}" for i in range(4)]
+    text = len(json.dumps(_ct_series(uids[0], 1)[0]))
+    monkeypatch.setattr(runner, "FLUSH_BYTES", text + 1)
+    taken = []
+    real = runner._Run._take
+
+    def take(self, outcome, bar):
+        taken.append(outcome)
+        return real(self, outcome, bar)
+
+    monkeypatch.setattr(runner._Run, "_take", take)
+    plan = {_path(uid): [(200, _body(_ct_series(uid, 1)))] for uid in uids[:2]}
+    plan[_path(uids[2])] = [("gate", 1, (200, _body(_ct_series(uids[2], 1))))]
+    plan[_path(uids[3])] = [("until", lambda: len(taken) >= 3, (200, _body(_ct_series(uids[3], 1))))]
+    with _Server(plan, gate_dir=tmp_path) as server:
+        harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                progress=False, flush_instances=1000, flush_seconds=3600)
+        assert server.gates_timed_out == 0
+    commits = HarvestStore(tmp_path).commits()
+    assert [[p.rows for p in c.parts] for c in commits] == [[2, 2], [2, 2]]
