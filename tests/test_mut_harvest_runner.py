@@ -93,6 +93,8 @@ class _Server:
         self.requests: list[tuple[str, list[tuple[str, str]], str | None]] = []
         self.count: dict[str, int] = {}
         self.gates_timed_out = 0
+        self.echo: str | None = None  # a header whose value replaces "{echo}" in the bodies sent
+        self.echoed: str | None = None
         self.lock = threading.Lock()
         server = self
 
@@ -103,6 +105,8 @@ class _Server:
                 pass
 
             def do_GET(self):
+                if server.echo:  # the configured header's value in the body: the server leaks what it was sent
+                    server.echoed = self.headers.get(server.echo)
                 parts = urlsplit(self.path)
                 path = parts.path.removeprefix("/dicom-web")
                 with server.lock:
@@ -150,7 +154,8 @@ class _Server:
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                self._send(answer[0], answer[1], answer[2] if len(answer) > 2 else {})
+                body = answer[1].replace(b"{echo}", (server.echoed or "").encode()) if server.echo else answer[1]
+                self._send(answer[0], body, answer[2] if len(answer) > 2 else {})
 
             def _send(self, status, body, headers):
                 self.send_response(status)
@@ -1266,3 +1271,43 @@ def test_the_json_bytes_counted_for_a_batch_start_from_zero_after_each_commit(tm
         assert server.gates_timed_out == 0
     commits = HarvestStore(tmp_path).commits()
     assert [[p.rows for p in c.parts] for c in commits] == [[2, 2], [2, 2]]
+
+
+
+def test_the_endpoint_s_own_secret_is_redacted_from_every_error_even_when_not_credential_shaped(tmp_path, monkeypatch):
+    """An API key of plain letters (not shaped like a credential: only the session's own secrets can redact it),
+    echoed by the server in a 404, a 500 and a 401 body (the 401's message: its first 120 characters)."""
+    from cohort.endpoints import HeaderAuth
+
+    monkeypatch.setenv("RUNNER_TEST_KEY", "lettersonly")
+    plan = {_path("1.2.9.320"): [(404, b"no series for key {echo}")],
+            _path("1.2.9.321"): [(500, b"failed for {echo} today")]}
+    with _Server(plan) as server:
+        server.echo = "apikey"
+        endpoint = custom(server.url, auth=HeaderAuth("apikey", "RUNNER_TEST_KEY"), name="srv")
+        result = harvest([(STUDY, "1.2.9.320"), (STUDY, "1.2.9.321")], tmp_path / "a", endpoint, workers=1,
+                         rate=None, policy=ONCE, progress=False)
+        assert server.echoed == "lettersonly"
+    assert result.by_status == {"not_found": 1, "http_error": 1}
+    log = _log(tmp_path / "a")
+    assert log["1.2.9.320"]["error"] == "HTTP 404: no series for key [redacted]"
+    assert log["1.2.9.321"]["error"] == "HTTP 500: failed for [redacted] today"
+    body = b"refused key {echo} " + b"y" * 300
+    with _Server({_path("1.2.9.322"): [(401, body)]}) as server, pytest.raises(HarvestError) as err:
+        server.echo = "apikey"
+        endpoint = custom(server.url, auth=HeaderAuth("apikey", "RUNNER_TEST_KEY"), name="srv")
+        harvest([(STUDY, "1.2.9.322")], tmp_path / "b", endpoint, workers=1, rate=None, policy=ONCE, progress=False)
+    answer = ("refused key [redacted] " + "y" * 300)[:120]
+    assert str(err.value) == (f"authentication failed for srv: check --auth (GET {server.url}{_path('1.2.9.322')} "
+                              f"answered HTTP 401: {answer}); the series finished before it are kept in "
+                              f"{tmp_path / 'b'}")
+
+
+def test_a_series_logs_the_seconds_its_requests_took(tmp_path):
+    plan = {_path("1.2.9.330"): [("slow", 0.06, (204, b""))]}
+    started = time.monotonic()
+    with _Server(plan) as server:
+        harvest([(STUDY, "1.2.9.330")], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=False)
+    took = time.monotonic() - started
+    seconds = _log(tmp_path)["1.2.9.330"]["seconds"]
+    assert 0.06 <= seconds <= took and seconds == round(seconds, 4)
