@@ -1311,3 +1311,79 @@ def test_a_series_logs_the_seconds_its_requests_took(tmp_path):
     took = time.monotonic() - started
     seconds = _log(tmp_path)["1.2.9.330"]["seconds"]
     assert 0.06 <= seconds <= took and seconds == round(seconds, 4)
+
+
+def test_times_are_stored_in_utc_whatever_the_local_zone(tmp_path, monkeypatch):
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        uid = "1.2.826.0.1.3680043.9.7433.9.340"
+        started = dt.datetime.now(dt.timezone.utc)
+        with _Server({_path(uid): [(200, _body(_ct_series(uid, 1)))]}) as server:
+            harvest([(STUDY, uid), (STUDY, "1.2.9.341")], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                    progress=False)
+        ended = dt.datetime.now(dt.timezone.utc)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    log = _log(tmp_path)
+    assert all(started <= row["finished_at"] <= ended for row in log.values())
+    [row] = HarvestStore(tmp_path).read_instances().to_pylist()
+    assert started <= row["harvested_at"] <= ended
+
+
+def test_a_bar_is_shown_unless_asked_not_to(tmp_path, capsys):
+    with _Server({}) as server:
+        harvest([(STUDY, "1.2.9.350")], tmp_path, server.url, workers=1, rate=None, policy=ONCE)
+    assert "harvest: 100%" in capsys.readouterr().err
+
+
+def test_a_series_streams_parts_of_5000_instances_by_default(tmp_path):
+    """5,001 small instances (a SOP Instance UID each): a part of 5,000 is written while the body streams in, then
+    the last one with the log row."""
+    series = "1.2.9.360"
+    body = ("[" + ",".join('{"00080018": {"vr": "UI", "Value": ["1.2.9.360.%d"]}}' % i for i in range(5001))
+            + "]").encode()
+    with _Server({_path(series): [(200, body)]}) as server:
+        result = harvest([(STUDY, series)], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=False)
+    assert result.instances == 5001
+    [commit] = HarvestStore(tmp_path).commits()
+    assert [(p.kind, p.rows) for p in commit.parts] == [("instances", 5000), ("instances", 1), ("log", 1)]
+
+
+def test_a_batch_is_due_once_ten_seconds_have_passed_by_default(tmp_path, monkeypatch):
+    """The runner's clock is the test's: it reads 0 when the run starts and 10.0 once the first series was taken;
+    the second series is answered only after that. 10 s have passed (due, committed alone); then none more."""
+    import types
+
+    import cohort.harvest.runner as runner
+
+    clock, taken = [0.0], []
+    monkeypatch.setattr(runner, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    real = runner._Run._take
+
+    def take(self, outcome, bar):
+        taken.append(outcome)
+        clock[0] = 10.0
+        return real(self, outcome, bar)
+
+    monkeypatch.setattr(runner._Run, "_take", take)
+    uids = ["1.2.9.370", "1.2.9.371"]
+    plan = {_path(uids[1]): [("until", lambda: len(taken) >= 1, (404, b""))]}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                         progress=False)
+        assert server.gates_timed_out == 0
+    assert result.seconds == 10.0
+    commits = HarvestStore(tmp_path).commits()
+    assert [[(p.kind, p.rows) for p in c.parts] for c in commits] == [[("instances", 0), ("log", 1)]] * 2
+
+
+def test_a_list_of_pairs_with_an_endpoints_attribute_is_still_a_list_of_pairs():
+    class Pairs(list):
+        endpoints = {"x": None}  # not a coverage report: it has no routes
+
+    endpoint = custom("http://h/w", name="w")
+    tasks, endpoints = series_tasks(Pairs([("1.2", "1.2.3")]), endpoint)
+    assert tasks == [SeriesTask("1.2", "1.2.3", "w", "http://h/w/studies/1.2/series/1.2.3")]
+    assert endpoints == {"w": endpoint}
