@@ -1090,14 +1090,15 @@ def test_a_series_taken_after_a_ctrl_c_moves_the_bar(tmp_path, monkeypatch, caps
 
 def test_after_a_failed_probe_queued_series_are_cancelled_and_running_ones_awaited(tmp_path, monkeypatch):
     """One worker: the probe fails before the first series starts; when the main loop takes that series the second
-    is running (held by the server until the pool is shut down) and the third queued: the third is never asked, and
-    no worker thread of the run is left when harvest() raises."""
+    is running (held by the server until the pool is shut down, then answered 0.3 s later) and the third queued: the
+    third is never asked (a rate limit lets a request through without looking at the stop, so only the cancel keeps
+    it back), and no worker thread of the run is left when harvest() raises."""
     import cohort.harvest.runner as runner
 
     release = threading.Event()
     uids = ["1.2.9.240", "1.2.9.241", "1.2.9.242"]
     plan = {"/studies": [(404, b"no")], _path(uids[0]): [(204, b"")],
-            _path(uids[1]): [("event", release, (204, b""))]}
+            _path(uids[1]): [("event", release, ("slow", 0.3, (204, b"")))]}
     real_finished = runner._finished
 
     def finished(done, timeout):
@@ -1116,7 +1117,7 @@ def test_after_a_failed_probe_queued_series_are_cancelled_and_running_ones_await
     monkeypatch.setattr(runner, "ThreadPoolExecutor", Pool)
     with _Server(plan) as server:
         with pytest.raises(HarvestError):
-            harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+            harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=1e6, policy=ONCE,
                     progress=False, flush_seconds=3600)
         alive = [t.name for t in threading.enumerate() if t.name.startswith("harvest_")]
         asked = [p for p, _, _ in server.requests if p != "/studies"]
@@ -1387,3 +1388,62 @@ def test_a_list_of_pairs_with_an_endpoints_attribute_is_still_a_list_of_pairs():
     tasks, endpoints = series_tasks(Pairs([("1.2", "1.2.3")]), endpoint)
     assert tasks == [SeriesTask("1.2", "1.2.3", "w", "http://h/w/studies/1.2/series/1.2.3")]
     assert endpoints == {"w": endpoint}
+
+
+
+def test_the_pool_is_filled_to_two_series_per_worker_at_the_start_and_after_each_take(tmp_path, monkeypatch):
+    """Two workers. The main loop's first wait for finished series is held until four series were submitted (the
+    first fill); the second to fourth series are answered only once a fifth was submitted, which the fill after
+    taking the first must do while they are still out."""
+    import cohort.harvest.runner as runner
+
+    submitted, short = [0], []
+
+    class Pool(runner.ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            if getattr(fn, "__name__", "") == "_harvest_series":
+                submitted[0] += 1
+            return super().submit(fn, *args, **kwargs)
+
+    real_finished = runner._finished
+
+    def finished(done, timeout):
+        deadline = time.monotonic() + 5
+        while not short and submitted[0] < 4:
+            if time.monotonic() > deadline:
+                short.append(submitted[0])
+                break
+            time.sleep(0.01)
+        return real_finished(done, timeout)
+
+    monkeypatch.setattr(runner, "ThreadPoolExecutor", Pool)
+    monkeypatch.setattr(runner, "_finished", finished)
+    uids = [f"1.2.9.38{i}" for i in range(6)]
+    plan = {_path(uid): [("until", lambda: submitted[0] >= 5, (204, b""))] for uid in uids[1:4]}
+    plan[_path(uids[0])] = [(204, b"")]
+    with _Server(plan) as server:
+        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=2, rate=None, policy=ONCE,
+                         progress=False)
+        assert server.gates_timed_out == 0
+    assert short == [] and result.by_status == {"empty": 4, "not_found": 2}
+
+
+def test_an_error_text_quoting_the_body_is_redacted_of_the_endpoint_s_secret(tmp_path, monkeypatch):
+    """A body echoing the API key (plain letters: not credential-shaped), whose row cannot be read (injected: the
+    error quotes the value): the logged "unreadable metadata" text has the key redacted."""
+    import cohort.harvest.runner as runner
+    from cohort.endpoints import HeaderAuth
+
+    def failing(instance, *args):
+        raise TypeError("cannot read " + instance["00081030"]["Value"][0])
+
+    monkeypatch.setattr(runner, "instance_row", failing)
+    monkeypatch.setenv("RUNNER_TEST_KEY", "lettersonly")
+    series = "1.2.9.390"
+    body = b'[{"00080018": {"vr": "UI", "Value": ["1.2.3"]}, "00081030": {"vr": "LO", "Value": ["key {echo}"]}}]'
+    with _Server({_path(series): [(200, body)]}) as server:
+        server.echo = "apikey"
+        endpoint = custom(server.url, auth=HeaderAuth("apikey", "RUNNER_TEST_KEY"), name="srv")
+        harvest([(STUDY, series)], tmp_path, endpoint, workers=1, rate=None, policy=ONCE, progress=False)
+        assert server.echoed == "lettersonly"
+    assert _log(tmp_path)[series]["error"] == "unreadable metadata (TypeError: cannot read key [redacted])"
