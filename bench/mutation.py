@@ -8,6 +8,8 @@ Usage (from the repository root, with the `mutation` extra installed: ``pip inst
     .venv/bin/python bench/mutation.py --list                     # the modules and the tests each one runs
     .venv/bin/python bench/mutation.py lock --survivors            # also print each survivor's diff
     nice -n 5 .venv/bin/python bench/mutation.py queries --again  # re-run only the last run's survivors
+    nice -n 5 .venv/bin/python bench/mutation.py queries --again --timeouts --timeout-constant 5  # and its timeouts,
+                                                                  # with a longer limit (a starved fork times out)
 
 For each module it copies the tree (``cohort/``, ``tests/``, ``queries/``, ``notebooks/`` and
 ``pyproject.toml``) to ``.mutation/MODULE/``, narrows ``[tool.mutmut]`` there to that module and to

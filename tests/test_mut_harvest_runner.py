@@ -37,6 +37,9 @@ from cohort.retry import RetryPolicy
 #: Retries at once: the plans decide what each attempt gets.
 NOW_RETRY = RetryPolicy(timeout=10, max_attempts=2, backoff_base=0, backoff_max=0, jitter=0, retry_after_max=0)
 ONCE = RetryPolicy(timeout=10, max_attempts=1)
+#: How long the test server holds an answer for a condition at most (a gate that opens late fails its test). Long:
+#: under mutmut on a loaded machine a fork can be starved for seconds.
+HOLD = 20
 
 
 def _json(ds) -> dict:
@@ -82,9 +85,9 @@ class _Server:
 
     An answer is ``(status, body)``, ``(status, body, headers)``, ``("cut", body, n[, status])`` (Content-Length of
     the whole body, n bytes sent, connection closed), ``("reset",)`` (the connection closed without an answer), ``("slow", seconds, answer)``, ``("gate", commits, answer)``
-    (held until the harvest directory ``gate_dir`` holds that many commit records, at most 5 s) or
-    ``("event", threading.Event, answer)`` (held until the test sets the event, at most 5 s) or
-    ``("until", condition, answer)`` (held until ``condition()`` is true, at most 5 s). ``/studies`` (the
+    (held until the harvest directory ``gate_dir`` holds that many commit records, at most HOLD s) or
+    ``("event", threading.Event, answer)`` (held until the test sets the event, at most HOLD s) or
+    ``("until", condition, answer)`` (held until ``condition()`` is true, at most HOLD s). ``/studies`` (the
     probe) answers ``[]`` unless the plan says otherwise.
     """
 
@@ -121,20 +124,20 @@ class _Server:
                 if answer[0] == "slow":
                     time.sleep(answer[1])
                     return self._answer(answer[2])
-                if answer[0] == "until":  # held until the test's condition holds (at most 5 s)
-                    deadline = time.monotonic() + 5
+                if answer[0] == "until":  # held until the test's condition holds (at most HOLD s)
+                    deadline = time.monotonic() + HOLD
                     while not answer[1]():
                         if time.monotonic() > deadline:
                             server.gates_timed_out += 1
                             break
                         time.sleep(0.01)
                     return self._answer(answer[2])
-                if answer[0] == "event":  # held until the test sets the event (at most 5 s)
-                    if not answer[1].wait(5):
+                if answer[0] == "event":  # held until the test sets the event (at most HOLD s)
+                    if not answer[1].wait(HOLD):
                         server.gates_timed_out += 1
                     return self._answer(answer[2])
                 if answer[0] == "gate":
-                    deadline = time.monotonic() + 5
+                    deadline = time.monotonic() + HOLD
                     while len(list((server.gate_dir / "commits").glob("*.json"))) < answer[1]:
                         if time.monotonic() > deadline:
                             server.gates_timed_out += 1
@@ -398,7 +401,7 @@ def test_a_malformed_body_after_a_written_part_leaves_nothing(tmp_path):
 
 
 def test_batches_are_committed_when_their_instances_reach_flush_instances(tmp_path):
-    # four series of one instance; the third is answered only once a commit exists (at most 5 s later)
+    # four series of one instance; the third is answered only once a commit exists (at most HOLD s later)
     uids = [f"1.2.826.0.1.3680043.9.7433.9.1{i}" for i in range(4)]
     plan = {f"/studies/{STUDY}/series/{uid}/metadata": [(200, _body(_ct_series(uid, 1)))] for uid in uids}
     plan[f"/studies/{STUDY}/series/{uids[2]}/metadata"] = [("gate", 1, (200, _body(_ct_series(uids[2], 1))))]
@@ -1103,7 +1106,7 @@ def test_after_a_failed_probe_queued_series_are_cancelled_and_running_ones_await
 
     def finished(done, timeout):
         got = real_finished(done, timeout)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + HOLD
         while got and not server.count.get(_path(uids[1])) and time.monotonic() < deadline:
             time.sleep(0.01)  # the worker takes the second series once it is done with the first
         return got
@@ -1408,7 +1411,7 @@ def test_the_pool_is_filled_to_two_series_per_worker_at_the_start_and_after_each
     real_finished = runner._finished
 
     def finished(done, timeout):
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + HOLD
         while not short and submitted[0] < 4:
             if time.monotonic() > deadline:
                 short.append(submitted[0])
