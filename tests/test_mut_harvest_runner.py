@@ -328,10 +328,15 @@ def test_uids_missing_from_an_instance_come_from_the_request_and_its_text_is_kep
 
 
 def test_a_timeout_and_a_refused_connection_are_outcomes(tmp_path):
-    plan = {f"/studies/{STUDY}/series/{CT.SeriesInstanceUID}/metadata": [("slow", 1.0, (200, _body([_instance("CT")])))]}
+    answered = threading.Event()  # the answer is sent only after the run returned: the 0.3 s read timeout fires
+    plan = {f"/studies/{STUDY}/series/{CT.SeriesInstanceUID}/metadata": [("event", answered,
+                                                                          (200, _body([_instance("CT")])))]}
     with _Server(plan) as server:
-        result = harvest([(STUDY, CT.SeriesInstanceUID)], tmp_path / "slow", server.url, workers=1, rate=None,
-                         policy=RetryPolicy(timeout=0.3, max_attempts=1), progress=False)
+        try:
+            result = harvest([(STUDY, CT.SeriesInstanceUID)], tmp_path / "slow", server.url, workers=1, rate=None,
+                             policy=RetryPolicy(timeout=0.3, max_attempts=1), progress=False)
+        finally:
+            answered.set()
     assert result.by_status == {"timeout": 1}
     row = _log(tmp_path / "slow")[CT.SeriesInstanceUID]
     assert (row["status"], row["http_status"], row["attempts"], row["instances"]) == ("timeout", None, 1, 0)
