@@ -8,6 +8,8 @@ Usage (from the repository root, with the `mutation` extra installed: ``pip inst
     .venv/bin/python bench/mutation.py --list                     # the modules and the tests each one runs
     .venv/bin/python bench/mutation.py lock --survivors            # also print each survivor's diff
     nice -n 5 .venv/bin/python bench/mutation.py queries --again  # re-run only the last run's survivors
+    nice -n 5 .venv/bin/python bench/mutation.py queries --again --timeouts --timeout-constant 5  # and its timeouts,
+                                                                  # with a longer limit (a starved fork times out)
 
 For each module it copies the tree (``cohort/``, ``tests/``, ``queries/``, ``notebooks/`` and
 ``pyproject.toml``) to ``.mutation/MODULE/``, narrows ``[tool.mutmut]`` there to that module and to
@@ -120,6 +122,17 @@ def pytest_collection_modifyitems(config, items):
     if len(kept) != len(items):
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
+
+
+# mutmut forks every mutant's run from one process: tqdm's default lock holds a multiprocessing semaphore made
+# there and shared by all the forks, so a fork killed (a timeout) while holding it hangs every later progress bar
+# until mutmut's timeout, which counts as a kill. Each process gets a lock of its own.
+def pytest_configure(config):
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
 """
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 
@@ -133,7 +146,7 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(f'"{item}"' for item in items) + "]"
 
 
-def prepare(name: str) -> Path:
+def prepare(name: str, timeout_constant: float | None = None) -> Path:
     """A fresh copy of the tree whose [tool.mutmut] mutates only ``name`` against its own tests."""
     mutate, tests = MODULES[name]
     work = WORK / name
@@ -146,11 +159,11 @@ def prepare(name: str) -> Path:
     shared = REPO.parent / "shared"
     if shared.is_dir():  # tests find ../shared/realdata beside the tree mutmut runs in (work/mutants)
         (work / "shared").symlink_to(shared)
-    _write_config(name, work)
+    _write_config(name, work, timeout_constant)
     return work
 
 
-def _write_config(name: str, work: Path) -> None:
+def _write_config(name: str, work: Path, timeout_constant: float | None = None) -> None:
     """``pyproject.toml`` whose [tool.mutmut] mutates only ``name`` against its own tests."""
     mutate, tests = MODULES[name]
     text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
@@ -161,6 +174,7 @@ def _write_config(name: str, work: Path) -> None:
         'also_copy = ["queries", "notebooks"]\n'
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-m", "not orthanc and not slow"]\n'
         f"pytest_add_cli_args_test_selection = {_toml_list(_tests(tests))}\n"
+        + (f"timeout_constant = {float(timeout_constant)}\n" if timeout_constant is not None else "")
     )
     text = re.sub(r"\[tool\.mutmut\].*?(?=^\[|\Z)", section + "\n", text, flags=re.S | re.M)
     (work / "pyproject.toml").write_text(text, encoding="utf-8")
@@ -172,7 +186,7 @@ def _add_hook(name: str, work: Path) -> None:
         out.write(CONFTEST_HOOK.format(slow=slow, names=SKIP_TESTS.get(name, ())))
 
 
-def refresh_tests(name: str) -> Path:
+def refresh_tests(name: str, timeout_constant: float | None = None) -> Path:
     """Copy the current tests into an earlier run's scratch tree (its mutants and results stay)."""
     work = WORK / name
     mutate, _ = MODULES[name]
@@ -185,7 +199,7 @@ def refresh_tests(name: str) -> Path:
     shutil.rmtree(work / "tests")
     shutil.copytree(REPO / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     _add_hook(name, work)
-    _write_config(name, work)
+    _write_config(name, work, timeout_constant)
     return work
 
 
@@ -207,16 +221,17 @@ def equivalent_names() -> set[str]:
     return set(re.findall(r"^- `(cohort\.[^`]+)`", EQUIVALENT_LIST.read_text(encoding="utf-8"), flags=re.M))
 
 
-def run(name: str, jobs: int, show: bool, again: bool = False) -> Counter:
+def run(name: str, jobs: int, show: bool, again: bool = False, timeouts: bool = False,
+        timeout_constant: float | None = None) -> Counter:
     names: list[str] = []
     previous: dict[str, str] = {}
     if again:
         work = WORK / name
         previous = results(work)
-        names = [m for m, status in previous.items() if status not in KILLED]
-        refresh_tests(name)
+        names = [m for m, status in previous.items() if status not in KILLED or (timeouts and status == "timeout")]
+        refresh_tests(name, timeout_constant)
     else:
-        work = prepare(name)
+        work = prepare(name, timeout_constant)
     started = time.monotonic()
     log = work / "mutmut.log"
     with log.open("a" if again else "w") as out:
@@ -263,6 +278,12 @@ def main() -> None:
     parser.add_argument("--again", action="store_true",
                         help="re-run only the previous run's survivors against the current tests (the module's "
                              "code must be unchanged)")
+    parser.add_argument("--timeouts", action="store_true",
+                        help="with --again, re-run the previous run's timeouts too (a loaded machine can starve a "
+                             "mutant's tests past mutmut's limit: a timeout then is no kill)")
+    parser.add_argument("--timeout-constant", type=float, default=None, metavar="SECONDS",
+                        help="mutmut's timeout_constant (default 1): a mutant's wall limit is (its tests' measured "
+                             "time + this) x 15")
     parser.add_argument("--survivors", action="store_true", help="print each survivor's diff")
     parser.add_argument("--list", action="store_true", help="list the modules and their tests")
     args = parser.parse_args()
@@ -282,7 +303,7 @@ def main() -> None:
     rows = []
     for name in args.modules or list(MODULES):
         print(f"{name}: running mutmut in {WORK / name} ...", flush=True)
-        counts = run(name, args.jobs, args.survivors, args.again)
+        counts = run(name, args.jobs, args.survivors, args.again, args.timeouts, args.timeout_constant)
         total.update(counts)
         rows.append((name, counts))
         load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]

@@ -37,6 +37,9 @@ from cohort.retry import RetryPolicy
 #: Retries at once: the plans decide what each attempt gets.
 NOW_RETRY = RetryPolicy(timeout=10, max_attempts=2, backoff_base=0, backoff_max=0, jitter=0, retry_after_max=0)
 ONCE = RetryPolicy(timeout=10, max_attempts=1)
+#: How long the test server holds an answer for a condition at most (a gate that opens late fails its test). Long:
+#: under mutmut on a loaded machine a fork can be starved for seconds.
+HOLD = 20
 
 
 def _json(ds) -> dict:
@@ -80,9 +83,12 @@ STUDY = CT.StudyInstanceUID
 class _Server:
     """DICOMweb on 127.0.0.1: ``plan`` maps a path below the root to answers for its 1st, 2nd, ... request.
 
-    An answer is ``(status, body)``, ``(status, body, headers)``, ``("cut", body, n)`` (Content-Length of the
-    whole body, n bytes sent, connection closed), ``("reset",)`` (the connection closed without an answer), ``("slow", seconds, answer)`` or ``("gate", commits, answer)``
-    (held until the harvest directory ``gate_dir`` holds that many commit records, at most 5 s).
+    An answer is ``(status, body)``, ``(status, body, headers)``, ``("cut", body, n[, status])`` (Content-Length of
+    the whole body, n bytes sent, connection closed), ``("reset",)`` (the connection closed without an answer), ``("slow", seconds, answer)``, ``("gate", commits, answer)``
+    (held until the harvest directory ``gate_dir`` holds that many commit records, at most HOLD s) or
+    ``("event", threading.Event, answer)`` (held until the test sets the event, at most HOLD s) or
+    ``("until", condition, answer)`` (held until ``condition()`` is true, at most HOLD s). ``/studies`` (the
+    probe) answers ``[]`` unless the plan says otherwise.
     """
 
     def __init__(self, plan: dict[str, list], gate_dir: Path | None = None) -> None:
@@ -90,6 +96,8 @@ class _Server:
         self.requests: list[tuple[str, list[tuple[str, str]], str | None]] = []
         self.count: dict[str, int] = {}
         self.gates_timed_out = 0
+        self.echo: str | None = None  # a header whose value replaces "{echo}" in the bodies sent
+        self.echoed: str | None = None
         self.lock = threading.Lock()
         server = self
 
@@ -100,12 +108,14 @@ class _Server:
                 pass
 
             def do_GET(self):
+                if server.echo:  # the configured header's value in the body: the server leaks what it was sent
+                    server.echoed = self.headers.get(server.echo)
                 parts = urlsplit(self.path)
                 path = parts.path.removeprefix("/dicom-web")
                 with server.lock:
                     server.requests.append((path, parse_qsl(parts.query), self.headers.get("Accept")))
                     n = server.count[path] = server.count.get(path, 0) + 1
-                if path == "/studies":
+                if path == "/studies" and path not in server.plan:  # the probe passes unless planned
                     return self._send(200, b"[]", {})
                 answers = server.plan.get(path, [(404, b"")])
                 self._answer(answers[min(n, len(answers)) - 1])
@@ -114,8 +124,20 @@ class _Server:
                 if answer[0] == "slow":
                     time.sleep(answer[1])
                     return self._answer(answer[2])
+                if answer[0] == "until":  # held until the test's condition holds (at most HOLD s)
+                    deadline = time.monotonic() + HOLD
+                    while not answer[1]():
+                        if time.monotonic() > deadline:
+                            server.gates_timed_out += 1
+                            break
+                        time.sleep(0.01)
+                    return self._answer(answer[2])
+                if answer[0] == "event":  # held until the test sets the event (at most HOLD s)
+                    if not answer[1].wait(HOLD):
+                        server.gates_timed_out += 1
+                    return self._answer(answer[2])
                 if answer[0] == "gate":
-                    deadline = time.monotonic() + 5
+                    deadline = time.monotonic() + HOLD
                     while len(list((server.gate_dir / "commits").glob("*.json"))) < answer[1]:
                         if time.monotonic() > deadline:
                             server.gates_timed_out += 1
@@ -125,9 +147,9 @@ class _Server:
                 if answer[0] == "reset":  # no answer at all: the connection is closed
                     self.close_connection = True
                     return
-                if answer[0] == "cut":
+                if answer[0] == "cut":  # ("cut", body, n) or ("cut", body, n, status)
                     body = answer[1]
-                    self.send_response(200)
+                    self.send_response(answer[3] if len(answer) > 3 else 200)
                     self.send_header("Content-Type", "application/dicom+json")
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
@@ -135,7 +157,8 @@ class _Server:
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                self._send(answer[0], answer[1], answer[2] if len(answer) > 2 else {})
+                body = answer[1].replace(b"{echo}", (server.echoed or "").encode()) if server.echo else answer[1]
+                self._send(answer[0], body, answer[2] if len(answer) > 2 else {})
 
             def _send(self, status, body, headers):
                 self.send_response(status)
@@ -150,7 +173,7 @@ class _Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -305,10 +328,15 @@ def test_uids_missing_from_an_instance_come_from_the_request_and_its_text_is_kep
 
 
 def test_a_timeout_and_a_refused_connection_are_outcomes(tmp_path):
-    plan = {f"/studies/{STUDY}/series/{CT.SeriesInstanceUID}/metadata": [("slow", 1.0, (200, _body([_instance("CT")])))]}
+    answered = threading.Event()  # the answer is sent only after the run returned: the 0.3 s read timeout fires
+    plan = {f"/studies/{STUDY}/series/{CT.SeriesInstanceUID}/metadata": [("event", answered,
+                                                                          (200, _body([_instance("CT")])))]}
     with _Server(plan) as server:
-        result = harvest([(STUDY, CT.SeriesInstanceUID)], tmp_path / "slow", server.url, workers=1, rate=None,
-                         policy=RetryPolicy(timeout=0.3, max_attempts=1), progress=False)
+        try:
+            result = harvest([(STUDY, CT.SeriesInstanceUID)], tmp_path / "slow", server.url, workers=1, rate=None,
+                             policy=RetryPolicy(timeout=0.3, max_attempts=1), progress=False)
+        finally:
+            answered.set()
     assert result.by_status == {"timeout": 1}
     row = _log(tmp_path / "slow")[CT.SeriesInstanceUID]
     assert (row["status"], row["http_status"], row["attempts"], row["instances"]) == ("timeout", None, 1, 0)
@@ -378,7 +406,7 @@ def test_a_malformed_body_after_a_written_part_leaves_nothing(tmp_path):
 
 
 def test_batches_are_committed_when_their_instances_reach_flush_instances(tmp_path):
-    # four series of one instance; the third is answered only once a commit exists (at most 5 s later)
+    # four series of one instance; the third is answered only once a commit exists (at most HOLD s later)
     uids = [f"1.2.826.0.1.3680043.9.7433.9.1{i}" for i in range(4)]
     plan = {f"/studies/{STUDY}/series/{uid}/metadata": [(200, _body(_ct_series(uid, 1)))] for uid in uids}
     plan[f"/studies/{STUDY}/series/{uids[2]}/metadata"] = [("gate", 1, (200, _body(_ct_series(uids[2], 1))))]
@@ -672,3 +700,758 @@ def test_a_ctrl_c_inside_the_commit_block_is_raised_after_it():
     finally:
         signal.signal(signal.SIGINT, previous)
     assert seen[-1] is signal.default_int_handler  # not replaced from another thread (it cannot be)
+
+
+# -- Ctrl-C during the run, a failed probe, the pieces of the main loop (added with the 2026-12-02 run) ------
+def _path(series: str, study: str = STUDY) -> str:
+    return f"/studies/{study}/series/{series}/metadata"
+
+
+def test_ctrl_c_keeps_what_finished_drops_what_streams_or_waits_and_cancels_the_rest(tmp_path, monkeypatch):
+    """Three workers: one series finishes; three are held by the server until the Ctrl-C; three more wait in the
+    pool. The Ctrl-C is raised by the main loop's wait for finished series (``_finished``) once the first series
+    was taken and the three held requests have arrived; the held answers are released when the run waits for
+    its running series (``wait``), after the queued ones were cancelled."""
+    import cohort.harvest.runner as runner
+
+    release = threading.Event()
+    names = ["ok", "gone", "streaming", "retrying", "queued1", "queued2", "queued3"]
+    uid = {name: f"1.2.826.0.1.3680043.9.7433.9.10{i}" for i, name in enumerate(names)}
+    plan = {
+        _path(uid["ok"]): [(200, _body(_ct_series(uid["ok"], 1)))],
+        _path(uid["gone"]): [("event", release, (404, b"gone"))],  # finishes after the Ctrl-C: an outcome
+        _path(uid["streaming"]): [("event", release, (200, _body(_ct_series(uid["streaming"], 3))))],
+        _path(uid["retrying"]): [("event", release, (503, b"busy")), (200, _body(_ct_series(uid["retrying"], 1)))],
+    }
+    taken: list = []
+    real_finished, real_wait = runner._finished, runner.wait
+
+    def finished(done, timeout):
+        held = all(server.count.get(_path(uid[n]), 0) == 1 for n in ("gone", "streaming", "retrying"))
+        if taken and held:
+            raise KeyboardInterrupt
+        got = real_finished(done, 0.05)
+        taken.extend(got)
+        return got
+
+    def wait(futures, *args, **kwargs):
+        release.set()
+        return real_wait(futures, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_finished", finished)
+    monkeypatch.setattr(runner, "wait", wait)
+    with _Server(plan) as server:
+        result = harvest([(STUDY, uid[n]) for n in names], tmp_path, custom(server.url, name="srv"), workers=3,
+                         rate=None, policy=NOW_RETRY, progress=False, flush_instances=1)
+        counts = dict(server.count)
+        assert server.gates_timed_out == 0
+    assert result.interrupted is True
+    assert (result.series, result.skipped, result.by_status) == (7, 0, {"ok": 1, "not_found": 1})
+    assert (result.instances, result.remaining) == (1, 5)
+    assert result.summary("rerun").startswith("interrupted: 7 series (0 already complete; this run: ok 1, "
+                                              "not_found 1), 1 instances, ")
+    assert result.summary("rerun").endswith("; 5 series left: rerun")
+    log = _log(tmp_path)
+    assert set(log) == {uid["ok"], uid["gone"]}
+    assert (log[uid["gone"]]["status"], log[uid["gone"]]["error"]) == ("not_found", "HTTP 404: gone")
+    # the queued series were never asked for; the retrying one was not asked again once stopped
+    assert [counts.get(_path(uid[n]), 0) for n in names] == [1, 1, 1, 1, 0, 0, 0]
+    store = HarvestStore(tmp_path)
+    assert store.read_instances(["SOPInstanceUID"]).column(0).to_pylist() == [f"{uid['ok']}.1"]
+    # the part the streaming series wrote before it saw the stop was deleted: only committed parts are left
+    assert sorted(p.name for p in (tmp_path / "instances").iterdir()) == \
+        sorted(Path(p).name for p in store.part_names("instances"))
+
+
+def test_a_failed_probe_commits_nothing_and_deletes_the_parts_written(tmp_path):
+    """The probe fails (a 404 with a body: not a DICOMweb root) while a series has already written parts."""
+    series = "1.2.826.0.1.3680043.9.7433.9.110"
+    release = threading.Event()
+    plan = {"/studies": [("event", release, (404, b"no such route"))],
+            _path(series): [(200, _body(_ct_series(series, 3)))],
+            _path("1.2.9.111"): [(200, _body(_ct_series("1.2.9.111", 1)))]}
+
+    with _Server(plan) as server:
+        import cohort.harvest.runner as runner
+
+        real = runner._Run.flush
+
+        def flush(self):  # the probe answers once both series have been taken (their parts written)
+            if len(self._logs) == 2:
+                release.set()
+            return real(self)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(runner._Run, "flush", flush)
+            mp.setattr(runner._Run, "_due", lambda self: len(self._logs) == 2)
+            with pytest.raises(HarvestError) as err:
+                harvest([(STUDY, series), (STUDY, "1.2.9.111")], tmp_path, custom(server.url, name="srv"),
+                        workers=2, rate=None, policy=ONCE, progress=False, flush_instances=1)
+    assert str(err.value).startswith(f"srv does not answer as a DICOMweb service: GET {server.url}/studies?limit=1 "
+                                     "answered HTTP 404 (application/dicom+json: no such route); check --url")
+    assert not list((tmp_path / "commits").glob("*.json"))
+    assert list((tmp_path / "instances").iterdir()) == []  # the series' parts were deleted
+
+
+def test_a_failed_probe_is_the_error_even_when_no_series_finished(tmp_path):
+    """The only series is refused (401: no outcome, the run stops): the probe's failure is the error raised, not the
+    refused credentials (the endpoint is not what the user meant)."""
+    series = "1.2.826.0.1.3680043.9.7433.9.120"
+    plan = {"/studies": [(404, b"no such route")], _path(series): [(401, b"who?")]}
+    with _Server(plan) as server, pytest.raises(HarvestError) as err:
+        harvest([(STUDY, series)], tmp_path, custom(server.url, name="srv"), workers=2, rate=None, policy=ONCE,
+                progress=False)
+    assert str(err.value).startswith("srv does not answer as a DICOMweb service: ")
+    assert not list((tmp_path / "commits").glob("*.json"))
+
+
+def test_each_endpoint_is_probed_once_and_the_first_failure_by_name_is_raised(tmp_path):
+    class Report:
+        def __init__(self, urls):
+            self.endpoints = {name: custom(url, name=name) for name, url in urls.items()}
+            self.routes = pa.table({
+                "StudyInstanceUID": [STUDY] * 4,
+                "SeriesInstanceUID": ["1.2.1", "1.2.2", "1.2.3", "1.2.4"],
+                "endpoint": ["b", "a", "b", "a"],
+                "series_url": [f"{urls[e]}/studies/{STUDY}/series/{s}" for e, s in
+                               (("b", "1.2.1"), ("a", "1.2.2"), ("b", "1.2.3"), ("a", "1.2.4"))],
+            })  # no reason column
+
+    with _Server({"/studies": [(404, b"not b")]}) as b, _Server({"/studies": [(404, b"not a")]}) as a:
+        with pytest.raises(HarvestError) as err:
+            harvest(Report({"b": b.url, "a": a.url}), tmp_path / "both", workers=2, rate=None, policy=ONCE,
+                    progress=False)
+        assert str(err.value).startswith(f"a does not answer as a DICOMweb service: GET {a.url}/studies?limit=1 "
+                                         "answered HTTP 404 (application/dicom+json: not a)")
+        assert (a.count["/studies"], b.count["/studies"]) == (1, 1)
+    with _Server({"/studies": [(404, b"not b")]}) as b, _Server({}) as a:
+        with pytest.raises(HarvestError) as err:
+            harvest(Report({"b": b.url, "a": a.url}), tmp_path / "b", workers=2, rate=None, policy=ONCE,
+                    progress=False)
+        assert str(err.value).startswith("b does not answer as a DICOMweb service: ")
+    with _Server({}) as b, _Server({}) as a:  # both pass: every series asked from its own endpoint
+        result = harvest(Report({"b": b.url, "a": a.url}), tmp_path / "ok", workers=2, rate=None, policy=ONCE,
+                         progress=False)
+        assert sorted(p for p in b.count if p != "/studies") == [_path("1.2.1"), _path("1.2.3")]
+        assert sorted(p for p in a.count if p != "/studies") == [_path("1.2.2"), _path("1.2.4")]
+        assert (a.count["/studies"], b.count["/studies"]) == (1, 1)
+    assert result.by_status == {"not_found": 4}
+    log = _log(tmp_path / "ok")
+    assert {s: (r["endpoint"], r["error"]) for s, r in log.items()} == {
+        "1.2.1": ("b", "HTTP 404: Not Found"), "1.2.2": ("a", "HTTP 404: Not Found"),
+        "1.2.3": ("b", "HTTP 404: Not Found"), "1.2.4": ("a", "HTTP 404: Not Found")}
+
+
+def test_a_cohort_is_routed_with_the_routing_policy_asked_for(tmp_path, monkeypatch):
+    import cohort.harvest.runner as runner
+
+    class Cohortish:  # a Cohort's shape: series_uids and to_arrow
+        series_uids = ["1.2.7"]
+
+        def to_arrow(self):
+            return pa.table({"StudyInstanceUID": ["1.2"], "SeriesInstanceUID": ["1.2.7"]})
+
+    class Routed:
+        endpoints = {"e": custom("http://127.0.0.1:9/dicom-web", name="e")}
+        routes = pa.table({"StudyInstanceUID": ["1.2"], "SeriesInstanceUID": ["1.2.7"], "endpoint": [None],
+                           "series_url": [None], "reason": ["not in the index"]})
+
+    cohort, calls = Cohortish(), []
+    monkeypatch.setattr(runner, "route", lambda source, routing: calls.append((source, routing)) or Routed())
+    tasks, endpoints = series_tasks(cohort, None, "prefer_google")
+    assert calls == [(cohort, "prefer_google")]
+    assert tasks == [SeriesTask("1.2", "1.2.7", None, None, "not in the index")] and endpoints == Routed.endpoints
+    result = harvest(cohort, tmp_path, routing="prefer_aws", workers=1, rate=None, policy=ONCE, progress=False)
+    assert calls[1] == (cohort, "prefer_aws")
+    assert result.by_status == {"not_found": 1}
+    assert _log(tmp_path)["1.2.7"]["error"] == "no endpoint serves this series: not in the index"
+    # with an endpoint given, a cohort is not routed: its own pairs are asked from that endpoint
+    tasks, _ = series_tasks(cohort, custom("http://h/w", name="w"), "prefer_google")
+    assert len(calls) == 2 and [(t.endpoint, t.url) for t in tasks] == [("w", "http://h/w/studies/1.2/series/1.2.7")]
+
+
+def test_finished_takes_every_future_already_queued_in_order():
+    from queue import SimpleQueue
+
+    from cohort.harvest.runner import _finished
+
+    done = SimpleQueue()
+    assert _finished(done, timeout=0.01) == []
+    for item in ("a", "b", "c"):
+        done.put(item)
+    assert _finished(done, timeout=0.01) == ["a", "b", "c"]
+    assert done.empty() and _finished(done, timeout=0) == []
+
+
+def test_with_flush_seconds_zero_each_finished_series_is_committed_at_once(tmp_path):
+    uids = [f"1.2.826.0.1.3680043.9.7433.9.13{i}" for i in range(3)]
+    plan = {_path(uids[0]): [(200, _body(_ct_series(uids[0], 1)))],
+            _path(uids[1]): [("gate", 1, (200, _body(_ct_series(uids[1], 1))))],
+            _path(uids[2]): [("gate", 2, (200, _body(_ct_series(uids[2], 1))))]}
+    with _Server(plan, gate_dir=tmp_path) as server:
+        harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                progress=False, flush_instances=1000, flush_seconds=0)
+        assert server.gates_timed_out == 0
+    commits = HarvestStore(tmp_path).commits()
+    assert [[(p.kind, p.rows) for p in c.parts] for c in commits] == [[("instances", 1), ("log", 1)]] * 3
+
+
+def test_the_run_logs_its_start_times_itself_and_shows_a_bar_named_harvest(tmp_path, caplog, capsys):
+    import logging
+
+    uid = "1.2.826.0.1.3680043.9.7433.9.140"
+    plan = {_path(uid): [(200, _body(_ct_series(uid, 2)))]}
+    with _Server(plan) as server:
+        first = harvest([(STUDY, uid)], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=False)
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="cohort.harvest.runner"):
+            second = harvest([(STUDY, uid), (STUDY, "1.2.9.141")], tmp_path, server.url, workers=1, rate=None,
+                             policy=ONCE, progress=True)
+        took = time.monotonic() - started
+    assert 0 < second.seconds <= took and 0 < first.seconds
+    [record] = [r for r in caplog.records if r.name == "cohort.harvest.runner"]
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == f"harvest {tmp_path}: 2 series, 1 already complete, run {second.run_id}"
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("harvest: 100%") and "| 1/1 [" in last and "series/s" in last
+    assert "instances=0" in last and "not_found=1" in last
+
+
+def test_each_worker_thread_keeps_one_session_per_endpoint(tmp_path, monkeypatch):
+    from cohort.endpoints import Endpoint
+
+    made, names = [], set()
+    real = Endpoint.fast_session
+
+    def fast_session(self):
+        made.append(threading.current_thread().name)
+        return real(self)
+
+    monkeypatch.setattr(Endpoint, "fast_session", fast_session)
+    import cohort.harvest.runner as runner
+
+    real_row = runner.instance_row
+
+    def row(*args):
+        names.add(threading.current_thread().name)
+        return real_row(*args)
+
+    monkeypatch.setattr(runner, "instance_row", row)
+    uids = [f"1.2.826.0.1.3680043.9.7433.9.15{i}" for i in range(4)]
+    plan = {_path(uid): [(200, _body(_ct_series(uid, 1)))] for uid in uids}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                         progress=False)
+    assert result.by_status == {"ok": 4}
+    assert made == ["harvest_0"]  # one worker thread: one session for its four series (the probe has its own)
+    assert names == {"harvest_0"}
+
+
+def test_the_bar_follows_the_terminal_width_as_it_changes(tmp_path, capsys, monkeypatch):
+    """The terminal's size as tqdm asks it (``tqdm.std._screen_shape_wrapper``: stderr is captured here) changes after
+    the bar was drawn; the bar's last line takes the new width (``dynamic_ncols``)."""
+    import tqdm.std
+
+    import cohort.harvest.runner as runner
+
+    width = [61]
+    monkeypatch.setattr(tqdm.std, "_screen_shape_wrapper", lambda: lambda fp: (width[0] - 1, 19))
+    real = runner._Run._take
+
+    def take(self, outcome, bar):
+        width[0] = 101
+        return real(self, outcome, bar)
+
+    monkeypatch.setattr(runner._Run, "_take", take)
+    uid = "1.2.826.0.1.3680043.9.7433.9.160"
+    with _Server({_path(uid): [(200, _body(_ct_series(uid, 1)))]}) as server:
+        harvest([(STUDY, uid)], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=True)
+    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
+    assert len(lines[0]) == 60 and len(lines[-1]) == 100, lines
+
+
+def test_the_probe_runs_under_the_run_s_policy(tmp_path):
+    """One attempt allowed: the probe's 503 is not asked again (the default policy would retry it and pass)."""
+    plan = {"/studies": [(503, b"busy"), (200, b"[]")]}
+    with _Server(plan) as server, pytest.raises(HarvestError) as err:
+        harvest([(STUDY, "1.2.9.170")], tmp_path, custom(server.url, name="srv"), workers=1, rate=None, policy=ONCE,
+                progress=False)
+    assert str(err.value) == (f"srv is not available: GET {server.url}/studies?limit=1 answered HTTP 503 after 1 "
+                              "attempts; try again later")
+    assert server.count["/studies"] == 1
+
+
+def test_every_request_the_probe_s_too_takes_a_token_of_one_shared_limiter(tmp_path, monkeypatch):
+    import cohort.harvest.runner as runner
+    from cohort.retry import RateLimiter
+
+    made, taken = [], []
+
+    class Recording(RateLimiter):
+        def __init__(self, rate, burst=1):
+            made.append((rate, burst))
+            super().__init__(rate, burst=burst)
+
+        def acquire(self, stop=None):
+            taken.append(id(self))
+            return super().acquire(stop)
+
+    monkeypatch.setattr(runner, "RateLimiter", Recording)
+    uids = [f"1.2.9.18{i}" for i in range(3)]
+    plan = {_path(uids[0]): [(503, b""), (204, b"")]}
+    with _Server(plan) as server:
+        harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=3, rate=1000.0, policy=NOW_RETRY,
+                progress=False)
+        harvest([(STUDY, "1.2.9.189")], tmp_path / "one", server.url, workers=1, rate=None, policy=ONCE,
+                progress=False)
+        asked = len(server.requests)
+    assert made == [(1000.0, 3), (None, 1)]
+    assert len(taken) == asked == 1 + 4 + 1 + 1  # the probes, three series (one asked twice), the probe, one series
+    assert len(set(taken)) == 2
+
+
+def test_a_failed_probe_stops_the_run_before_the_rest_is_asked(tmp_path):
+    """One worker: the probe (submitted first) has failed before the first series starts, so the main loop sees the
+    failure when it takes that series and stops: at most the two series submitted after it were asked."""
+    uids = [f"1.2.9.19{i}" for i in range(10)]
+    plan = {"/studies": [(404, b"no")], **{_path(uid): [(204, b"")] for uid in uids}}
+    with _Server(plan) as server, pytest.raises(HarvestError) as err:
+        harvest([(STUDY, uid) for uid in uids], tmp_path, custom(server.url, name="srv"), workers=1, rate=None,
+                policy=ONCE, progress=False, flush_seconds=3600)
+    assert str(err.value).startswith("srv does not answer as a DICOMweb service: ")
+    asked = [p for p, _, _ in server.requests if p != "/studies"]
+    assert 1 <= len(asked) <= 3 and asked == [_path(uid) for uid in uids[:len(asked)]]
+    assert not list((tmp_path / "commits").glob("*.json"))
+
+
+
+def test_workers_ask_for_series_at_once_each_held_until_the_other_is_asked(tmp_path):
+    """Two workers: each series is answered only once the other's request has arrived, which needs both in flight."""
+    uids = ["1.2.9.200", "1.2.9.201"]
+    counts: dict = {}
+
+    def both_asked():
+        return all(counts.get(_path(uid), 0) for uid in uids)
+
+    plan = {_path(uid): [("until", both_asked, (204, b""))] for uid in uids}
+    with _Server(plan) as server:
+        counts = server.count
+        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=2, rate=None, policy=ONCE,
+                         progress=False)
+        assert server.gates_timed_out == 0
+    assert result.by_status == {"empty": 2}
+
+
+def test_a_batch_due_by_time_is_committed_while_a_series_is_still_out(tmp_path):
+    """flush_seconds=0.2: the first series is taken at once, and the main loop, with nothing else finishing, wakes
+    up to commit it once 0.2 s have passed; the second series is answered only once that commit exists."""
+    uids = ["1.2.9.210", "1.2.9.211"]
+    plan = {_path(uids[0]): [(204, b"")], _path(uids[1]): [("gate", 1, (204, b""))]}
+    with _Server(plan, gate_dir=tmp_path) as server:
+        harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=2, rate=None, policy=ONCE,
+                progress=False, flush_seconds=0.2)
+        assert server.gates_timed_out == 0
+    commits = HarvestStore(tmp_path).commits()
+    assert [[(p.kind, p.rows) for p in c.parts] for c in commits] == [[("instances", 0), ("log", 1)]] * 2
+
+
+def test_without_progress_nothing_is_written_to_the_terminal(tmp_path, capsys):
+    with _Server({}) as server:
+        harvest([(STUDY, "1.2.9.220")], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=False)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_series_taken_after_a_ctrl_c_moves_the_bar(tmp_path, monkeypatch, capsys):
+    """One worker: the first series is taken, the second is held by the server until the run waits for it after the
+    Ctrl-C (then answered 404: an outcome, on the bar), the third is cancelled in the queue."""
+    import cohort.harvest.runner as runner
+
+    release = threading.Event()
+    uids = ["1.2.9.230", "1.2.9.231", "1.2.9.232"]
+    plan = {_path(uids[0]): [(204, b"")], _path(uids[1]): [("event", release, (404, b""))]}
+    taken: list = []
+    real_finished, real_wait = runner._finished, runner.wait
+
+    def finished(done, timeout):
+        if taken and server.count.get(_path(uids[1])):
+            raise KeyboardInterrupt
+        got = real_finished(done, 0.05)
+        taken.extend(got)
+        return got
+
+    def wait(futures, *args, **kwargs):
+        release.set()
+        return real_wait(futures, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_finished", finished)
+    monkeypatch.setattr(runner, "wait", wait)
+    with _Server(plan) as server:
+        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                         progress=True)
+        asked = [p for p, _, _ in server.requests if p != "/studies"]
+    assert result.interrupted and result.by_status == {"empty": 1, "not_found": 1}
+    assert asked == [_path(uids[0]), _path(uids[1])]
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "| 2/3 [" in last and "empty=1" in last and "not_found=1" in last
+
+
+def test_after_a_failed_probe_queued_series_are_cancelled_and_running_ones_awaited(tmp_path, monkeypatch):
+    """One worker: the probe fails before the first series starts; when the main loop takes that series the second
+    is running (held by the server until the pool is shut down, then answered 0.3 s later) and the third queued: the
+    third is never asked (a rate limit lets a request through without looking at the stop, so only the cancel keeps
+    it back), and no worker thread of the run is left when harvest() raises."""
+    import cohort.harvest.runner as runner
+
+    release = threading.Event()
+    uids = ["1.2.9.240", "1.2.9.241", "1.2.9.242"]
+    plan = {"/studies": [(404, b"no")], _path(uids[0]): [(204, b"")],
+            _path(uids[1]): [("event", release, ("slow", 0.3, (204, b"")))]}
+    real_finished = runner._finished
+
+    def finished(done, timeout):
+        got = real_finished(done, timeout)
+        deadline = time.monotonic() + HOLD
+        while got and not server.count.get(_path(uids[1])) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the worker takes the second series once it is done with the first
+        return got
+
+    class Pool(runner.ThreadPoolExecutor):
+        def shutdown(self, *args, **kwargs):
+            release.set()
+            return super().shutdown(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_finished", finished)
+    monkeypatch.setattr(runner, "ThreadPoolExecutor", Pool)
+    with _Server(plan) as server:
+        with pytest.raises(HarvestError):
+            harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=1e6, policy=ONCE,
+                    progress=False, flush_seconds=3600)
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("harvest_")]
+        asked = [p for p, _, _ in server.requests if p != "/studies"]
+    assert alive == []
+    assert asked == [_path(uids[0]), _path(uids[1])]
+    assert not list((tmp_path / "commits").glob("*.json"))
+
+
+def test_at_most_two_series_per_worker_wait_in_the_pool(tmp_path, monkeypatch):
+    """The probe holds the only worker until two series were submitted; the pool never holds more than two series
+    not yet finished (the queue stays bounded whatever the cohort's size)."""
+    import cohort.harvest.runner as runner
+
+    lock, out, most = threading.Lock(), [0], [0]
+
+    class Pool(runner.ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            if getattr(fn, "__name__", "") != "_harvest_series":
+                return super().submit(fn, *args, **kwargs)
+            with lock:
+                out[0] += 1
+                most[0] = max(most[0], out[0])
+            future = super().submit(fn, *args, **kwargs)
+            future.add_done_callback(lambda f: _done())
+            return future
+
+    def _done():
+        with lock:
+            out[0] -= 1
+
+    monkeypatch.setattr(runner, "ThreadPoolExecutor", Pool)
+    uids = [f"1.2.9.25{i}" for i in range(6)]
+    plan = {"/studies": [("until", lambda: most[0] >= 2, (200, b"[]"))]}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                         progress=False)
+        assert server.gates_timed_out == 0
+    assert result.by_status == {"not_found": 6}
+    assert most[0] == 2
+
+
+
+def test_a_series_no_endpoint_serves_has_every_log_field(tmp_path):
+    class Report:
+        endpoints: dict = {}
+        routes = pa.table({"StudyInstanceUID": [STUDY], "SeriesInstanceUID": ["1.2.260"], "endpoint": [None],
+                           "series_url": [None], "reason": ["no copy"]})
+
+    started = dt.datetime.now(dt.timezone.utc)
+    result = harvest(Report(), tmp_path, workers=1, rate=None, policy=ONCE, progress=False)
+    row = _log(tmp_path)["1.2.260"]
+    assert started <= row.pop("finished_at") <= dt.datetime.now(dt.timezone.utc)
+    assert row == {"StudyInstanceUID": STUDY, "SeriesInstanceUID": "1.2.260", "endpoint": None, "url": None,
+                   "status": "not_found", "http_status": None, "attempts": 0, "instances": 0, "values_dropped": 0,
+                   "bytes": 0, "seconds": 0.0, "error": "no endpoint serves this series: no copy",
+                   "run_id": result.run_id}
+
+
+def test_series_urls_ending_in_a_slash_or_without_a_host_are_asked_as_written(tmp_path):
+    class Report:
+        def __init__(self, url):
+            self.endpoints = {"srv": custom(url, name="srv")}
+            self.routes = pa.table({
+                "StudyInstanceUID": [STUDY, STUDY],
+                "SeriesInstanceUID": ["1.2.270", "1.2.271"],
+                "endpoint": ["srv", "srv"],
+                "series_url": [f"{url}/studies/{STUDY}/series/1.2.270/", f"/studies/{STUDY}/series/1.2.271"],
+            })
+
+    for light, leaf in ((False, "metadata"), (True, "instances")):
+        plan = {f"/studies/{STUDY}/series/1.2.270/{leaf}": [(204, b"")]}
+        with _Server(plan) as server:
+            result = harvest(Report(server.url), tmp_path / leaf, workers=1, rate=None, policy=ONCE, progress=False,
+                             light=light)
+            asked = [p for p, _, _ in server.requests if p != "/studies"]
+        assert asked == [f"/studies/{STUDY}/series/1.2.270/{leaf}"]
+        assert result.by_status == {"empty": 1, "http_error": 1}
+        log = _log(tmp_path / leaf)
+        assert log["1.2.270"]["url"] == f"{server.url}/studies/{STUDY}/series/1.2.270/{leaf}"
+        relative = f"/studies/{STUDY}/series/1.2.271/{leaf}"
+        assert (log["1.2.271"]["url"], log["1.2.271"]["error"]) == (
+            relative, f"MissingSchema: Invalid URL '{relative}': No scheme supplied. Perhaps you meant https://{relative}?")
+
+
+def test_an_error_body_cut_short_is_asked_again(tmp_path):
+    series = "1.2.9.280"
+    plan = {_path(series): [("cut", b"x" * 5000, 100, 503), (404, b"gone")]}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, series)], tmp_path, server.url, workers=1, rate=None, policy=NOW_RETRY,
+                         progress=False)
+    assert result.by_status == {"not_found": 1}
+    row = _log(tmp_path)[series]
+    assert (row["attempts"], row["error"], row["bytes"]) == (2, "HTTP 404: gone", 4)
+
+
+def test_the_bar_never_shows_a_status_before_its_series_is_counted(tmp_path, capsys):
+    with _Server({}) as server:
+        harvest([(STUDY, "1.2.9.290")], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=True)
+    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
+    assert "1/1 [" in lines[-1] and "not_found=1" in lines[-1]
+    assert not [line for line in lines if "0/1 [" in line and "not_found" in line], lines
+
+
+def test_a_probe_failing_before_any_series_finished_stops_the_run(tmp_path, monkeypatch):
+    """Two workers, every series held by the server until the pool is shut down: the main loop, with nothing
+    finished, wakes up, sees the failed probe and stops; the queued series are never asked."""
+    import cohort.harvest.runner as runner
+
+    release = threading.Event()
+    uids = [f"1.2.9.30{i}" for i in range(6)]
+    plan = {"/studies": [(404, b"no")], **{_path(uid): [("event", release, (204, b""))] for uid in uids}}
+
+    class Pool(runner.ThreadPoolExecutor):
+        def shutdown(self, *args, **kwargs):
+            release.set()
+            return super().shutdown(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "ThreadPoolExecutor", Pool)
+    with _Server(plan) as server:
+        with pytest.raises(HarvestError) as err:
+            harvest([(STUDY, uid) for uid in uids], tmp_path, custom(server.url, name="srv"), workers=2, rate=None,
+                    policy=ONCE, progress=False, flush_seconds=3600)
+        asked = {p for p, _, _ in server.requests if p != "/studies"}
+        assert server.gates_timed_out == 0
+    assert str(err.value).startswith("srv does not answer as a DICOMweb service: ")
+    assert asked <= {_path(uids[0]), _path(uids[1])}
+    assert not list((tmp_path / "commits").glob("*.json"))
+
+
+def test_the_json_bytes_counted_for_a_batch_start_from_zero_after_each_commit(tmp_path, monkeypatch):
+    """FLUSH_BYTES one byte more than one instance's text: two single-instance series make a batch, one does not;
+    the third series is answered after the first commit, the fourth once the third was taken."""
+    import cohort.harvest.runner as runner
+
+    uids = [f"1.2.826.0.1.3680043.9.7433.9.31{i}" for i in range(4)]
+    text = len(json.dumps(_ct_series(uids[0], 1)[0]))
+    monkeypatch.setattr(runner, "FLUSH_BYTES", text + 1)
+    taken = []
+    real = runner._Run._take
+
+    def take(self, outcome, bar):
+        taken.append(outcome)
+        return real(self, outcome, bar)
+
+    monkeypatch.setattr(runner._Run, "_take", take)
+    plan = {_path(uid): [(200, _body(_ct_series(uid, 1)))] for uid in uids[:2]}
+    plan[_path(uids[2])] = [("gate", 1, (200, _body(_ct_series(uids[2], 1))))]
+    plan[_path(uids[3])] = [("until", lambda: len(taken) >= 3, (200, _body(_ct_series(uids[3], 1))))]
+    with _Server(plan, gate_dir=tmp_path) as server:
+        harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                progress=False, flush_instances=1000, flush_seconds=3600)
+        assert server.gates_timed_out == 0
+    commits = HarvestStore(tmp_path).commits()
+    assert [[p.rows for p in c.parts] for c in commits] == [[2, 2], [2, 2]]
+
+
+
+def test_the_endpoint_s_own_secret_is_redacted_from_every_error_even_when_not_credential_shaped(tmp_path, monkeypatch):
+    """An API key of plain letters (not shaped like a credential: only the session's own secrets can redact it),
+    echoed by the server in a 404, a 500 and a 401 body (the 401's message: its first 120 characters)."""
+    from cohort.endpoints import HeaderAuth
+
+    monkeypatch.setenv("RUNNER_TEST_KEY", "lettersonly")
+    plan = {_path("1.2.9.320"): [(404, b"no series for key {echo}")],
+            _path("1.2.9.321"): [(500, b"failed for {echo} today")]}
+    with _Server(plan) as server:
+        server.echo = "apikey"
+        endpoint = custom(server.url, auth=HeaderAuth("apikey", "RUNNER_TEST_KEY"), name="srv")
+        result = harvest([(STUDY, "1.2.9.320"), (STUDY, "1.2.9.321")], tmp_path / "a", endpoint, workers=1,
+                         rate=None, policy=ONCE, progress=False)
+        assert server.echoed == "lettersonly"
+    assert result.by_status == {"not_found": 1, "http_error": 1}
+    log = _log(tmp_path / "a")
+    assert log["1.2.9.320"]["error"] == "HTTP 404: no series for key [redacted]"
+    assert log["1.2.9.321"]["error"] == "HTTP 500: failed for [redacted] today"
+    body = b"refused key {echo} " + b"y" * 300
+    with _Server({_path("1.2.9.322"): [(401, body)]}) as server, pytest.raises(HarvestError) as err:
+        server.echo = "apikey"
+        endpoint = custom(server.url, auth=HeaderAuth("apikey", "RUNNER_TEST_KEY"), name="srv")
+        harvest([(STUDY, "1.2.9.322")], tmp_path / "b", endpoint, workers=1, rate=None, policy=ONCE, progress=False)
+    answer = ("refused key [redacted] " + "y" * 300)[:120]
+    assert str(err.value) == (f"authentication failed for srv: check --auth (GET {server.url}{_path('1.2.9.322')} "
+                              f"answered HTTP 401: {answer}); the series finished before it are kept in "
+                              f"{tmp_path / 'b'}")
+
+
+def test_a_series_logs_the_seconds_its_requests_took(tmp_path):
+    plan = {_path("1.2.9.330"): [("slow", 0.06, (204, b""))]}
+    started = time.monotonic()
+    with _Server(plan) as server:
+        harvest([(STUDY, "1.2.9.330")], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=False)
+    took = time.monotonic() - started
+    seconds = _log(tmp_path)["1.2.9.330"]["seconds"]
+    assert 0.06 <= seconds <= took and seconds == round(seconds, 4)
+
+
+def test_times_are_stored_in_utc_whatever_the_local_zone(tmp_path, monkeypatch):
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        uid = "1.2.826.0.1.3680043.9.7433.9.340"
+        started = dt.datetime.now(dt.timezone.utc)
+        with _Server({_path(uid): [(200, _body(_ct_series(uid, 1)))]}) as server:
+            harvest([(STUDY, uid), (STUDY, "1.2.9.341")], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                    progress=False)
+        ended = dt.datetime.now(dt.timezone.utc)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    log = _log(tmp_path)
+    assert all(started <= row["finished_at"] <= ended for row in log.values())
+    [row] = HarvestStore(tmp_path).read_instances().to_pylist()
+    assert started <= row["harvested_at"] <= ended
+
+
+def test_a_bar_is_shown_unless_asked_not_to(tmp_path, capsys):
+    with _Server({}) as server:
+        harvest([(STUDY, "1.2.9.350")], tmp_path, server.url, workers=1, rate=None, policy=ONCE)
+    assert "harvest: 100%" in capsys.readouterr().err
+
+
+def test_a_series_streams_parts_of_5000_instances_by_default(tmp_path):
+    """5,001 small instances (a SOP Instance UID each): a part of 5,000 is written while the body streams in, then
+    the last one with the log row."""
+    series = "1.2.9.360"
+    body = ("[" + ",".join('{"00080018": {"vr": "UI", "Value": ["1.2.9.360.%d"]}}' % i for i in range(5001))
+            + "]").encode()
+    with _Server({_path(series): [(200, body)]}) as server:
+        result = harvest([(STUDY, series)], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=False)
+    assert result.instances == 5001
+    [commit] = HarvestStore(tmp_path).commits()
+    assert [(p.kind, p.rows) for p in commit.parts] == [("instances", 5000), ("instances", 1), ("log", 1)]
+
+
+def test_a_batch_is_due_once_ten_seconds_have_passed_by_default(tmp_path, monkeypatch):
+    """The runner's clock is the test's: it reads 0 when the run starts and 10.0 once the first series was taken;
+    the second series is answered only after that. 10 s have passed (due, committed alone); then none more."""
+    import types
+
+    import cohort.harvest.runner as runner
+
+    clock, taken = [0.0], []
+    monkeypatch.setattr(runner, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    real = runner._Run._take
+
+    def take(self, outcome, bar):
+        taken.append(outcome)
+        clock[0] = 10.0
+        return real(self, outcome, bar)
+
+    monkeypatch.setattr(runner._Run, "_take", take)
+    uids = ["1.2.9.370", "1.2.9.371"]
+    plan = {_path(uids[1]): [("until", lambda: len(taken) >= 1, (404, b""))]}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                         progress=False)
+        assert server.gates_timed_out == 0
+    assert result.seconds == 10.0
+    commits = HarvestStore(tmp_path).commits()
+    assert [[(p.kind, p.rows) for p in c.parts] for c in commits] == [[("instances", 0), ("log", 1)]] * 2
+
+
+def test_a_list_of_pairs_with_an_endpoints_attribute_is_still_a_list_of_pairs():
+    class Pairs(list):
+        endpoints = {"x": None}  # not a coverage report: it has no routes
+
+    endpoint = custom("http://h/w", name="w")
+    tasks, endpoints = series_tasks(Pairs([("1.2", "1.2.3")]), endpoint)
+    assert tasks == [SeriesTask("1.2", "1.2.3", "w", "http://h/w/studies/1.2/series/1.2.3")]
+    assert endpoints == {"w": endpoint}
+
+
+
+def test_the_pool_is_filled_to_two_series_per_worker_at_the_start_and_after_each_take(tmp_path, monkeypatch):
+    """Two workers. The main loop's first wait for finished series is held until four series were submitted (the
+    first fill); the second to fourth series are answered only once a fifth was submitted, which the fill after
+    taking the first must do while they are still out."""
+    import cohort.harvest.runner as runner
+
+    submitted, short = [0], []
+
+    class Pool(runner.ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            if getattr(fn, "__name__", "") == "_harvest_series":
+                submitted[0] += 1
+            return super().submit(fn, *args, **kwargs)
+
+    real_finished = runner._finished
+
+    def finished(done, timeout):
+        deadline = time.monotonic() + HOLD
+        while not short and submitted[0] < 4:
+            if time.monotonic() > deadline:
+                short.append(submitted[0])
+                break
+            time.sleep(0.01)
+        return real_finished(done, timeout)
+
+    monkeypatch.setattr(runner, "ThreadPoolExecutor", Pool)
+    monkeypatch.setattr(runner, "_finished", finished)
+    uids = [f"1.2.9.38{i}" for i in range(6)]
+    plan = {_path(uid): [("until", lambda: submitted[0] >= 5, (204, b""))] for uid in uids[1:4]}
+    plan[_path(uids[0])] = [(204, b"")]
+    with _Server(plan) as server:
+        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=2, rate=None, policy=ONCE,
+                         progress=False)
+        assert server.gates_timed_out == 0
+    assert short == [] and result.by_status == {"empty": 4, "not_found": 2}
+
+
+def test_an_error_text_quoting_the_body_is_redacted_of_the_endpoint_s_secret(tmp_path, monkeypatch):
+    """A body echoing the API key (plain letters: not credential-shaped), whose row cannot be read (injected: the
+    error quotes the value): the logged "unreadable metadata" text has the key redacted."""
+    import cohort.harvest.runner as runner
+    from cohort.endpoints import HeaderAuth
+
+    def failing(instance, *args):
+        raise TypeError("cannot read " + instance["00081030"]["Value"][0])
+
+    monkeypatch.setattr(runner, "instance_row", failing)
+    monkeypatch.setenv("RUNNER_TEST_KEY", "lettersonly")
+    series = "1.2.9.390"
+    body = b'[{"00080018": {"vr": "UI", "Value": ["1.2.3"]}, "00081030": {"vr": "LO", "Value": ["key {echo}"]}}]'
+    with _Server({_path(series): [(200, body)]}) as server:
+        server.echo = "apikey"
+        endpoint = custom(server.url, auth=HeaderAuth("apikey", "RUNNER_TEST_KEY"), name="srv")
+        harvest([(STUDY, series)], tmp_path, endpoint, workers=1, rate=None, policy=ONCE, progress=False)
+        assert server.echoed == "lettersonly"
+    assert _log(tmp_path)[series]["error"] == "unreadable metadata (TypeError: cannot read key [redacted])"
