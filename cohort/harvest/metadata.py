@@ -27,6 +27,7 @@ import json
 import math
 from collections.abc import Callable
 from decimal import Decimal
+from itertools import repeat
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,8 @@ _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 _CONVERSION_ERRORS = (TypeError, ValueError, ArithmeticError)
 
 _NUMERIC_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV", "FL", "FD", "IS", "DS"})
-_BULK_KEYS = ("BulkDataURI", "InlineBinary")
+_BULK_KEY_ORDER = ("BulkDataURI", "InlineBinary")
+_BULK_KEYS = frozenset(_BULK_KEY_ORDER)
 
 
 class MalformedMetadata(ValueError):
@@ -329,30 +331,36 @@ def _pixel_spacing(instance: dict, issues: list[str], dropped: list[int]) -> lis
 
 
 def _scan(instance: dict, issues: list[str]) -> None:
-    """Note departures from DICOM JSON anywhere in the dataset (nested sequences included, iteratively)."""
+    """Note departures from DICOM JSON anywhere in the dataset (nested sequences included, iteratively).
+
+    It visits every element of every instance: the checks are ordered so that a conforming element costs
+    a few dictionary lookups (paths are built only for what is reported; the values' types are tested in C).
+    """
     stack: list[tuple[dict, str, int]] = [(instance, "", 0)]
     while stack:
         dataset, path, depth = stack.pop()
         nested = []
         for tag, element in dataset.items():
-            where = f"{path}{tag}"
             if not isinstance(element, dict):
                 continue  # already noted for typed columns; other odd elements are kept in the JSON
             vr = element.get("vr")
             if vr is None:
-                issues.append(f"{where}: no vr")
-            for key in _BULK_KEYS:
-                if key in element and not isinstance(element[key], str):
-                    issues.append(f"{where}: {key} is a JSON {type(element[key]).__name__} (nested), not a string")
+                issues.append(f"{path}{tag}: no vr")
+            if not _BULK_KEYS.isdisjoint(element):
+                for key in _BULK_KEY_ORDER:
+                    if key in element and not isinstance(element[key], str):
+                        issues.append(f"{path}{tag}: {key} is a JSON {type(element[key]).__name__} (nested), "
+                                      "not a string")
             values = element.get("Value")
             if not isinstance(values, list):
                 continue
             if vr == "SQ":
+                where = f"{path}{tag}"
                 items = [(item, f"{where}[{i}].") for i, item in enumerate(values) if isinstance(item, dict)]
                 if items and depth >= MAX_DEPTH:
                     issues.append(f"{where}: sequences nested deeper than {MAX_DEPTH} levels are not scanned")
                     continue
                 nested += [(item, p, depth + 1) for item, p in items]
-            elif vr in _NUMERIC_VRS and any(isinstance(v, str) for v in values):
-                issues.append(f"{where}: {vr} value sent as string")
+            elif vr in _NUMERIC_VRS and any(map(isinstance, values, repeat(str))):
+                issues.append(f"{path}{tag}: {vr} value sent as string")
         stack.extend(reversed(nested))
