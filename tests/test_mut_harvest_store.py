@@ -856,3 +856,65 @@ def test_a_commits_directory_that_cannot_be_synced_warns_and_the_commit_stands(t
     assert [r.getMessage() for r in caplog.records] == [
         f"cannot sync {tmp_path / 'commits'} (injected: fsync failed): the last commit may be lost by a power cut"]
     assert HarvestStore(tmp_path).commits() == [commit]
+
+
+# -- what the mutation run of the store after the views' move showed untested --------------------------------
+def test_entering_an_unopened_store_opens_it_and_leaving_closes_it(tmp_path):
+    with HarvestStore(tmp_path) as store:
+        assert (tmp_path / LOCK_NAME).is_file()  # the one-writer lock is held inside the block
+        store.write(*_batch("1.2.1", ["1.2.1.1"]))
+    assert not (tmp_path / LOCK_NAME).exists()
+    assert HarvestStore(tmp_path).completed() == {"1.2.1"}
+
+
+def test_an_object_store_lease_names_the_run(tmp_path):
+    url, fs, root = _memory_url()
+    store = HarvestStore(url).open(run_id=RUN)
+    try:
+        lease = json.loads(fs.cat_file(f"{root}/{LEASE_NAME}"))
+        assert lease["run_id"] == RUN
+    finally:
+        store.close()
+
+
+def test_a_leftover_part_that_cannot_be_deleted_is_named_in_the_error(monkeypatch):
+    url, fs, root = _memory_url()
+    with HarvestStore(url).open() as store:
+        store.write(*_batch("1.2.1", ["1.2.1.1"]))
+    leftover = f"{INSTANCES}/{part_name(RUN, 7)}"  # a killed run's part: no commit lists it
+    fs.pipe_file(f"{root}/{leftover}", b"x")
+
+    def refuse(self, rel):
+        raise PermissionError("no delete for you")
+
+    monkeypatch.setattr(ObjectFiles, "delete", refuse)
+    with pytest.raises(HarvestError) as err:
+        HarvestStore(url).open()
+    assert str(err.value) == (f"cannot delete {leftover} in {url} (PermissionError: no delete for you); check the "
+                              "bucket and your credentials, then run the same command again to resume")
+
+
+def test_six_problems_name_five_and_count_one_more(tmp_path):
+    with HarvestStore(tmp_path).open() as store:
+        commits = [store.write(*_batch(f"1.2.{i}", [f"1.2.{i}.1"])) for i in range(6)]
+    for c in commits:
+        (tmp_path / c.parts[0].path).unlink()
+    with pytest.raises(HarvestError) as err:
+        HarvestStore(tmp_path).check()
+    assert str(err.value).startswith(f"{tmp_path} has 6 damaged part(s): ")
+    assert "; and 1 more. Run `cohort harvest-status" in str(err.value)
+    assert str(err.value).count(": missing") == 5
+
+
+def test_a_part_whose_schema_cannot_be_read_is_named_with_the_cause(tmp_path, monkeypatch):
+    with HarvestStore(tmp_path).open() as store:
+        commit = store.write(*_batch("1.2.1", ["1.2.1.1"]))
+
+    def unreadable(*args, **kwargs):
+        raise OSError("disk said no")
+
+    monkeypatch.setattr(pq, "read_schema", unreadable)
+    with pytest.raises(HarvestError) as err:
+        HarvestStore(tmp_path).check()
+    assert str(err.value) == (f"cannot read {tmp_path / commit.parts[0].path} (OSError: disk said no); run `cohort "
+                              f"harvest-status {tmp_path}` to find the damaged part")
