@@ -41,6 +41,8 @@ PROVENANCE_KEYS = {
     "dicomweb_policy",
 }
 
+# Each bucket is filtered before it is sampled: DuckDB samples a FROM before its WHERE, so sampling all of
+# `cur` and keeping one bucket could leave a small bucket (idc-open-data-two) with no row at all.
 _POOL_SQL = """
 WITH cur AS (SELECT SeriesInstanceUID, crdc_series_uuid, aws_bucket FROM index),
 prior_only AS (
@@ -53,13 +55,13 @@ revised AS (
     FROM prior_versions_index p JOIN cur c USING (SeriesInstanceUID)
 )
 (SELECT SeriesInstanceUID, crdc_series_uuid, crdc_series_uuid AS default_uuid, 'open' AS kind
- FROM cur WHERE aws_bucket = 'idc-open-data' USING SAMPLE reservoir(1500 ROWS) REPEATABLE (7))
+ FROM (FROM cur WHERE aws_bucket = 'idc-open-data') USING SAMPLE reservoir(1500 ROWS) REPEATABLE (7))
 UNION ALL
 (SELECT SeriesInstanceUID, crdc_series_uuid, crdc_series_uuid, 'cr'
- FROM cur WHERE aws_bucket = 'idc-open-data-cr' USING SAMPLE reservoir(300 ROWS) REPEATABLE (7))
+ FROM (FROM cur WHERE aws_bucket = 'idc-open-data-cr') USING SAMPLE reservoir(300 ROWS) REPEATABLE (7))
 UNION ALL
 (SELECT SeriesInstanceUID, crdc_series_uuid, crdc_series_uuid, 'two'
- FROM cur WHERE aws_bucket = 'idc-open-data-two' USING SAMPLE reservoir(300 ROWS) REPEATABLE (7))
+ FROM (FROM cur WHERE aws_bucket = 'idc-open-data-two') USING SAMPLE reservoir(300 ROWS) REPEATABLE (7))
 UNION ALL
 (SELECT SeriesInstanceUID, crdc_series_uuid, crdc_series_uuid, 'prior-only'
  FROM prior_only USING SAMPLE reservoir(300 ROWS) REPEATABLE (7))
