@@ -707,28 +707,16 @@ def _path(series: str, study: str = STUDY) -> str:
     return f"/studies/{study}/series/{series}/metadata"
 
 
-def test_ctrl_c_keeps_what_finished_drops_what_streams_or_waits_and_cancels_the_rest(tmp_path, monkeypatch):
-    """Three workers: one series finishes; three are held by the server until the Ctrl-C; three more wait in the
-    pool. The Ctrl-C is raised by the main loop's wait for finished series (``_finished``) once the first series
-    was taken and the three held requests have arrived; the held answers are released when the run waits for
-    its running series (``wait``), after the queued ones were cancelled."""
+def _ctrl_c_when(monkeypatch, ready, release: threading.Event) -> None:
+    """Raise Ctrl-C in the main loop's wait for finished series (``_finished``) once a series was taken and
+    ``ready()`` holds; set ``release`` when the run then waits for its running series (``wait``)."""
     import cohort.harvest.runner as runner
 
-    release = threading.Event()
-    names = ["ok", "gone", "streaming", "retrying", "queued1", "queued2", "queued3"]
-    uid = {name: f"1.2.826.0.1.3680043.9.7433.9.10{i}" for i, name in enumerate(names)}
-    plan = {
-        _path(uid["ok"]): [(200, _body(_ct_series(uid["ok"], 1)))],
-        _path(uid["gone"]): [("event", release, (404, b"gone"))],  # finishes after the Ctrl-C: an outcome
-        _path(uid["streaming"]): [("event", release, (200, _body(_ct_series(uid["streaming"], 3))))],
-        _path(uid["retrying"]): [("event", release, (503, b"busy")), (200, _body(_ct_series(uid["retrying"], 1)))],
-    }
     taken: list = []
     real_finished, real_wait = runner._finished, runner.wait
 
     def finished(done, timeout):
-        held = all(server.count.get(_path(uid[n]), 0) == 1 for n in ("gone", "streaming", "retrying"))
-        if taken and held:
+        if taken and ready():
             raise KeyboardInterrupt
         got = real_finished(done, 0.05)
         taken.extend(got)
@@ -740,6 +728,25 @@ def test_ctrl_c_keeps_what_finished_drops_what_streams_or_waits_and_cancels_the_
 
     monkeypatch.setattr(runner, "_finished", finished)
     monkeypatch.setattr(runner, "wait", wait)
+
+
+def test_ctrl_c_keeps_what_finished_drops_what_streams_or_waits_and_cancels_the_rest(tmp_path, monkeypatch):
+    """Three workers: one series finishes; three are held by the server until the Ctrl-C; three more wait in the
+    pool. The Ctrl-C is raised by the main loop's wait for finished series (``_finished``) once the first series
+    was taken and the three held requests have arrived; the held answers are released when the run waits for
+    its running series (``wait``), after the queued ones were cancelled."""
+
+    release = threading.Event()
+    names = ["ok", "gone", "streaming", "retrying", "queued1", "queued2", "queued3"]
+    uid = {name: f"1.2.826.0.1.3680043.9.7433.9.10{i}" for i, name in enumerate(names)}
+    plan = {
+        _path(uid["ok"]): [(200, _body(_ct_series(uid["ok"], 1)))],
+        _path(uid["gone"]): [("event", release, (404, b"gone"))],  # finishes after the Ctrl-C: an outcome
+        _path(uid["streaming"]): [("event", release, (200, _body(_ct_series(uid["streaming"], 3))))],
+        _path(uid["retrying"]): [("event", release, (503, b"busy")), (200, _body(_ct_series(uid["retrying"], 1)))],
+    }
+    _ctrl_c_when(monkeypatch, lambda: all(server.count.get(_path(uid[n]), 0) == 1
+                                          for n in ("gone", "streaming", "retrying")), release)
     with _Server(plan) as server:
         result = harvest([(STUDY, uid[n]) for n in names], tmp_path, custom(server.url, name="srv"), workers=3,
                          rate=None, policy=NOW_RETRY, progress=False, flush_instances=1)
@@ -1065,27 +1072,11 @@ def test_without_progress_nothing_is_written_to_the_terminal(tmp_path, capsys):
 def test_a_series_taken_after_a_ctrl_c_moves_the_bar(tmp_path, monkeypatch, capsys):
     """One worker: the first series is taken, the second is held by the server until the run waits for it after the
     Ctrl-C (then answered 404: an outcome, on the bar), the third is cancelled in the queue."""
-    import cohort.harvest.runner as runner
 
     release = threading.Event()
     uids = ["1.2.9.230", "1.2.9.231", "1.2.9.232"]
     plan = {_path(uids[0]): [(204, b"")], _path(uids[1]): [("event", release, (404, b""))]}
-    taken: list = []
-    real_finished, real_wait = runner._finished, runner.wait
-
-    def finished(done, timeout):
-        if taken and server.count.get(_path(uids[1])):
-            raise KeyboardInterrupt
-        got = real_finished(done, 0.05)
-        taken.extend(got)
-        return got
-
-    def wait(futures, *args, **kwargs):
-        release.set()
-        return real_wait(futures, *args, **kwargs)
-
-    monkeypatch.setattr(runner, "_finished", finished)
-    monkeypatch.setattr(runner, "wait", wait)
+    _ctrl_c_when(monkeypatch, lambda: server.count.get(_path(uids[1])), release)
     with _Server(plan) as server:
         result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
                          progress=True)
