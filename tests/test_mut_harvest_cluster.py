@@ -272,20 +272,6 @@ def test_arguments_are_checked_before_any_cluster(tmp_path):
 # -- runs on an in-process Dask cluster (threads, no TCP): series no endpoint serves, and an endpoint that refuses --
 
 
-@pytest.fixture(autouse=True)
-def _own_tqdm_lock(monkeypatch):
-    """tqdm's global lock holds a multiprocessing RLock, a semaphore shared by every process forked after it was
-    made: mutmut makes it while mapping the tests, then runs each mutant in such a fork. A fork that ends (a failed
-    test's os._exit, a timeout's kill) while one of its threads is inside a bar's ``__new__`` leaves it held, and
-    every later fork waits on it forever (each mutant then ends as a "timeout"). This process gets a lock of its own."""
-    import tqdm.auto
-    import tqdm.std
-
-    lock = threading.RLock()
-    for cls in {tqdm.std.tqdm, tqdm.auto.tqdm}:
-        monkeypatch.setattr(cls, "_lock", lock, raising=False)
-
-
 @pytest.fixture(scope="module")
 def dask_client():
     """An in-process LocalCluster. Its offload thread pool is made afresh: in a process forked after an earlier
