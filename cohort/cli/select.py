@@ -137,7 +137,7 @@ def sql_cmd(state: _State, sql: str, params: tuple[str, ...], fmt: str | None, o
 
     \b
     cohort sql "SELECT collection_id, count(*) AS n FROM index GROUP BY 1 ORDER BY n DESC"
-    cohort sql -p m:VARCHAR[]=CT,MR "SELECT Modality, count(*) FROM index WHERE Modality IN $m GROUP BY 1"
+    cohort sql -p m:VARCHAR[]=CT,MR "SELECT Modality, count(*) FROM index WHERE Modality IN $m GROUP BY 1 ORDER BY 1"
     """
     if sql == "-":
         sql = sys.stdin.read()
