@@ -314,11 +314,11 @@ def _arrow(cur: duckdb.DuckDBPyConnection, sql: str, params: dict | None) -> pa.
     try:
         return cur.sql(sql, params=params).to_arrow_table()
     except duckdb.BinderException as exc:
-        if params or "prepared parameter" not in str(exc):
+        if "prepared parameter" not in str(exc):
             raise
         # a parameter without a value: the relation API says only "Unexpected prepared parameter";
         # execute() names the parameters that lack a value (it fails when binding, before any work)
-        return cur.execute(sql).to_arrow_table()
+        return cur.execute(sql, params).to_arrow_table()
 
 
 def _names_and_rows(result: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tuple]]:
