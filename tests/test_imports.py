@@ -42,9 +42,3 @@ def test_query_file_as_csv_imports_none_of_them(tmp_path):
     header, row = stdout.splitlines()
     assert header == "n,first"
     assert row.split(",")[0] == str(pq_rows)
-
-
-def test_import_harvest_does_not_import_pandas():
-    """pyarrow.dataset imports pandas (seconds on a cold machine): `cohort harvest` must not pay for it to start."""
-    loaded, _ = _heavy_after("import cohort.harvest")
-    assert "cohort.harvest" in loaded and "pandas" not in loaded

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ..errors import HarvestError
@@ -379,8 +380,6 @@ class HarvestStore:
         parts = self.part_names(kind)
         if not parts:
             return schema.empty_table().select(columns or schema.names)
-        import pyarrow.dataset as ds  # noqa: PLC0415 - imports pandas (2 s cold here); a harvest never reads parts
-
         filesystem, to_path = self.files.arrow()
         try:
             return ds.dataset([to_path(p) for p in parts], schema=schema, format="parquet",
