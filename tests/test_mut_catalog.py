@@ -8,6 +8,8 @@ files, DuckDB's own defaults, and messages written out by hand.
 
 from __future__ import annotations
 
+import json
+
 import os
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import duckdb
 import pytest
 
 import cohort.catalog as catalog_module
+from cohort.localcopy import META_TABLE
 from cohort import Catalog, QueryError, ReadOnlyError, UnknownTableError
 from cohort.errors import ParameterError, TableUnavailableError
 from cohort.tables import known_tables
@@ -247,6 +250,13 @@ def test_unknown_uids_in_the_order_given_without_repeats(local, catalog, parquet
     assert cat.unknown_uids(iter([current[2], prior[2]])) == []
     assert cat.unknown_uids([]) == []
     assert cat.unknown_uids(["9.9"]) == ["9.9"]
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_unknown_uids_that_all_hold_a_nul(local, catalog, parquet_catalog):
+    """A NUL cannot be written in a SQL literal: such a list is looked up as an Arrow table."""
+    cat = catalog if local else parquet_catalog
+    assert cat.unknown_uids(["1.2\x00", "1.3\x00x"]) == ["1.2\x00", "1.3\x00x"]
 
 
 def test_unknown_uids_beyond_the_literal_list(parquet_catalog, shipped_uids):
@@ -559,6 +569,9 @@ def test_a_catalog_made_with_the_defaults_reads_the_local_copy_of_this_version()
     cat = Catalog(download=False)  # made here: a session fixture's construction is mapped to one test only
     assert cat.local_copy is not None and cat.local_copy.is_file()
     assert cat.local_copy.parent.name == idc_index_data.__version__
+    with duckdb.connect(str(cat.local_copy), read_only=True) as con:  # the record inside the copy
+        record = json.loads(con.execute(f"SELECT record FROM {META_TABLE}").fetchone()[0])
+    assert record["idc_index_data"] == idc_index_data.__version__  # what the copy was made from
     assert _views(cat)["index"] == "CREATE VIEW index AS SELECT * FROM idc_local_copy.main.index;"
 
 
