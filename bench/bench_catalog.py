@@ -25,8 +25,8 @@ tools must give the same answers.
 Targets (issue 13): warm lookup and lookup1000 at most 10 ms and at least 5x faster than
 idc-index's best warm time; cold lookup within 2x of our cold groupby. From the first catalog
 benchmark (before issue 13): cold groupby at least 20x faster and at most 1/10 of the peak
-memory of idc-index's best. Exit status 1 when a
-target is missed (unless --no-check). Prints ``ROW|`` lines for bench/run_all.py.
+memory of idc-index's best. Exit status 1 when a target is missed (unless --no-check). Prints
+``ROW|`` lines for bench/run_all.py.
 
     python bench/bench_catalog.py [--repeat 1] [--warm 7] [--no-pandas2] [--no-pandas3] [--no-check]
 """

@@ -9,7 +9,6 @@ files, DuckDB's own defaults, and messages written out by hand.
 from __future__ import annotations
 
 import json
-
 import os
 from pathlib import Path
 
@@ -17,9 +16,9 @@ import duckdb
 import pytest
 
 import cohort.catalog as catalog_module
-from cohort.localcopy import META_TABLE
 from cohort import Catalog, QueryError, ReadOnlyError, UnknownTableError
 from cohort.errors import ParameterError, TableUnavailableError
+from cohort.localcopy import META_TABLE
 from cohort.tables import known_tables
 from fixtures.index_tables import PANCREAS_SLIDE
 
