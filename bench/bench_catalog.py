@@ -148,15 +148,11 @@ def child_code(tool: str, names: list[str], warm: int, uids_file: str) -> str:
             + TOOLS[tool] + _TAIL)
 
 
-#: The children's environment: byte code cached (see the module's docstring); set in main().
-ENV: dict[str, str] = {}
-
-
 def run_child(python: str, code: str) -> tuple[float, float, dict]:
     """(wall seconds, peak RSS MB, the child's JSON) of one fresh interpreter."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([python, "-c", code], stdout=out, stderr=err, env=ENV or None)
+        proc = subprocess.Popen([python, "-c", code], stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         if os.waitstatus_to_exitcode(status) != 0:
@@ -181,7 +177,8 @@ def main() -> int:
     args = parser.parse_args()
 
     cache = tempfile.mkdtemp(prefix="bench-catalog-pyc-")
-    ENV.update({k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, PYTHONPYCACHEPREFIX=cache)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # every child caches its byte code (see the docstring)
+    os.environ["PYTHONPYCACHEPREFIX"] = cache
     # The parent stays small: a child's peak RSS (wait4) starts from the parent's at fork time.
     uids_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
     uids_file.close()

@@ -330,6 +330,7 @@ def _report(args: argparse.Namespace, runs: dict[str, dict]) -> tuple[list[str],
                          f" ms")
     ratio_thr, share = rate_ours / rate_thr, rate_ours / bound
     floor = next((r for name, r in runs.items() if name.startswith("floor:")), None)
+    rate_floor = None if floor is None else floor["series"] / floor["seconds"]
     server = {k: v for k, v in runs.items() if k.endswith("no latency")}
     thr_sb, ours_sb = server.values()
     sb_ours, sb_thr = (r["instances"] / r["seconds"] for r in (ours_sb, thr_sb))
@@ -340,19 +341,17 @@ def _report(args: argparse.Namespace, runs: dict[str, dict]) -> tuple[list[str],
         f"throughput ratio ours/threaded dicomweb-client: {ratio_thr:.2f}x (target >= 1.1x)",
         f"latency bound {args.workers} / {rtt * 1000:.0f} ms = {bound:.1f} series/s; ours = "
         f"{100 * share:.0f}% of it (target >= 90%)",
-        *([] if floor is None else [
-            f"floor (bare urllib3, same GETs, nothing parsed or written): {floor['series'] / floor['seconds']:.1f} "
-            f"series/s = {100 * floor['series'] / floor['seconds'] / bound:.0f}% of the bound; ours = "
-            f"{100 * rate_ours * floor['seconds'] / floor['series']:.0f}% of the floor, threaded dicomweb-client = "
-            f"{100 * rate_thr * floor['seconds'] / floor['series']:.0f}%"]),
+        *([] if rate_floor is None else [
+            f"floor (bare urllib3, same GETs, nothing parsed or written): {rate_floor:.1f} series/s = "
+            f"{100 * rate_floor / bound:.0f}% of the bound; ours = {100 * rate_ours / rate_floor:.0f}% of the floor, "
+            f"threaded dicomweb-client = {100 * rate_thr / rate_floor:.0f}%"]),
         f"server-bound (no latency), {ours_sb['instances']:,} instances: ours {sb_ours:.0f} instances/s, threaded "
         f"dicomweb-client {sb_thr:.0f} instances/s: {sb_ours / sb_thr:.2f}x (target >= 1.0x)",
         f"ROW|harvest {ours['series']} series, {args.latency * 1000:.0f} ms latency, {args.workers} workers|"
         f"{rate_ours:.1f} series/s ({100 * share:.0f}% of the bound {bound:.0f})|threaded dicomweb-client: "
         f"{rate_thr:.1f} series/s"
-        + ("" if floor is None else f"; floor, bare urllib3 GETs with the bodies dropped: "
-           f"{floor['series'] / floor['seconds']:.1f} series/s = "
-           f"{100 * floor['series'] / floor['seconds'] / bound:.0f}% of the bound")
+        + ("" if rate_floor is None else f"; floor, bare urllib3 GETs with the bodies dropped: "
+           f"{rate_floor:.1f} series/s = {100 * rate_floor / bound:.0f}% of the bound")
         + f"|{ratio_thr:.2f}x|>= 1.1x, >= 90% of bound|"
         f"{'met' if checks[0] and checks[1] else 'MISSED'} (load {load})",
         f"ROW|harvest {ours_sb['instances']:,} instances, no latency (server-bound)|{sb_ours:.0f} instances/s, "
