@@ -405,6 +405,17 @@ def test_a_malformed_body_after_a_written_part_leaves_nothing(tmp_path):
     assert sorted(p.name for p in (tmp_path / "instances").iterdir()) == [Path(commit.parts[0].path).name]
 
 
+def test_a_body_found_malformed_at_its_very_end_is_logged_malformed(tmp_path):
+    """The parser reads such a body to its end before it can tell; the run used to crash (RuntimeError: the
+    content was already consumed) when the retry layer then asked for the response's content."""
+    uid = "1.2.826.0.1.3680043.9.7433.9.70"
+    answer = b'{"00080018": {"vr": "UI", "Value": ["1.2.3"]}'  # its closing brace missing
+    with _Server({_path(uid): [(200, answer)]}) as server:
+        result = harvest([(STUDY, uid)], tmp_path, server.url, workers=1, rate=None, policy=ONCE, progress=False)
+    assert result.by_status == {"malformed": 1}
+    assert _log(tmp_path)[uid]["bytes"] == len(answer)
+
+
 def test_batches_are_committed_when_their_instances_reach_flush_instances(tmp_path):
     # four series of one instance; the third is answered only once a commit exists (at most HOLD s later)
     uids = [f"1.2.826.0.1.3680043.9.7433.9.1{i}" for i in range(4)]

@@ -527,7 +527,7 @@ class _Run:
             raise
         finally:
             response.close()
-        response._content = b""  # read by streaming (cohort.retry.call counts the bytes of .content)
+            response._content = b""  # read by streaming (cohort.retry.call counts the bytes of .content)
         return out
 
     def _classify(self, result: Attempted, streamed: _Streamed | MalformedMetadata,
