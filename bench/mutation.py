@@ -78,7 +78,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "harvest.views": (["cohort/harvest/views.py"], ["tests/test_harvest_store.py", "tests/test_mut_harvest_store.py"]),
     "harvest.stream": (["cohort/harvest/stream.py"], ["tests/test_harvest_stream.py", "tests/test_mut_harvest_stream.py"]),
     "harvest.runner": (["cohort/harvest/runner.py"], ["tests/test_harvest_cassettes.py", "tests/test_harvest_requests.py",
-                                                      "tests/test_mut_harvest_runner.py"]),
+                                                      "tests/test_mut_harvest_runner.py", "tests/test_harvest_by_study.py"]),
+    "harvest.tasks": (["cohort/harvest/tasks.py"], ["tests/test_harvest_by_study.py", "tests/test_mut_harvest_runner.py"]),
     # fsspec's in-memory filesystem for the object-store code; one moto S3 server for S3's If-Match PUT
     "harvest.fs": (["cohort/harvest/fs.py"], ["tests/test_mut_harvest_fs.py"]),
     # the pure parts, and runs on an in-process Dask cluster (threads: ~5 s to start); the harvests of real
@@ -93,7 +94,7 @@ SLOW_FIXTURES = ("catalog", "fixture_catalog", "index_dir", "orthanc", "orthanc_
 #: Modules whose tests keep some of the slow fixtures (the module cannot be reached without them).
 _INDEX = ("catalog", "fixture_catalog", "index_dir")
 KEEP: dict[str, tuple[str, ...]] = {name: _INDEX for name in ("catalog", "coverage", "manifest.read", "manifest.revisions",
-                                                               "manifest.write", "manifest.download")}
+                                                               "manifest.write", "manifest.download", "harvest.tasks")}
 #: Tests deselected for a module although they reach it: end-to-end runs that take seconds each and
 #: whose checks of the module the faster tests make too (names as in the test file).
 SKIP_TESTS: dict[str, tuple[str, ...]] = {

@@ -163,7 +163,7 @@ def _cli(*args, **kwargs):
 def test_cli_harvest_a_saved_query_and_query_it_with_sql(idc_orthanc, tmp_path):
     out = tmp_path / "h"
     run = _cli("harvest", *QUERY, "-o", str(out), "--url", idc_orthanc.dicomweb_url, "--no-progress",
-               "--workers", "4", "--rate", "100")
+               "--workers", "4", "--rate", "100", "--by-series")  # the bytes below are those of series bodies
     assert run.returncode == 0, run.stderr
     assert "40 series" in run.stderr and "ok 40" in run.stderr and "120 instances" in run.stderr
     joined = _cli("sql", "--harvest", str(out), "-f", "csv",
@@ -184,13 +184,36 @@ def test_cli_harvest_a_saved_query_and_query_it_with_sql(idc_orthanc, tmp_path):
     assert status.stdout.strip().splitlines()[1:] == [f"ok,True,40,120,{body_bytes}"]
 
 
+def test_cli_harvests_a_cohort_of_whole_studies_a_study_a_request(idc_orthanc, tmp_path):
+    """QUERY's 40 series are 10 whole studies of the index: one request a study, the same instances and text
+    as series by series, and each series' bytes are its instances' text."""
+    by_study, by_series = tmp_path / "study", tmp_path / "series"
+    for out, option in ((by_study, []), (by_series, ["--by-series"])):
+        run = _cli("harvest", *QUERY, "-o", str(out), "--url", idc_orthanc.dicomweb_url, "--no-progress",
+                   "--no-rate-limit", *option)
+        assert run.returncode == 0 and "ok 40" in run.stderr, run.stderr
+    studies = {se: st for st, se in idc_orthanc.idc_uids}
+    assert len(set(studies.values())) == 10
+    log = {r["SeriesInstanceUID"]: r for r in HarvestStore(by_study).read_log().to_pylist()}
+    assert {se: r["url"] for se, r in log.items()} == {
+        se: f"{idc_orthanc.dicomweb_url}/studies/{st}/metadata" for se, st in studies.items()}
+    text = {}
+    for out in (by_study, by_series):
+        rows = HarvestStore(out).read_instances(["SOPInstanceUID", "SeriesInstanceUID", "json"]).to_pylist()
+        text[out] = {r["SOPInstanceUID"]: (r["SeriesInstanceUID"], r["json"]) for r in rows}
+        assert len(text[out]) == len(rows) == 120
+    assert text[by_study] == text[by_series]
+    for se, row in log.items():
+        assert row["bytes"] == sum(len(t) for s, t in text[by_study].values() if s == se)
+
+
 def test_cli_exits_3_when_series_are_left_failed(idc_orthanc, tmp_path):
     from tests.support.proxy import FaultProxy
 
     out = tmp_path / "h"
     with FaultProxy(idc_orthanc.url, per_target=[["503"]], match="/metadata$") as proxy:
         run = _cli("harvest", *QUERY, "-o", str(out), "--url", proxy.dicomweb_url, "--no-progress", "--retries", "0",
-                   "--no-rate-limit")
+                   "--no-rate-limit", "--by-series")  # by study, a failed study is asked series by series
     assert run.returncode == 3, run.stderr
     assert "ok 39, http_error 1" in run.stderr and "Incomplete: 1 series failed (http_error 1)" in run.stderr
     rerun = _cli("harvest", *QUERY, "-o", str(out), "--url", idc_orthanc.dicomweb_url, "--no-progress")

@@ -33,7 +33,7 @@ from cohort.harvest.cluster import (
     _slots, harvest_on_cluster, shard_dir, shard_of,
 )
 from cohort.harvest.fs import LocalFiles, ObjectFiles
-from cohort.harvest.runner import HarvestResult, SeriesTask
+from cohort.harvest.tasks import HarvestResult, SeriesTask
 from cohort.retry import RetryPolicy
 
 UIDS = [f"1.2.826.0.1.3680043.8.498.{i}" for i in range(40)]
@@ -542,7 +542,7 @@ def test_series_a_shard_finds_settled_in_its_own_store_count_as_skipped(dask_cli
 
 def test_the_routing_policy_reaches_the_router(tmp_path, monkeypatch):
     """A cohort (no endpoint given) is routed with the run's policy; the router is a stand-in recording it."""
-    from cohort.harvest import runner
+    from cohort.harvest import tasks as runner
 
     asked = []
 

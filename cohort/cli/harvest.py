@@ -50,6 +50,10 @@ _UID_FILES = (".csv", ".tsv", ".parquet")
 @click.option("--retries", default=4, show_default=True, type=click.IntRange(0, 20),
               help="Retries per request on 429/5xx/network errors.")
 @click.option("--light", is_flag=True, help="QIDO with the typed columns' attributes only, instead of full metadata.")
+@click.option("--by-study/--by-series", "by_study", default=None,
+              help="Ask for a study's metadata once for two or more of its series (other series in the answer "
+                   "are dropped), or ask series by series [default: by study for the studies a QUERY's cohort "
+                   "holds whole, and with --all; else by series].")
 @click.option("--retry", "retry", default="", metavar="STATUS[,STATUS]",
               help="Ask again for series whose final status is one of these: not_found, empty "
                    "(failed series are always asked again; series not found at another endpoint too).")
@@ -67,7 +71,7 @@ _UID_FILES = (".csv", ".tsv", ".parquet")
 @pass_state
 def harvest_cmd(state: _State, query: str | None, params: tuple[str, ...], out_dir: str, url: str | None, auth: str,
                 routing: str | None, workers: int | None, rate: float | None, no_rate_limit: bool, timeout: float,
-                retries: int, light: bool, retry: str, flush_seconds: float, no_progress: bool,
+                retries: int, light: bool, by_study: bool | None, retry: str, flush_seconds: float, no_progress: bool,
                 cluster: str | None, shards: int | None, everything: bool) -> None:
     """Harvest the DICOM metadata of a cohort's instances into Parquet (resumable).
 
@@ -111,6 +115,7 @@ def harvest_cmd(state: _State, query: str | None, params: tuple[str, ...], out_d
         workers=workers or DEFAULT_WORKERS, rate=None if no_rate_limit else (rate or DEFAULT_RATE),
         policy=RetryPolicy(timeout=timeout, max_attempts=retries + 1), light=light,
         progress=not no_progress, routing=routing, flush_seconds=flush_seconds, retry=retry.split(","),
+        by_study=True if by_study is None and everything else by_study,  # --all: every series of each study
     )
     if cluster is not None:
         from ..harvest import harvest_on_cluster

@@ -11,13 +11,15 @@ body read one instance at a time), :mod:`.store` (the Parquet directory, its
 commit records, integrity checks and repair), :mod:`.views` (a harvest and its
 shards read together: status, committed parts, DuckDB views), :mod:`.lock` (one writer per
 directory), :mod:`.probe` (is an endpoint a DICOMweb service that takes our
-credentials), :mod:`.selection` (which series a run asks for), :mod:`.runner`
-(concurrent, polite runs), :mod:`.cluster` (a run sharded across a Dask cluster).
+credentials), :mod:`.selection` (which series a run asks for), :mod:`.tasks` (how:
+series by series, or whole studies), :mod:`.runner` (concurrent, polite runs),
+:mod:`.cluster` (a run sharded across a Dask cluster).
 """
 
 from .cluster import ShardedResult, ShardResult, harvest_on_cluster, shard_of
 from .metadata import COLUMNS, MalformedMetadata, instance_row
-from .runner import DEFAULT_RATE, DEFAULT_WORKERS, HarvestResult, SeriesTask, harvest, series_tasks
+from .runner import DEFAULT_RATE, DEFAULT_WORKERS, harvest
+from .tasks import HarvestResult, SeriesTask, fetch_units, series_tasks, whole_studies
 from .store import FINAL_STATUSES, INSTANCE_SCHEMA, LOG_SCHEMA, STATUSES, HarvestStore
 from .stream import iter_instances, parse_body
 from .views import harvest_status, harvest_stores, open_harvest, repair_harvest
@@ -36,6 +38,7 @@ __all__ = [
     "SeriesTask",
     "ShardResult",
     "ShardedResult",
+    "fetch_units",
     "harvest",
     "harvest_on_cluster",
     "harvest_status",
@@ -47,4 +50,5 @@ __all__ = [
     "repair_harvest",
     "series_tasks",
     "shard_of",
+    "whole_studies",
 ]

@@ -60,7 +60,8 @@ from ..errors import HarvestError
 from ..retry import RetryPolicy
 from .fs import Files, is_url, location
 from .lock import LEASE_SECONDS, LEASE_NAME, LOCK_NAME
-from .runner import DEFAULT_RATE, DEFAULT_WORKERS, PYTHON_RESUME, HarvestResult, SeriesTask, harvest, series_tasks
+from .runner import DEFAULT_RATE, DEFAULT_WORKERS, harvest
+from .tasks import PYTHON_RESUME, HarvestResult, SeriesTask, series_tasks
 from .selection import complete, final_statuses, retry_statuses
 from .store import COMMITS, SHARDS, HarvestStore
 from .views import harvest_stores
@@ -154,6 +155,7 @@ def harvest_on_cluster(
     flush_instances: int = 5000,
     flush_seconds: float = 10.0,
     retry: Iterable[str] = (),
+    by_study: bool | None = None,
 ) -> ShardedResult:
     """Harvest ``source`` into ``out_dir`` in shards on a Dask cluster (see the module docstring).
 
@@ -161,7 +163,9 @@ def harvest_on_cluster(
     scheduler address (``"tcp://host:8786"``). ``shards`` is the number of shards (default: twice
     the cluster's worker threads, at most one a series). ``workers`` are the concurrent requests of
     each shard and ``rate`` the requests a second of the whole cluster. Every other argument is
-    :func:`~cohort.harvest.harvest`'s. Raises :class:`~cohort.HarvestError` when a shard fails
+    :func:`~cohort.harvest.harvest`'s, but a study's series fall in different shards (by their UIDs' hash),
+    so a shard asks for a study's metadata only for two or more of its series in that shard and only with
+    ``by_study=True``. Raises :class:`~cohort.HarvestError` when a shard fails
     (the series committed before are kept: run again to resume).
     """
     distributed = _distributed()
@@ -183,7 +187,7 @@ def harvest_on_cluster(
             todo = [t for t in tasks if not complete(t.endpoint, final.get(t.series_uid), retry)]
             n = shards or max(1, min(len(todo), SHARDS_PER_THREAD * slots))
             options = {"workers": workers, "policy": policy, "light": light, "flush_instances": flush_instances,
-                       "flush_seconds": flush_seconds, "retry": sorted(retry)}
+                       "flush_seconds": flush_seconds, "retry": sorted(retry), "by_study": bool(by_study)}
             jobs = _jobs(todo, endpoints, n, out_dir, options)
             concurrency = min(len(jobs), slots)
             for job in jobs:  # the cluster's rate, shared by the shards that run at once

@@ -2,9 +2,10 @@
 
 One WADO-RS "retrieve series metadata" request per series (``GET
 {series}/metadata``, ``Accept: application/dicom+json``, the request
-dicomweb-client's ``retrieve_series_metadata`` sends), or with ``light=True`` one
-QIDO-RS "search for instances" request asking only for the typed columns'
-attributes. The GET is made here with :func:`cohort.retry.get` rather than
+dicomweb-client's ``retrieve_series_metadata`` sends), or one "retrieve study
+metadata" request for the series of a study wanted whole (:mod:`.tasks`), or with
+``light=True`` one QIDO-RS "search for instances" request per series asking only
+for the typed columns' attributes. The GET is made here with :func:`cohort.retry.get` rather than
 through ``DICOMwebClient``, so that there is one retry layer (ours: Retry-After,
 jitter, connection errors, stoppable), a shared rate limit, and the bytes and
 a truncated body of each response are seen.
@@ -43,10 +44,10 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import Any
 
@@ -54,15 +55,15 @@ import pyarrow as pa
 import requests
 
 from .._redact import redact, session_secrets
-from ..coverage import route
 from ..endpoints import Endpoint, custom
 from ..errors import HarvestError
 from ..retry import Attempted, RateLimiter, RetryPolicy, call
 from .metadata import LIGHT_TAGS, MalformedMetadata, instance_row
 from .probe import ACCEPT_JSON, AUTH_STATUSES, probe, snippet
 from .selection import complete, final_statuses, retry_statuses
-from .store import FINAL_STATUSES, INSTANCE_SCHEMA, INSTANCES, LOG_SCHEMA, STATUSES, HarvestStore, Part
+from .store import INSTANCE_SCHEMA, INSTANCES, LOG_SCHEMA, HarvestStore, Part
 from .stream import iter_instances
+from .tasks import HarvestResult, SeriesTask, Unit, fetch_units, series_tasks, study_url, whole_studies
 from .views import harvest_stores
 
 log = logging.getLogger(__name__)
@@ -78,66 +79,6 @@ CHUNK_BYTES = 256 * 2**10
 #: Series parsed at once. Parsing holds the GIL, so more would not be faster; fewer parsed
 #: series in memory keep the peak RSS independent of the number of workers and series size.
 PARSING = 2
-#: What the result tells a Python caller to do to resume (the CLI names its command instead).
-PYTHON_RESUME = "call harvest() again with the same directory to resume"
-
-
-@dataclass(frozen=True)
-class SeriesTask:
-    """One series to harvest, and where: ``url`` is the series URL (``.../studies/S/series/SE``)."""
-
-    study_uid: str
-    series_uid: str
-    endpoint: str | None
-    url: str | None
-    #: Why the routing chose this endpoint, or why no endpoint serves the series.
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class HarvestResult:
-    """What a harvest run did (counts are of this run; ``skipped`` were complete before it)."""
-
-    out_dir: Path | str  # a str: an object-store URL (s3://bucket/prefix)
-    run_id: str
-    series: int
-    skipped: int
-    by_status: Mapping[str, int]
-    instances: int
-    bytes: int
-    seconds: float
-    interrupted: bool = False
-
-    @property
-    def ok(self) -> int:
-        return self.by_status.get("ok", 0)
-
-    @property
-    def failed(self) -> int:
-        """Series of this run whose outcome is not final (a rerun asks for them again)."""
-        return sum(n for status, n in self.by_status.items() if status not in FINAL_STATUSES)
-
-    @property
-    def remaining(self) -> int:
-        """Series neither complete before nor finished in this run (interrupted or failed)."""
-        return self.series - self.skipped - sum(n for s, n in self.by_status.items() if s in FINAL_STATUSES)
-
-    def summary(self, resume: str = PYTHON_RESUME) -> str:
-        """One line; ``resume`` says how to resume when series are left (the CLI names its command)."""
-        statuses = ", ".join(f"{s} {self.by_status[s]:,}" for s in STATUSES if self.by_status.get(s))
-        rate = self.instances / self.seconds if self.seconds else 0.0
-        return (
-            f"{'interrupted: ' if self.interrupted else ''}{self.series:,} series "
-            f"({self.skipped:,} already complete; this run: {statuses or 'nothing to do'}), "
-            f"{self.instances:,} instances, {self.bytes / 1e6:,.1f} MB in {self.seconds:,.1f} s "
-            f"({rate:,.0f} instances/s) -> {self.out_dir}"
-            + (f"; {self.remaining:,} series left: {resume}" if self.remaining else "")
-        )
-
-    def __str__(self) -> str:
-        return self.summary()
-
-
 @dataclass
 class _Streamed:
     """A 200 response read to its end: its last rows (not written yet) and the parts written before them."""
@@ -148,6 +89,8 @@ class _Streamed:
     json_bytes: int = 0
     #: Values that did not fit their typed column, over the series' instances (the log's values_dropped).
     values_dropped: int = 0
+    #: A study's answer: instances, JSON text length and values dropped of each wanted series in it.
+    per_series: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,6 +100,16 @@ class _Outcome:
     json_bytes: int = 0
     #: Instances parts already written for this series (a big one); committed with its log row.
     parts: list[Part] = field(default_factory=list)
+
+
+@dataclass
+class _Done:
+    """What a worker gives back: the outcomes of its series (committed together), the series to ask for
+    one by one instead (a study's answer lacked them), and bytes read that no series' log counts."""
+
+    outcomes: list[_Outcome] = field(default_factory=list)
+    again: list[SeriesTask] = field(default_factory=list)
+    other_bytes: int = 0
 
 
 class _Stopped(Exception):
@@ -177,6 +130,7 @@ def harvest(
     flush_instances: int = 5000,
     flush_seconds: float = 10.0,
     retry: Iterable[str] = (),
+    by_study: bool | None = None,
 ) -> HarvestResult:
     """Harvest the DICOM metadata of ``source``'s series into ``out_dir`` (created or resumed).
 
@@ -188,6 +142,10 @@ def harvest(
     :func:`cohort.coverage.route` (``routing`` names its policy).
     ``rate`` caps requests a second over all workers (None: no cap).
     ``retry`` names final statuses (``"not_found"``, ``"empty"``) whose series are asked for again.
+    ``by_study``: ask for the metadata of a study once for two or more of its series (:mod:`.tasks`);
+    None (the default) does so for the studies a :class:`~cohort.Cohort` holds whole, False never,
+    True whenever two or more series of a study are asked of one endpoint (instances of other series
+    in the answer are dropped). ``light`` asks series by series.
 
     Raises :class:`~cohort.HarvestError` when an endpoint is not a DICOMweb service or refuses the
     credentials (probed beside the first requests, before anything is committed; and on any 401/403
@@ -199,6 +157,7 @@ def harvest(
     if isinstance(endpoint, str):
         endpoint = custom(endpoint)
     retry = retry_statuses(retry)
+    whole = whole_studies(source) if by_study is None and not light else None  # studies a cohort holds whole
     tasks, endpoints = series_tasks(source, endpoint, routing)
     with HarvestStore(out_dir).open() as store:  # one writer per directory, every committed part checked
         final = final_statuses(harvest_stores(out_dir))  # with the shards of a sharded harvest (.cluster)
@@ -210,7 +169,8 @@ def harvest(
         run = _Run(store, endpoints, policy, limiter, light, flush_instances, flush_seconds, probes)
         log.info("harvest %s: %d series, %d already complete, run %s", out_dir, len(tasks), len(tasks) - len(todo),
                  run.run_id)
-        run.execute(todo, workers, progress)
+        together = not light and (bool(whole) if by_study is None else by_study)
+        run.execute(fetch_units(todo, together, whole), len(todo), workers, progress)
         probes.check()  # a failed probe is the error to report, even when no series was finished
     if run.auth_failure is not None:
         raise HarvestError(run.auth_failure + f"; the series finished before it are kept in {out_dir}")
@@ -219,57 +179,6 @@ def harvest(
         by_status=dict(run.statuses), instances=run.instances, bytes=run.bytes,
         seconds=time.monotonic() - run.started, interrupted=run.interrupted,
     )
-
-
-def series_tasks(source: Any, endpoint: Endpoint | None = None,
-                 routing: str | None = None) -> tuple[list[SeriesTask], dict[str, Endpoint]]:
-    """The distinct series of ``source`` with their endpoint and series URL (see :func:`harvest`)."""
-    if endpoint is None and hasattr(source, "series_uids") and hasattr(source, "to_arrow"):
-        source = route(source, routing)
-    if hasattr(source, "routes") and hasattr(source, "endpoints"):
-        if endpoint is not None:
-            return series_tasks(source.routes, endpoint)
-        routes = source.routes
-        reasons = routes.column("reason").to_pylist() if "reason" in routes.column_names else [None] * len(routes)
-        rows = routes.select(["StudyInstanceUID", "SeriesInstanceUID", "endpoint", "series_url"]).to_pylist()
-        tasks = [SeriesTask(r["StudyInstanceUID"], r["SeriesInstanceUID"], r["endpoint"], r["series_url"], reason)
-                 for r, reason in zip(rows, reasons)]
-        return _distinct(tasks), dict(source.endpoints)
-    if endpoint is None:
-        raise HarvestError("no endpoint given: pass endpoint=cohort.custom(URL) or cohort.idc_proxy() "
-                           "(or a coverage report, which routes each series)")
-    pairs = _pairs(source)
-    tasks = [SeriesTask(study, series, endpoint.name, endpoint.series_url(study, series)) for study, series in pairs]
-    return _distinct(tasks), {endpoint.name: endpoint}
-
-
-def _pairs(source: Any) -> Iterable[tuple[str, str]]:
-    if hasattr(source, "to_arrow"):
-        source = source.to_arrow()
-    if hasattr(source, "columns") and not isinstance(source, pa.Table):  # pandas
-        source = pa.Table.from_pandas(source, preserve_index=False)
-    if isinstance(source, pa.Table):
-        missing = {"StudyInstanceUID", "SeriesInstanceUID"} - set(source.column_names)
-        if missing:
-            raise HarvestError(f"the series table lacks {', '.join(sorted(missing))}; it has "
-                               f"{', '.join(source.column_names)}")
-        return zip(source.column("StudyInstanceUID").to_pylist(), source.column("SeriesInstanceUID").to_pylist())
-    pairs = []
-    for i, item in enumerate(source):
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(u, str) and u for u in item)):
-            raise HarvestError(f"item {i} of the series list is {item!r}; give (StudyInstanceUID, SeriesInstanceUID) pairs")
-        pairs.append((item[0], item[1]))
-    return pairs
-
-
-def _distinct(tasks: list[SeriesTask]) -> list[SeriesTask]:
-    bad = [t for t in tasks if not t.study_uid or not t.series_uid]
-    if bad:
-        raise HarvestError(f"{len(bad)} series lack a StudyInstanceUID or SeriesInstanceUID, e.g. {bad[0]}")
-    first: dict[str, SeriesTask] = {}
-    for task in tasks:
-        first.setdefault(task.series_uid, task)
-    return list(first.values())
 
 
 class _Probes:
@@ -322,9 +231,9 @@ class _Run:
         self._last_flush = time.monotonic()
 
     # -- main thread ------------------------------------------------------
-    def execute(self, todo: list[SeriesTask], workers: int, progress: bool) -> None:
-        bar = _progress_bar(len(todo)) if progress else None
-        queue: Iterator[SeriesTask] = iter(todo)
+    def execute(self, units: list[Unit], series: int, workers: int, progress: bool) -> None:
+        bar = _progress_bar(series) if progress else None
+        queue: deque[Unit] = deque(units)
         pending: set[Future] = set()
         # finished futures arrive here, each once (a done callback): the main thread wakes per series
         # without scanning every pending future as concurrent.futures.wait does
@@ -337,7 +246,7 @@ class _Run:
                 while pending:
                     for future in _finished(done, timeout=0.5):
                         pending.discard(future)
-                        self._take(future.result(), bar)
+                        queue.extendleft(reversed(self._take(future.result(), bar)))
                     self._fill(pool, queue, pending, done, 2 * workers)
                     if self.probes.failed() or self._due():
                         self.flush()
@@ -358,31 +267,35 @@ class _Run:
                 if bar is not None:
                     bar.close()
 
-    def _fill(self, pool: ThreadPoolExecutor, queue: Iterator[SeriesTask], pending: set[Future],
+    def _fill(self, pool: ThreadPoolExecutor, queue: deque[Unit], pending: set[Future],
               done: SimpleQueue[Future], limit: int) -> None:
         while len(pending) < limit and not self.stop.is_set():
-            task = next(queue, None)
-            if task is None:
+            if not queue:
                 return
-            future = pool.submit(self._harvest_series, task)
+            unit = queue.popleft()
+            future = pool.submit(self._harvest_study if isinstance(unit, tuple) else self._harvest_series, unit)
             future.add_done_callback(done.put)
             pending.add(future)
 
-    def _take(self, outcome: _Outcome | None, bar: Any) -> None:
-        if outcome is None:  # stopped before it finished: not an outcome of the series
-            return
-        status = outcome.log["status"]
-        self.statuses[status] += 1
-        self.instances += outcome.log["instances"] or 0
-        self.bytes += outcome.log["bytes"] or 0
-        self._rows.extend(outcome.rows)
-        self._logs.append(outcome.log)
-        self._parts.extend(outcome.parts)
-        self._buffered_bytes += outcome.json_bytes
-        if bar is not None:
+    def _take(self, done: _Done | None, bar: Any) -> list[SeriesTask]:
+        """Buffer a worker's outcomes for the next commit; return the series to ask for one by one."""
+        if done is None:  # stopped before it finished: not an outcome of its series
+            return []
+        self.bytes += done.other_bytes
+        for outcome in done.outcomes:
+            status = outcome.log["status"]
+            self.statuses[status] += 1
+            self.instances += outcome.log["instances"] or 0
+            self.bytes += outcome.log["bytes"] or 0
+            self._rows.extend(outcome.rows)
+            self._logs.append(outcome.log)
+            self._parts.extend(outcome.parts)
+            self._buffered_bytes += outcome.json_bytes
+        if bar is not None and done.outcomes:
             others = {s: n for s, n in sorted(self.statuses.items()) if s != "ok"}  # not_found, http_error, ...
             bar.set_postfix(instances=self.instances, **others, refresh=False)
-            bar.update(1)
+            bar.update(len(done.outcomes))
+        return done.again
 
     def _due(self) -> bool:
         return bool(self._logs) and (
@@ -425,22 +338,85 @@ class _Run:
             sessions[name].headers.update(ACCEPT_JSON)  # every request of the harvest asks for DICOM JSON
         return sessions[name]
 
-    def _harvest_series(self, task: SeriesTask) -> _Outcome | None:
-        base = {
+    def _base(self, task: SeriesTask) -> dict[str, Any]:
+        """A log row of ``task`` before its request."""
+        return {
             "StudyInstanceUID": task.study_uid, "SeriesInstanceUID": task.series_uid, "endpoint": task.endpoint,
             "url": None, "http_status": None, "attempts": 0, "instances": 0, "values_dropped": 0, "bytes": 0,
             "seconds": 0.0,
             "error": None, "run_id": self.run_id,
         }
+
+    def _harvest_series(self, task: SeriesTask) -> _Done | None:
+        base = self._base(task)
         if task.url is None or task.endpoint not in self.endpoints:
-            return _Outcome({**base, "status": "not_found", "finished_at": _now(),
-                             "error": f"no endpoint serves this series: {task.reason or 'not routed'}"})
+            return _Done([_Outcome({**base, "status": "not_found", "finished_at": _now(),
+                                    "error": f"no endpoint serves this series: {task.reason or 'not routed'}"})])
         if self.light:  # PS3.18 8.3.4.3: one includefield parameter per attribute (Orthanc ignores a joined list)
             url = task.url.rstrip("/") + "/instances"
             params = [("includefield", tag) for tag in LIGHT_TAGS]
         else:
             url, params = task.url.rstrip("/") + "/metadata", None
-        session = self._session(task.endpoint)
+        got = self._get(task.endpoint, url, params,
+                        lambda response, streamed: self._stream(task, response, streamed))
+        if got is None:
+            return None
+        result, parsed, streamed = got
+        base.update(url=url, attempts=result.attempts, bytes=result.bytes + streamed,
+                    seconds=round(result.seconds, 4),
+                    http_status=result.response.status_code if result.response is not None else None)
+        outcome = self._classify(result, parsed or _Streamed(), base)
+        if outcome.log["status"] != "ok" and isinstance(parsed, _Streamed):  # parts of a series that does not count
+            self.store.discard(parsed.parts)
+        outcome.log["error"] = self._redact(task.endpoint, outcome.log["error"])
+        return _Done([outcome])
+
+    def _harvest_study(self, tasks: tuple[SeriesTask, ...]) -> _Done | None:
+        """Two or more series of one study from one ``GET {study}/metadata`` (see :mod:`.tasks`).
+
+        Instances of other series in the answer are dropped. Each wanted series the answer holds is
+        logged ok with the study's URL, attempts and seconds, its own instances, and as bytes the length
+        of its instances' JSON text (the rest of the answer counts only in the run's bytes). The series
+        it lacks, and all of them when the answer is not a 200 with a DICOM JSON array of instances that
+        each name their series (a 404, a server without study metadata, a body cut short on every
+        attempt, a malformed instance), are asked for one by one: each ends as it would have alone.
+        """
+        first = tasks[0]
+        assert first.url is not None, "fetch_units groups only series with a URL"
+        url, wanted = study_url(first.url), {t.series_uid for t in tasks}
+        got = self._get(first.endpoint, url, None,
+                        lambda response, streamed: self._stream(first, response, streamed, wanted))
+        if got is None:
+            return None
+        result, parsed, streamed = got
+        read = result.bytes + streamed
+        if not isinstance(parsed, _Streamed) or result.error is not None:
+            return _Done(again=list(tasks), other_bytes=read)
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for row in parsed.rows:
+            rows.setdefault(row["SeriesInstanceUID"], []).append(row)
+        outcomes, again = [], []
+        for task in tasks:
+            counts = parsed.per_series.get(task.series_uid)
+            if counts is None:
+                again.append(task)
+                continue
+            instances, text, dropped = counts
+            log = {**self._base(task), "url": url, "http_status": 200, "attempts": result.attempts,
+                   "instances": instances, "values_dropped": dropped, "bytes": text,
+                   "seconds": round(result.seconds, 4), "status": "ok", "finished_at": _now()}
+            first_one = not outcomes  # the study's parts and unwritten bytes go with its first series
+            outcomes.append(_Outcome(log, rows.get(task.series_uid, []), parsed.json_bytes if first_one else 0,
+                                     parsed.parts if first_one else []))
+        return _Done(outcomes, again, read - sum(o.log["bytes"] for o in outcomes))
+
+    def _get(self, endpoint: str, url: str, params: list[tuple[str, str]] | None,
+             parse: Any) -> tuple[Attempted, _Streamed | MalformedMetadata | None, int] | None:
+        """GET ``url`` under the run's policy, limiter and stop, ``parse(response, streamed)`` reading a 200
+        as it streams in: the result, what the last attempt answered 200 parsed to, and the bytes read by
+        streaming over all attempts. None when the run stopped meanwhile, or when the endpoint refused the
+        credentials (then the run stops: the series is asked for again once they work)."""
+        session = self._session(endpoint)
         parsed: list[_Streamed | MalformedMetadata] = []  # of the last attempt answered 200
         streamed = [0]  # body bytes read by streaming, over all attempts
 
@@ -451,7 +427,7 @@ class _Run:
                 if response.status_code != 200:
                     _ = response.content  # an error's body, for its message; a body cut short raises, and is retried
                     return response
-                parsed.append(self._stream(task, response, streamed))  # cut short: raises, and is retried
+                parsed.append(parse(response, streamed))  # cut short: raises, and is retried
             return response
 
         try:
@@ -462,21 +438,14 @@ class _Run:
             self.store.discard(p for s in parsed if isinstance(s, _Streamed) for p in s.parts)
             return None
         if result.response is not None and result.response.status_code in AUTH_STATUSES:
-            answer = snippet(result.response, 120, self._secrets(task.endpoint))
+            answer = snippet(result.response, 120, self._secrets(endpoint))
             with self.lock:
                 if self.auth_failure is None:
-                    self.auth_failure = (f"authentication failed for {task.endpoint}: check --auth (GET {url} "
+                    self.auth_failure = (f"authentication failed for {endpoint}: check --auth (GET {url} "
                                          f"answered HTTP {result.response.status_code}: {answer})")
             self.stop.set()
-            return None  # not an outcome of the series: it is asked for again once the credentials work
-        base.update(url=url, attempts=result.attempts, bytes=result.bytes + streamed[0],
-                    seconds=round(result.seconds, 4),
-                    http_status=result.response.status_code if result.response is not None else None)
-        outcome = self._classify(result, parsed[0] if parsed else _Streamed(), base)
-        if outcome.log["status"] != "ok":  # parts of a series that does not count
-            self.store.discard(p for s in parsed if isinstance(s, _Streamed) for p in s.parts)
-        outcome.log["error"] = self._redact(task.endpoint, outcome.log["error"])
-        return outcome
+            return None
+        return result, (parsed[0] if parsed else None), streamed[0]
 
     def _secrets(self, endpoint: str | None) -> tuple[str, ...]:
         return session_secrets(self._session(endpoint)) if endpoint in self.endpoints else ()
@@ -485,10 +454,12 @@ class _Run:
         """``text`` without the endpoint's secrets or anything shaped like a credential."""
         return None if text is None else redact(text, self._secrets(endpoint))
 
-    def _stream(self, task: SeriesTask, response: requests.Response,
-                streamed: list[int]) -> _Streamed | MalformedMetadata:
+    def _stream(self, task: SeriesTask, response: requests.Response, streamed: list[int],
+                wanted: set[str] | None = None) -> _Streamed | MalformedMetadata:
         """Parse a 200 response as it arrives; write a part each time the rows reach a batch.
 
+        With ``wanted`` the response is ``task``'s study's: each instance is of the series it names,
+        kept (and counted in ``per_series``) if that series is wanted, dropped if not.
         Parts written before an error are deleted (they were never committed); a body cut
         short raises its requests exception (retried by :func:`cohort.retry.call`).
         """
@@ -501,7 +472,15 @@ class _Run:
 
         try:
             for instance, text in iter_instances(chunks()):
-                row = instance_row(instance, task.study_uid, task.series_uid, text)
+                row = instance_row(instance, task.study_uid, task.series_uid if wanted is None else None, text)
+                if wanted is not None:
+                    series = row["SeriesInstanceUID"]
+                    if series not in wanted:
+                        if series is None:
+                            raise MalformedMetadata("an instance of the study has no SeriesInstanceUID (0020000E)")
+                        continue  # a series of the study not asked for
+                    counts = out.per_series.setdefault(series, [0, 0, 0])
+                    counts[:] = counts[0] + 1, counts[1] + len(text), counts[2] + row["values_dropped"]
                 out.values_dropped += row.pop("values_dropped")
                 out.rows.append({**row, "endpoint": task.endpoint, "run_id": self.run_id, "harvested_at": now})
                 out.instances += 1

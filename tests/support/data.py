@@ -305,13 +305,15 @@ def bulk_series(n_series: int, instances_per_series: int, out_dir: Path,
         del ds.PixelData
     copies = _Copies(ds)
     records = []
+    patients: dict[str, str] = {}  # one patient a study, as in real data (Orthanc splits a study of two patients)
     for s in range(n_series):
         study, series = uids[s] if uids is not None else (generate_uid(), generate_uid())
+        patient = patients.setdefault(study, f"BULK-{len(patients):05d}")
         paths, sops = [], []
         for n in range(instances_per_series):
             path = folder / f"s{s:05d}_i{n:04d}.dcm"
             sops.append(generate_uid())
-            copies.write(path, PatientID=f"BULK-{s:05d}", StudyInstanceUID=study, SeriesInstanceUID=series,
+            copies.write(path, PatientID=patient, StudyInstanceUID=study, SeriesInstanceUID=series,
                          InstanceNumber=n + 1, SOPInstanceUID=sops[-1])
             paths.append(path)
         records.append(SeriesRecord(study, series, str(ds.Modality), tuple(paths), tuple(sops), "bulk"))
