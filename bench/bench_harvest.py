@@ -17,9 +17,10 @@ round trip; loopback alone would measure Orthanc's CPU, not the harvester):
   written); its share of the bound is the most a client can reach here.
 - SERVER-BOUND: SMALL (below) straight from Orthanc, no proxy: instances a second,
   ours vs the threaded loop (target: at least as many).
-- STUDIES: the same numbers of series and instances as FAST and SMALL, in studies of 5
-  series (IDC's median; its mean is 6.2, and 97% of its series share their study),
-  through the proxy and server-bound. Ours is asked ``by_study=True`` (``--by-study``:
+- STUDIES: studies of 5 series (IDC's median; its mean is 6.2, and 97% of its series
+  share their study): through the proxy, as many studies as FAST has series (so the
+  same requests when asked by study: 1,000 series), and server-bound, the instances
+  of SMALL (40 studies of 5 series of 10). Ours is asked ``by_study=True`` (``--by-study``:
   one request a study; a Cohort of whole studies does so by default); the anchors are
   the same threaded loop over series, and the same loop over studies
   (``retrieve_study_metadata``), the best a plain loop can do with this shape.
@@ -282,10 +283,10 @@ def cohort_runs(args: argparse.Namespace, work: Path) -> dict[str, dict]:
             generated = bulk_series(n_series, per_series, work / name, with_pixels=False)
             orthanc.upload_many([p for s in generated for p in s.paths], threads=4)
             cohorts[name] = [[s.StudyInstanceUID, s.SeriesInstanceUID] for s in generated]
-        for name, per_series in (("studies fast", args.fast), ("studies small", args.small)):  # 5 series a study
+        for name, n_studies, per_series in (("studies fast", args.series, args.fast),
+                                            ("studies small", args.series // 5, args.small)):  # 5 series a study
             t = time.monotonic()
-            uids = [(study, generate_uid()) for study in (generate_uid() for _ in range(args.series // 5))
-                    for _ in range(5)]
+            uids = [(study, generate_uid()) for study in (generate_uid() for _ in range(n_studies)) for _ in range(5)]
             generated = bulk_series(len(uids), per_series, work / name.replace(" ", "-"), uids=uids, with_pixels=False)
             orthanc.upload_many([p for s in generated for p in s.paths], threads=4)
             cohorts[name] = [list(pair) for pair in uids]

@@ -267,6 +267,30 @@ def test_batches_are_committed_when_their_instances_reach_flush_instances(tmp_pa
     assert [[p.rows for p in c.parts] for c in commits] == [[2, 2], [2, 2]]
 
 
+def test_once_every_series_is_asked_for_the_buffered_rows_are_written_while_the_last_answers_arrive(
+        tmp_path, monkeypatch):
+    import cohort.harvest.runner as runner
+
+    monkeypatch.setattr(runner, "TAIL_BYTES", 1)  # any buffered row (the default: 1 MB of JSON)
+    uids = [f"1.2.826.0.1.3680043.9.7433.9.4{i}" for i in range(3)]
+
+    def parts_written(n):
+        return lambda: len(list((tmp_path / "instances").glob("*.parquet"))) >= n
+
+    plan = {_path(uids[0]): [(200, _body(_ct_series(uids[0], 1)))],
+            # the 2nd answer waits for the 1st series' rows to be written (the 3rd is asked by then), the 3rd
+            # for the 2nd's: each written alone, uncommitted, and the commit at the end has the 3rd's left
+            _path(uids[1]): [("until", parts_written(1), (200, _body(_ct_series(uids[1], 1))))],
+            _path(uids[2]): [("until", parts_written(2), (200, _body(_ct_series(uids[2], 1))))]}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                         progress=False, flush_seconds=3600)
+        assert server.gates_timed_out == 0
+    assert result.by_status == {"ok": 3}
+    [commit] = HarvestStore(tmp_path).commits()
+    assert [p.rows for p in commit.parts] == [1, 1, 1, 3]  # three instance parts, then the log part
+
+
 def test_batches_are_committed_when_their_json_reaches_flush_bytes(tmp_path, monkeypatch):
     import cohort.harvest.runner as runner
 

@@ -74,6 +74,9 @@ DEFAULT_WORKERS = 8
 #: Finished series are written once their instances' JSON text reaches this many bytes (bounds memory);
 #: a series streaming in writes a part each time its rows reach this many bytes (or ``flush_instances``).
 FLUSH_BYTES = 8 * 2**20
+#: Once every series is asked for, buffered rows holding this much JSON are written while the last
+#: answers arrive (the end of a run then has only the last rows to write); less waits for the commit.
+TAIL_BYTES = 2**20
 #: Bytes read from the socket at a time while a response streams in.
 CHUNK_BYTES = 256 * 2**10
 #: Series parsed at once. Parsing holds the GIL, so more would not be faster; fewer parsed
@@ -250,6 +253,8 @@ class _Run:
                     self._fill(pool, queue, pending, done, 2 * workers)
                     if self.probes.failed() or self._due():
                         self.flush()
+                    elif not queue and self._buffered_bytes >= TAIL_BYTES and done.empty():
+                        self._write_rows()  # while the last series are in flight, not after them
             except KeyboardInterrupt:
                 self.interrupted = True
                 self.stop.set()
@@ -303,6 +308,11 @@ class _Run:
             or self._buffered_bytes >= FLUSH_BYTES
             or time.monotonic() - self._last_flush >= self.flush_seconds
         )
+
+    def _write_rows(self) -> None:
+        """Write the buffered rows as a part of the next commit (it makes them count with their series)."""
+        self._parts.append(self.store.write_part(INSTANCES, pa.Table.from_pylist(self._rows, schema=INSTANCE_SCHEMA)))
+        self._rows, self._buffered_bytes = [], 0
 
     def flush(self) -> None:
         """Commit the finished series: their buffered rows' part, then the log part (see :mod:`.store`)."""
