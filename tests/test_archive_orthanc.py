@@ -108,3 +108,25 @@ def test_coverage_and_manifest_of_an_archive_use_its_own_server(server, tmp_path
     assert row["series_url"] == f"{server.dicomweb_url.rstrip('/')}/studies/{lung.StudyInstanceUID}/series/{lung.SeriesInstanceUID}"
     refused = CliRunner().invoke(cli, ["manifest", "sm_by_organ", "--archive", str(out), "-o", str(tmp_path / "x.s5cmd")])
     assert refused.exit_code == 2 and "no bucket" in refused.output
+
+
+def test_series_asked_with_their_study_keep_their_own_series_url(orthanc_factory, tmp_path):
+    """`--all` asks a study's metadata once for its series: archive_series still gives each series its own
+    URL and the server's root (derived from the study URL the log holds)."""
+    import duckdb
+    from pydicom.uid import generate_uid
+
+    study = generate_uid()
+    uids = [(study, generate_uid()) for _ in range(2)]
+    server = orthanc_factory()
+    server.upload_many([p for r in data.bulk_series(2, 2, tmp_path / "dcm", uids=uids, with_pixels=False)
+                        for p in r.paths])
+    out = tmp_path / "two"
+    run("harvest", "--all", "--url", server.dicomweb_url, "-o", str(out), "--no-progress", "--no-rate-limit")
+    logged = duckdb.sql(f"SELECT DISTINCT url FROM read_parquet('{out}/log/*.parquet')").fetchall()
+    assert logged == [(f"{server.dicomweb_url}/studies/{study}/metadata",)]  # one request, for the study
+    run("sql", "--archive", str(out), "SELECT 1")  # builds the archive
+    rows = duckdb.sql(f"SELECT SeriesInstanceUID, series_url, dicomweb_url FROM "
+                      f"read_parquet('{out}/archive/archive_series.parquet') ORDER BY 1").fetchall()
+    assert rows == sorted((se, f"{server.dicomweb_url}/studies/{study}/series/{se}", server.dicomweb_url)
+                          for _, se in uids)

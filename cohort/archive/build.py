@@ -237,7 +237,8 @@ def _merge_tree(tree: dict, extra: dict) -> None:
 
 
 def _write_series(con: duckdb.DuckDBPyConnection, root: Path | str, out: Path, log_parts: list | None = None) -> None:
-    """archive_series: each series' endpoint and DICOMweb URL, from its latest successful log row."""
+    """archive_series: each series' endpoint and DICOMweb URL, from its latest successful log row (the URL
+    asked: the series' metadata or instances, or its study's metadata when it was asked with its study)."""
     from ..harvest.store import LOG
     from ..harvest.views import harvest_stores
 
@@ -247,11 +248,13 @@ def _write_series(con: duckdb.DuckDBPyConnection, root: Path | str, out: Path, l
     target = sql_literal(str(out / f"{SERIES}.parquet"))
     con.execute(f"""COPY (
         SELECT StudyInstanceUID, SeriesInstanceUID, endpoint,
-               regexp_replace(url, '/(metadata|instances)$', '') AS series_url,
-               regexp_replace(url, '/studies/[^/]+/series/[^/]+/(metadata|instances)$', '') AS dicomweb_url,
+               CASE WHEN regexp_matches(url, '/series/[^/]+/(metadata|instances)$')
+                    THEN regexp_replace(url, '/(metadata|instances)$', '')
+                    ELSE regexp_replace(url, '/metadata$', '') || '/series/' || SeriesInstanceUID END AS series_url,
+               regexp_replace(url, '/studies/[^/]+(/series/[^/]+)?/(metadata|instances)$', '') AS dicomweb_url,
                finished_at AS harvested_at
         FROM {log}
         WHERE status = 'ok' AND url IS NOT NULL
-        QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID ORDER BY finished_at DESC) = 1
+        QUALIFY row_number() OVER (PARTITION BY SeriesInstanceUID ORDER BY finished_at DESC, endpoint, url) = 1
         ORDER BY StudyInstanceUID, SeriesInstanceUID
     ) TO {target} (FORMAT parquet, COMPRESSION zstd)""")
