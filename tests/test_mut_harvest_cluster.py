@@ -16,7 +16,6 @@ import json
 import re
 import logging
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -35,6 +34,7 @@ from cohort.harvest.cluster import (
 from cohort.harvest.fs import LocalFiles, ObjectFiles
 from cohort.harvest.tasks import HarvestResult, SeriesTask
 from cohort.retry import RetryPolicy
+from tests.support.plan_server import PlanServer as _Server
 
 UIDS = [f"1.2.826.0.1.3680043.8.498.{i}" for i in range(40)]
 
@@ -438,52 +438,6 @@ def test_ctrl_c_stops_the_coordinator_and_says_interrupted(dask_client, tmp_path
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 
 
-class _Server:
-    """DICOMweb on 127.0.0.1 (a thread of this process): ``plan`` maps a path below the root to the answers of its
-    1st, 2nd, ... request (the last repeats); ``/studies`` (the probe) answers ``[]``; anything else 404."""
-
-    def __init__(self, plan: dict[str, list[tuple[int, bytes]]]) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.plan, self.paths, self.lock = plan, [], threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                path = self.path.split("?")[0].removeprefix("/dicom-web")
-                with server.lock:
-                    server.paths.append(path)
-                    n = server.paths.count(path)
-                answers = [(200, b"[]")] if path == "/studies" else server.plan.get(path, [(404, b"")])
-                status, body = answers[min(n, len(answers)) - 1]
-                self.send_response(status)
-                self.send_header("Content-Type", "application/dicom+json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/dicom-web"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def _metadata(series: str, sop: str) -> bytes:
     """One instance's DICOM JSON: its UIDs and modality, written by hand."""
     return json.dumps([{"0020000D": {"vr": "UI", "Value": [STUDY]}, "0020000E": {"vr": "UI", "Value": [series]},
@@ -506,6 +460,20 @@ def test_a_served_series_is_asked_for_its_full_metadata_by_default(dask_client, 
 
     rows = HarvestStore(tmp_path / "shards" / "0000").read_instances(columns=["SOPInstanceUID", "Modality"])
     assert rows.to_pylist() == [{"SOPInstanceUID": series + ".1", "Modality": "CT"}]
+
+
+@pytest.mark.parametrize("by_study", [None, True])
+def test_a_shard_asks_for_a_study_once_only_with_by_study(dask_client, tmp_path, by_study):
+    series = UIDS[32:34]
+    plan = {f"/studies/{STUDY}/series/{s}/metadata": [(200, _metadata(s, s + ".1"))] for s in series}
+    plan[f"/studies/{STUDY}/metadata"] = [(200, b"[" + b",".join(_metadata(s, s + ".1")[1:-1] for s in series) + b"]")]
+    with _Server(plan) as server:
+        result = harvest_on_cluster([(STUDY, s) for s in series], tmp_path, server.url, cluster=dask_client,
+                                    shards=1, workers=1, policy=ONCE, progress=False, by_study=by_study)
+        asked = [p for p in server.paths if p != "/studies"]
+    assert sorted(asked) == ([f"/studies/{STUDY}/metadata"] if by_study else
+                             [f"/studies/{STUDY}/series/{s}/metadata" for s in sorted(series)])
+    assert (result.by_status, result.instances) == ({"ok": 2}, 2)
 
 
 def test_a_series_not_found_at_its_endpoint_is_not_asked_again_there(dask_client, tmp_path):

@@ -164,6 +164,11 @@ class PlanServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
 
     @property
+    def paths(self) -> list[str]:
+        """The paths asked for, in order (the probe's ``/studies`` among them)."""
+        return [path for path, _, _ in self.requests]
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/dicom-web"
 
