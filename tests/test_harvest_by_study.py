@@ -152,6 +152,7 @@ def test_fetch_units_groups_a_study_s_series_of_one_endpoint_in_the_order_given(
     assert fetch_units(todo, True, {"1": 3}) == todo  # a series of study 1 is not asked for (complete before)
     assert fetch_units(todo, True, {}) == todo
     assert study_url("http://h/w/studies/1.2/series/3.4/") == "http://h/w/studies/1.2/metadata"
+    assert study_url("http://h/series/w/studies/1.2/series/3.4") == "http://h/series/w/studies/1.2/metadata"
 
 
 def _study_with(catalog, n: int) -> tuple[str, list[str]]:

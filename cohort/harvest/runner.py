@@ -311,8 +311,10 @@ class _Run:
 
     def _write_rows(self) -> None:
         """Write the buffered rows as a part of the next commit (it makes them count with their series)."""
-        self._parts.append(self.store.write_part(INSTANCES, pa.Table.from_pylist(self._rows, schema=INSTANCE_SCHEMA)))
-        self._rows, self._buffered_bytes = [], 0
+        with _interrupt_deferred():  # a Ctrl-C between the two would have the next commit write the rows twice
+            table = pa.Table.from_pylist(self._rows, schema=INSTANCE_SCHEMA)
+            self._parts.append(self.store.write_part(INSTANCES, table))
+            self._rows, self._buffered_bytes = [], 0
 
     def flush(self) -> None:
         """Commit the finished series: their buffered rows' part, then the log part (see :mod:`.store`)."""
@@ -488,6 +490,8 @@ class _Run:
                     if series not in wanted:
                         if series is None:
                             raise MalformedMetadata("an instance of the study has no SeriesInstanceUID (0020000E)")
+                        if self.stop.is_set():
+                            raise _Stopped
                         continue  # a series of the study not asked for
                     counts = out.per_series.setdefault(series, [0, 0, 0])
                     counts[:] = counts[0] + 1, counts[1] + len(text), counts[2] + row["values_dropped"]

@@ -180,4 +180,4 @@ def fetch_units(todo: list[SeriesTask], by_study: bool, whole: Mapping[str, int]
 
 def study_url(series_url: str) -> str:
     """The study metadata URL of a series URL (``.../studies/S/series/SE`` → ``.../studies/S/metadata``)."""
-    return series_url.rstrip("/").rsplit("/series/", 1)[0] + "/metadata"
+    return series_url.rsplit("/series/", 1)[0] + "/metadata"
