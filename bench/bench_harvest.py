@@ -283,6 +283,8 @@ def cohort_runs(args: argparse.Namespace, work: Path) -> dict[str, dict]:
             generated = bulk_series(n_series, per_series, work / name, with_pixels=False)
             orthanc.upload_many([p for s in generated for p in s.paths], threads=4)
             cohorts[name] = [[s.StudyInstanceUID, s.SeriesInstanceUID] for s in generated]
+            print(f"loaded {name}: {n_series} series x {per_series} instances in {time.monotonic() - t:.0f} s",
+                  file=sys.stderr)
         for name, n_studies, per_series in (("studies fast", args.series, args.fast),
                                             ("studies small", args.series // 5, args.small)):  # 5 series a study
             t = time.monotonic()
@@ -292,8 +294,6 @@ def cohort_runs(args: argparse.Namespace, work: Path) -> dict[str, dict]:
             cohorts[name] = [list(pair) for pair in uids]
             print(f"loaded {name}: {len(uids) // 5} studies x 5 series x {per_series} instances in "
                   f"{time.monotonic() - t:.0f} s", file=sys.stderr)
-            print(f"loaded {name}: {n_series} series x {per_series} instances in {time.monotonic() - t:.0f} s",
-                  file=sys.stderr)
         import psutil
 
         server = psutil.Process(orthanc.process.pid)
@@ -419,7 +419,7 @@ def _report(args: argparse.Namespace, runs: dict[str, dict]) -> tuple[list[str],
         f"studies of 5 series, server-bound: ours by study {st_sb['ours']:.0f} instances/s = "
         f"{st_sb['ours'] / st_sb['series']:.2f}x the threaded loop by series ({st_sb['series']:.0f}), "
         f"{st_sb['ours'] / st_sb['study']:.2f}x the threaded loop by study ({st_sb['study']:.0f})",
-        f"ROW|harvest {studies['ours']['fast']['series']} series in studies of 5, {args.latency * 1000:.0f} ms latency, "
+        f"ROW|harvest {studies['ours']['fast']['series']:,} series in studies of 5, {args.latency * 1000:.0f} ms latency, "
         f"{args.workers} workers, by study|{st_rate['ours']:.1f} series/s|threaded dicomweb-client by series: "
         f"{st_rate['series']:.1f} series/s; by study: {st_rate['study']:.1f}|{st_rate['ours'] / st_rate['series']:.2f}x"
         f"|>= 1.1x|{'met' if checks[3] else 'MISSED'} (load {load})",
