@@ -94,7 +94,8 @@ SLOW_FIXTURES = ("catalog", "fixture_catalog", "index_dir", "orthanc", "orthanc_
 #: Modules whose tests keep some of the slow fixtures (the module cannot be reached without them).
 _INDEX = ("catalog", "fixture_catalog", "index_dir")
 KEEP: dict[str, tuple[str, ...]] = {name: _INDEX for name in ("catalog", "coverage", "manifest.read", "manifest.revisions",
-                                                               "manifest.write", "manifest.download", "harvest.tasks")}
+                                                               "manifest.write", "manifest.download", "harvest.tasks",
+                                                               "harvest.runner")}
 #: Tests deselected for a module although they reach it: end-to-end runs that take seconds each and
 #: whose checks of the module the faster tests make too (names as in the test file).
 SKIP_TESTS: dict[str, tuple[str, ...]] = {

@@ -14,7 +14,7 @@ from cohort import Cohort, custom
 from cohort.errors import HarvestError
 from cohort.harvest import HarvestStore, fetch_units, harvest, whole_studies
 from cohort.harvest.tasks import SeriesTask, study_url
-from tests.support.plan_server import NOW_RETRY, ONCE, STUDY, PlanServer, body, ct_series, instance, log_rows
+from tests.support.plan_server import HOLD, NOW_RETRY, ONCE, STUDY, PlanServer, body, ct_series, instance, log_rows
 
 A, B, C = (f"1.2.826.0.1.3680043.9.7433.8.{i}" for i in (1, 2, 3))
 STUDY_PATH = f"/studies/{STUDY}/metadata"
@@ -36,22 +36,26 @@ def _sops(out) -> dict[str, str]:
     return {r["SOPInstanceUID"]: r["SeriesInstanceUID"] for r in rows}
 
 
-def test_the_series_of_a_study_come_from_one_request_each_logged_with_its_share(tmp_path):
+@pytest.mark.parametrize("flush_instances", [5000, 1], ids=["rows-at-the-end", "a-part-per-instance"])
+def test_the_series_of_a_study_come_from_one_request_each_logged_with_its_share(tmp_path, flush_instances):
     series = {A: ct_series(A, 2), B: ct_series(B, 1), C: ct_series(C, 3)}
+    series[C][1]["00280010"]["Value"] = [3_000_000_000]  # Rows beyond int32: a value that does not fit
     study_body = body([i for s in (A, B, C) for i in series[s]])
     with PlanServer({STUDY_PATH: [(200, study_body)]}) as server:  # the series' own paths answer 404
         result = harvest([(STUDY, s) for s in (A, B, C)], tmp_path, server.url, workers=2, rate=None, policy=ONCE,
-                         progress=False, by_study=True)
+                         progress=False, by_study=True, flush_instances=flush_instances)
         assert _asked(server) == [STUDY_PATH]
     assert result.by_status == {"ok": 3} and result.instances == 6
     assert result.bytes == len(study_body)  # every byte read is counted once
     logs = log_rows(tmp_path)
     for uid, instances in series.items():
         row = logs[uid]
-        assert (row["status"], row["url"], row["http_status"], row["attempts"]) == (
-            "ok", server.url + STUDY_PATH, 200, 1)
-        assert row["instances"] == len(instances)
+        assert (row["status"], row["url"], row["http_status"], row["attempts"], row["error"]) == (
+            "ok", server.url + STUDY_PATH, 200, 1, None)
+        assert (row["instances"], row["values_dropped"]) == (len(instances), 1 if uid == C else 0)
         assert row["bytes"] == sum(len(json.dumps(i)) for i in instances)  # its instances' text, as sent
+        assert row["finished_at"] is not None and 0 < row["seconds"] < HOLD and round(row["seconds"], 4) == row["seconds"]
+    assert len({logs[s]["seconds"] for s in series}) == 1  # the study's request's
     assert _sops(tmp_path) == {i["00080018"]["Value"][0]: uid for uid, insts in series.items() for i in insts}
     text = HarvestStore(tmp_path).read_instances(["SOPInstanceUID", "json"]).to_pylist()
     assert {r["SOPInstanceUID"]: r["json"] for r in text} == {
@@ -61,16 +65,16 @@ def test_the_series_of_a_study_come_from_one_request_each_logged_with_its_share(
 def test_other_series_are_dropped_and_a_wanted_series_the_answer_lacks_is_asked_alone(tmp_path):
     study_body = body(ct_series(A, 2) + ct_series(B, 2))  # B is not wanted; C is wanted but not in the answer
     plan = {STUDY_PATH: [(200, study_body)], _series_path(C): [(404, b"no such series")]}
-    with PlanServer(plan) as server:
-        result = harvest([(STUDY, A), (STUDY, C)], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
-                         progress=False, by_study=True)
+    with PlanServer(plan) as server:  # C first, A (in parts of one instance) the only series found
+        result = harvest([(STUDY, C), (STUDY, A)], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                         progress=False, by_study=True, flush_instances=1)
         assert _asked(server) == [STUDY_PATH, _series_path(C)]
     assert result.by_status == {"ok": 1, "not_found": 1}
     logs = log_rows(tmp_path)
     assert (logs[A]["status"], logs[A]["instances"]) == ("ok", 2)
     assert (logs[C]["status"], logs[C]["url"], logs[C]["error"]) == (
         "not_found", server.url + _series_path(C), "HTTP 404: no such series")
-    assert set(_sops(tmp_path).values()) == {A}
+    assert sorted(_sops(tmp_path).values()) == [A, A]
     assert result.bytes == len(study_body) + len(b"no such series")
 
 
@@ -91,6 +95,8 @@ def test_an_answer_that_is_not_a_usable_study_answer_has_each_series_asked_alone
     assert asked[-2:] == [_series_path(A), _series_path(B)] and set(asked[:-2]) == {STUDY_PATH}
     assert len(asked) == 2 + (2 if answer[0] == "cut" else 1)  # the study asked again once when cut
     assert result.by_status == {"ok": 2}
+    if answer[0] != "cut":  # the study's answer, read whole, counts in the run's bytes
+        assert result.bytes == len(answer[1]) + len(body(ct_series(A, 2))) + len(body(ct_series(B, 3)))
     logs = log_rows(tmp_path)
     assert [(logs[s]["url"], logs[s]["instances"]) for s in (A, B)] == [
         (server.url + _series_path(A), 2), (server.url + _series_path(B), 3)]
@@ -175,8 +181,50 @@ def test_a_cohort_holding_a_whole_study_asks_for_it_once(tmp_path, catalog):
     answer = body([instance("CT", s, f"{s}.1") | {"0020000D": {"vr": "UI", "Value": [study]}} for s in series])
     plan = {f"/studies/{study}/metadata": [(200, answer)]} | {
         _series_path(s, other): [(200, body([instance("CT", s, f"{s}.1")]))] for s in other_series[:3]}
+    plan[f"/studies/{other}/metadata"] = [(200, body([instance("CT", s, f"{s}.1") for s in other_series]))]
+    for s in series + other_series[:3]:  # what a light run asks for
+        plan[_series_path(s, study if s in series else other).replace("/metadata", "/instances")] = [
+            (200, body([instance("CT", s, f"{s}.1")]))]
     with PlanServer(plan) as server:
-        result = harvest(cohort, tmp_path, custom(server.url), workers=2, rate=None, policy=ONCE, progress=False)
+        result = harvest(cohort, tmp_path / "auto", custom(server.url), workers=2, rate=None, policy=ONCE,
+                         progress=False)
         assert sorted(_asked(server)) == sorted([f"/studies/{study}/metadata"]
                                                 + [_series_path(s, other) for s in other_series[:3]])
-    assert result.by_status == {"ok": 6}
+        assert result.by_status == {"ok": 6}
+        server.requests.clear()
+        result = harvest(cohort, tmp_path / "true", custom(server.url), workers=2, rate=None, policy=ONCE,
+                         progress=False, by_study=True)  # any two or more series of a study: both studies
+        assert sorted(_asked(server)) == sorted([f"/studies/{study}/metadata", f"/studies/{other}/metadata"])
+        assert result.by_status == {"ok": 6}  # the 4th series of `other` in its answer is dropped
+        server.requests.clear()
+        result = harvest(cohort, tmp_path / "light", custom(server.url), workers=2, rate=None, policy=ONCE,
+                         progress=False, light=True)  # QIDO: series by series
+        assert all(path.endswith("/instances") for path in _asked(server)) and len(_asked(server)) == 6
+        assert result.by_status == {"ok": 6}
+
+
+@pytest.mark.parametrize("extra", [0, 1], ids=["due-with-the-study", "one-byte-short"])
+def test_a_study_s_json_counts_once_toward_a_batch(tmp_path, monkeypatch, extra):
+    """A batch is due when its rows' JSON in memory reaches FLUSH_BYTES: a study's counts once, whatever the
+    number of its series. A series E and then the study (A, B) come first; D is asked once E is taken."""
+    import cohort.harvest.runner as runner
+
+    other, D, E = "1.2.826.0.1.3680043.9.7433.8.90", "1.2.826.0.1.3680043.9.7433.8.91", "1.2.826.0.1.3680043.9.7433.8.92"
+
+    def of(study, uid):
+        return [instance("CT", uid, f"{uid}.1") | {"0020000D": {"vr": "UI", "Value": [study]}}]
+
+    study = ct_series(A, 1) + ct_series(B, 1)  # less than FLUSH_BYTES: not written while it streams
+    monkeypatch.setattr(runner, "FLUSH_BYTES", sum(len(json.dumps(i)) for i in study + of(other, E)) + extra)
+    d_answer = (200, body(of(other, D)))
+    plan = {STUDY_PATH: [(200, body(study))], _series_path(E, other): [(200, body(of(other, E)))],
+            # D waits for the commit that E's and the study's JSON make due; one byte short, none comes before
+            # the end (D answers a second later)
+            _series_path(D, other): [("gate", 1, d_answer) if extra == 0 else ("slow", 1.0, d_answer)]}
+    with PlanServer(plan, gate_dir=tmp_path) as server:
+        result = harvest([(other, E), (STUDY, A), (STUDY, B), (other, D)], tmp_path, server.url, workers=1,
+                         rate=None, policy=ONCE, progress=False, by_study=True, flush_seconds=3600)
+        assert server.gates_timed_out == 0
+    assert result.by_status == {"ok": 4}
+    commits = HarvestStore(tmp_path).commits()
+    assert [[p.rows for p in c.parts] for c in commits] == ([[3, 3], [1, 1]] if extra == 0 else [[4, 4]])

@@ -271,8 +271,9 @@ def test_once_every_series_is_asked_for_the_buffered_rows_are_written_while_the_
         tmp_path, monkeypatch):
     import cohort.harvest.runner as runner
 
-    monkeypatch.setattr(runner, "TAIL_BYTES", 1)  # any buffered row (the default: 1 MB of JSON)
     uids = [f"1.2.826.0.1.3680043.9.7433.9.4{i}" for i in range(3)]
+    # exactly one instance's JSON text (all the same length; the default is 1 MB)
+    monkeypatch.setattr(runner, "TAIL_BYTES", len(json.dumps(_ct_series(uids[0], 1)[0])))
 
     def parts_written(n):
         return lambda: len(list((tmp_path / "instances").glob("*.parquet"))) >= n
