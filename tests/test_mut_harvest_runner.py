@@ -292,6 +292,29 @@ def test_once_every_series_is_asked_for_the_buffered_rows_are_written_while_the_
     assert [p.rows for p in commit.parts] == [1, 1, 1, 3]  # three instance parts, then the log part
 
 
+def test_after_a_tail_write_the_rows_in_memory_are_counted_from_zero(tmp_path, monkeypatch):
+    import cohort.harvest.runner as runner
+
+    uids = [f"1.2.826.0.1.3680043.9.7433.9.5{i}" for i in range(3)]
+    first = _ct_series(uids[0], 1)
+    first[0]["00081030"] = {"vr": "LO", "Value": ["a description that makes this instance's text longer"]}
+    others = [_ct_series(uid, 1) for uid in uids[1:]]
+    size = len(json.dumps(others[0][0]))  # the 2nd's and the 3rd's text (the 1st's is longer)
+    monkeypatch.setattr(runner, "TAIL_BYTES", size + 1)
+    written = lambda: len(list((tmp_path / "instances").glob("*.parquet"))) >= 1  # noqa: E731
+    plan = {_path(uids[0]): [(200, _body(first))],
+            _path(uids[1]): [("until", written, (200, _body(others[0])))],  # once the 1st's rows are written
+            _path(uids[2]): [("slow", 1.0, (200, _body(others[1])))]}  # the 2nd is taken a second before it
+    with _Server(plan) as server:
+        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                         progress=False, flush_seconds=3600)
+        assert server.gates_timed_out == 0
+    assert result.by_status == {"ok": 3}
+    [commit] = HarvestStore(tmp_path).commits()
+    # the 2nd's text alone is one byte short of a tail write: its rows wait for the commit, with the 3rd's
+    assert [p.rows for p in commit.parts] == [1, 2, 3]
+
+
 def test_batches_are_committed_when_their_json_reaches_flush_bytes(tmp_path, monkeypatch):
     import cohort.harvest.runner as runner
 
