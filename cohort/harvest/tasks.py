@@ -140,7 +140,6 @@ def _distinct(tasks: list[SeriesTask]) -> list[SeriesTask]:
     return list(first.values())
 
 
-
 def whole_studies(source: Any) -> dict[str, int] | None:
     """The studies of which a :class:`~cohort.Cohort` holds every series in its index (two or more), with
     their number of series (None: ``source`` is not a cohort, so nothing is known of its studies)."""
