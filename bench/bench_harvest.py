@@ -77,42 +77,26 @@ def child(args: argparse.Namespace) -> None:
         result = harvest(pairs, args.out, custom(args.url), workers=args.workers, rate=None, progress=False,
                          by_study=args.child == "ours-by-study")
         instances, ok = result.instances, result.ok
-    elif args.child == "threaded":  # the loop a user writes: a thread pool, one dicomweb-client per thread
-        import threading
+    elif args.child in ("threaded", "threaded-by-study"):  # the loop a user writes, over series or studies:
+        import threading  # a thread pool, one dicomweb-client per thread
         from concurrent.futures import ThreadPoolExecutor
 
         from dicomweb_client.api import DICOMwebClient
 
         local = threading.local()
+        by_study = args.child == "threaded-by-study"
+        items = list(dict.fromkeys(study for study, _ in pairs)) if by_study else pairs
 
-        def one(pair: list[str]) -> int:
+        def one(item) -> int:
             if not hasattr(local, "client"):
                 local.client = DICOMwebClient(args.url)
-            return len(local.client.retrieve_series_metadata(*pair))
+            if by_study:
+                return len(local.client.retrieve_study_metadata(item))
+            return len(local.client.retrieve_series_metadata(*item))
 
         start, cpu = time.monotonic(), time.process_time()  # imports not counted
         with ThreadPoolExecutor(args.workers) as pool:
-            counts = list(pool.map(one, pairs))
-        instances, ok = sum(counts), len(counts)
-    elif args.child == "threaded-by-study":  # the same loop over studies: one request a study
-        import threading
-        from concurrent.futures import ThreadPoolExecutor
-
-        from dicomweb_client.api import DICOMwebClient
-
-        local = threading.local()
-        studies: dict[str, int] = {}
-        for study, _ in pairs:
-            studies[study] = studies.get(study, 0) + 1
-
-        def one_study(study: str) -> int:
-            if not hasattr(local, "client"):
-                local.client = DICOMwebClient(args.url)
-            return len(local.client.retrieve_study_metadata(study))
-
-        start, cpu = time.monotonic(), time.process_time()  # imports not counted
-        with ThreadPoolExecutor(args.workers) as pool:
-            counts = list(pool.map(one_study, studies))
+            counts = list(pool.map(one, items))
         instances, ok = sum(counts), len(pairs)
     elif args.child == "bare":  # the floor of any client: the same GETs in a thread pool, bodies read and dropped
         from concurrent.futures import ThreadPoolExecutor
