@@ -267,6 +267,23 @@ def test_batches_are_committed_when_their_instances_reach_flush_instances(tmp_pa
     assert [[p.rows for p in c.parts] for c in commits] == [[2, 2], [2, 2]]
 
 
+def _parts_written(out: Path, n: int):
+    """A condition for the server's "until": the harvest in ``out`` has written ``n`` instance parts."""
+    return lambda: len(list((out / "instances").glob("*.parquet"))) >= n
+
+
+def _rows_of_the_one_commit(out: Path, uids: list[str], plan: dict) -> list[int]:
+    """Harvest ``uids`` from ``plan`` with one worker (no gate may time out, every series ok): the rows of each
+    part of the run's one commit, the log part last."""
+    with _Server(plan) as server:
+        result = harvest([(STUDY, uid) for uid in uids], out, server.url, workers=1, rate=None, policy=ONCE,
+                         progress=False, flush_seconds=3600)
+        assert server.gates_timed_out == 0
+    assert result.by_status == {"ok": len(uids)}
+    [commit] = HarvestStore(out).commits()
+    return [p.rows for p in commit.parts]
+
+
 def test_once_every_series_is_asked_for_the_buffered_rows_are_written_while_the_last_answers_arrive(
         tmp_path, monkeypatch):
     import cohort.harvest.runner as runner
@@ -274,22 +291,12 @@ def test_once_every_series_is_asked_for_the_buffered_rows_are_written_while_the_
     uids = [f"1.2.826.0.1.3680043.9.7433.9.4{i}" for i in range(3)]
     # exactly one instance's JSON text (all the same length; the default is 1 MB)
     monkeypatch.setattr(runner, "TAIL_BYTES", len(json.dumps(_ct_series(uids[0], 1)[0])))
-
-    def parts_written(n):
-        return lambda: len(list((tmp_path / "instances").glob("*.parquet"))) >= n
-
     plan = {_path(uids[0]): [(200, _body(_ct_series(uids[0], 1)))],
             # the 2nd answer waits for the 1st series' rows to be written (the 3rd is asked by then), the 3rd
             # for the 2nd's: each written alone, uncommitted, and the commit at the end has the 3rd's left
-            _path(uids[1]): [("until", parts_written(1), (200, _body(_ct_series(uids[1], 1))))],
-            _path(uids[2]): [("until", parts_written(2), (200, _body(_ct_series(uids[2], 1))))]}
-    with _Server(plan) as server:
-        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
-                         progress=False, flush_seconds=3600)
-        assert server.gates_timed_out == 0
-    assert result.by_status == {"ok": 3}
-    [commit] = HarvestStore(tmp_path).commits()
-    assert [p.rows for p in commit.parts] == [1, 1, 1, 3]  # three instance parts, then the log part
+            _path(uids[1]): [("until", _parts_written(tmp_path, 1), (200, _body(_ct_series(uids[1], 1))))],
+            _path(uids[2]): [("until", _parts_written(tmp_path, 2), (200, _body(_ct_series(uids[2], 1))))]}
+    assert _rows_of_the_one_commit(tmp_path, uids, plan) == [1, 1, 1, 3]  # three instance parts, then the log part
 
 
 def test_after_a_tail_write_the_rows_in_memory_are_counted_from_zero(tmp_path, monkeypatch):
@@ -301,18 +308,12 @@ def test_after_a_tail_write_the_rows_in_memory_are_counted_from_zero(tmp_path, m
     others = [_ct_series(uid, 1) for uid in uids[1:]]
     size = len(json.dumps(others[0][0]))  # the 2nd's and the 3rd's text (the 1st's is longer)
     monkeypatch.setattr(runner, "TAIL_BYTES", size + 1)
-    written = lambda: len(list((tmp_path / "instances").glob("*.parquet"))) >= 1  # noqa: E731
     plan = {_path(uids[0]): [(200, _body(first))],
-            _path(uids[1]): [("until", written, (200, _body(others[0])))],  # once the 1st's rows are written
+            # once the 1st's rows are written
+            _path(uids[1]): [("until", _parts_written(tmp_path, 1), (200, _body(others[0])))],
             _path(uids[2]): [("slow", 1.0, (200, _body(others[1])))]}  # the 2nd is taken a second before it
-    with _Server(plan) as server:
-        result = harvest([(STUDY, uid) for uid in uids], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
-                         progress=False, flush_seconds=3600)
-        assert server.gates_timed_out == 0
-    assert result.by_status == {"ok": 3}
-    [commit] = HarvestStore(tmp_path).commits()
     # the 2nd's text alone is one byte short of a tail write: its rows wait for the commit, with the 3rd's
-    assert [p.rows for p in commit.parts] == [1, 2, 3]
+    assert _rows_of_the_one_commit(tmp_path, uids, plan) == [1, 2, 3]
 
 
 def test_batches_are_committed_when_their_json_reaches_flush_bytes(tmp_path, monkeypatch):
