@@ -310,6 +310,31 @@ def test_scan_notes_bulk_data_vr_and_strings_in_nested_sequences():
     ]
 
 
+def test_a_vr_that_is_no_string_is_noted_and_its_values_are_not_read_by_it():
+    """It once raised TypeError (a list vr looked up in a set), losing the whole series as unreadable."""
+    row = instance_row({
+        **SOP,
+        "00691001": {"vr": [], "Value": ["1"]},
+        "00691002": {"vr": {"a": 1}, "BulkDataURI": 3},
+        "00691003": {"vr": 5, "Value": [{"00181050": {"vr": "DS", "Value": ["1"]}}]},
+        "00691004": {"vr": None, "Value": ["1"]},
+    })
+    assert row["issues"] == [
+        "00691001: vr is a JSON list, not a string",
+        "00691002: vr is a JSON dict, not a string",
+        "00691002: BulkDataURI is a JSON int (nested), not a string",
+        "00691003: vr is a JSON int, not a string",  # its items are not read as a sequence's
+        "00691004: no vr",
+    ]
+
+
+def test_an_element_with_a_value_beside_vr_is_still_checked_for_bulk_keys():
+    row = instance_row({**SOP, "00691001": {"vr": "OB", "Value": [1], "InlineBinary": 3},
+                        "00691002": {"vr": "US", "Value": [1, 2, "3"], "BulkDataURI": "http://x"}})
+    assert row["issues"] == ["00691001: InlineBinary is a JSON int (nested), not a string",
+                             "00691002: US value sent as string"]
+
+
 def test_sequences_deeper_than_the_limit_are_not_scanned():
     def nest(depth):
         inner = {"00181050": {"vr": "DS", "Value": ["1"]}}

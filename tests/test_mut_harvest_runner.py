@@ -152,6 +152,18 @@ def test_values_that_do_not_fit_are_counted_per_series(tmp_path):
     assert rows[CT.SOPInstanceUID + ".2"]["Rows"] == CT.Rows
 
 
+def test_an_element_whose_vr_is_no_string_is_an_issue_of_its_row_not_of_its_series(tmp_path):
+    instance = _instance("CT")
+    instance["00691001"] = {"vr": [], "Value": ["1"]}
+    plan = {f"/studies/{STUDY}/series/{CT.SeriesInstanceUID}/metadata": [(200, json.dumps([instance]).encode())]}
+    with _Server(plan) as server:
+        result = harvest([(STUDY, CT.SeriesInstanceUID)], tmp_path, server.url, workers=1, rate=None, policy=ONCE,
+                         progress=False)
+    assert result.by_status == {"ok": 1}
+    [row] = HarvestStore(tmp_path).read_instances().to_pylist()
+    assert row["issues"] == ["00691001: vr is a JSON list, not a string"] and row["Rows"] == CT.Rows
+
+
 def test_uids_missing_from_an_instance_come_from_the_request_and_its_text_is_kept_as_sent(tmp_path):
     series = "1.2.826.0.1.3680043.9.7433.9.70"
     text = '{ "00080018" :{"Value": ["1.2.3.4"], "vr": "UI"},\n  "00080060": {"vr": "CS", "Value": ["CT"]} }'

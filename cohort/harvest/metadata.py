@@ -27,8 +27,8 @@ import json
 import math
 from collections.abc import Callable
 from decimal import Decimal
-from itertools import repeat
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
@@ -56,6 +56,11 @@ class Column:
     type: pa.DataType
     #: "one": the first value; "all": the list of values.
     take: str = "one"
+
+    @cached_property
+    def kind(self) -> str:
+        """The Arrow type of one value ("string", "int32", "int64", "double"): what it is converted to."""
+        return str(self.type if self.take == _ONE else self.type.value_type)
 
 
 _ONE = "one"
@@ -195,7 +200,7 @@ def _values(dataset: dict, tag: str, keyword: str, issues: list[str] | None) -> 
 def _convert(values: list | None, col: Column, issues: list[str], dropped: list[int]) -> Any:
     if not values:
         return [] if col.take == _ALL and values == [] else None
-    kind = str(col.type if col.take == _ONE else col.type.value_type)
+    kind = col.kind
     convert, bounds = _CONVERTERS[kind], _INT_RANGES.get(kind)
     out = []
     for value in values if col.take == _ALL else values[:1]:
@@ -334,7 +339,8 @@ def _scan(instance: dict, issues: list[str]) -> None:
     """Note departures from DICOM JSON anywhere in the dataset (nested sequences included, iteratively).
 
     It visits every element of every instance: the checks are ordered so that a conforming element costs
-    a few dictionary lookups (paths are built only for what is reported; the values' types are tested in C).
+    a few dictionary lookups (paths are built only for what is reported; an element holding only
+    ``vr`` and ``Value`` has no bulk key to check).
     """
     stack: list[tuple[dict, str, int]] = [(instance, "", 0)]
     while stack:
@@ -344,23 +350,30 @@ def _scan(instance: dict, issues: list[str]) -> None:
             if not isinstance(element, dict):
                 continue  # already noted for typed columns; other odd elements are kept in the JSON
             vr = element.get("vr")
-            if vr is None:
-                issues.append(f"{path}{tag}: no vr")
-            if not _BULK_KEYS.isdisjoint(element):
-                for key in _BULK_KEY_ORDER:
-                    if key in element and not isinstance(element[key], str):
-                        issues.append(f"{path}{tag}: {key} is a JSON {type(element[key]).__name__} (nested), "
-                                      "not a string")
             values = element.get("Value")
+            if not isinstance(vr, str) or values is None or len(element) > 2:
+                if vr is None:
+                    issues.append(f"{path}{tag}: no vr")
+                elif not isinstance(vr, str):
+                    issues.append(f"{path}{tag}: vr is a JSON {type(vr).__name__}, not a string")
+                    vr = None
+                if not _BULK_KEYS.isdisjoint(element):
+                    for key in _BULK_KEY_ORDER:
+                        if key in element and not isinstance(element[key], str):
+                            issues.append(f"{path}{tag}: {key} is a JSON {type(element[key]).__name__} (nested), "
+                                          "not a string")
             if not isinstance(values, list):
                 continue
-            if vr == "SQ":
+            if vr in _NUMERIC_VRS:
+                for value in values:
+                    if isinstance(value, str):
+                        issues.append(f"{path}{tag}: {vr} value sent as string")
+                        break
+            elif vr == "SQ":
                 where = f"{path}{tag}"
                 items = [(item, f"{where}[{i}].") for i, item in enumerate(values) if isinstance(item, dict)]
                 if items and depth >= MAX_DEPTH:
                     issues.append(f"{where}: sequences nested deeper than {MAX_DEPTH} levels are not scanned")
                     continue
                 nested += [(item, p, depth + 1) for item, p in items]
-            elif vr in _NUMERIC_VRS and any(map(isinstance, values, repeat(str))):
-                issues.append(f"{path}{tag}: {vr} value sent as string")
         stack.extend(reversed(nested))
