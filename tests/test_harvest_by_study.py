@@ -14,7 +14,7 @@ import pytest
 from cohort import Cohort, custom
 from cohort.errors import HarvestError
 from cohort.harvest import HarvestStore, fetch_units, harvest, whole_studies
-from cohort.harvest.tasks import SeriesTask, study_url
+from cohort.harvest.tasks import SPLIT_INSTANCES, SeriesTask, Study, study_url
 from tests.support.plan_server import NOW_RETRY, ONCE, STUDY, PlanServer, body, ct_series, instance, log_rows
 
 A, B, C = (f"1.2.826.0.1.3680043.9.7433.8.{i}" for i in (1, 2, 3))
@@ -157,20 +157,40 @@ def test_fetch_units_groups_a_study_s_series_of_one_endpoint_in_the_order_given(
     assert fetch_units(todo, False) == todo
     assert fetch_units(todo, True) == [(s1a, s1b), s2a, s3a, s3b, s4a, s4b]  # 3: two endpoints; 4: no URL
     assert fetch_units([s2a, s1b, s1a], True) == [s2a, (s1b, s1a)]
-    assert fetch_units(todo, True, {"1": 2}) == [(s1a, s1b), s2a, s3a, s3b, s4a, s4b]
-    assert fetch_units(todo, True, {"1": 3}) == todo  # a series of study 1 is not asked for (complete before)
+    assert fetch_units(todo, True, {"1": Study(2, 9)}) == [(s1a, s1b), s2a, s3a, s3b, s4a, s4b]
+    assert fetch_units(todo, True, {"1": Study(3, 9)}) == todo  # a series of study 1 is not asked (complete before)
     assert fetch_units(todo, True, {}) == todo
+
+
+def test_with_fewer_requests_than_workers_a_study_of_more_than_100_instances_is_asked_by_series():
+    def task(study, series):
+        return SeriesTask(study, series, "e", f"http://h/w/studies/{study}/series/{series}")
+
+    todo = [task("1", "1a"), task("1", "1b"), task("2", "2a"), task("2", "2b"), task("3", "3a")]
+    small, big = Study(2, SPLIT_INSTANCES), Study(2, SPLIT_INSTANCES + 1)
+    grouped = [tuple(todo[:2]), tuple(todo[2:4]), todo[4]]
+    assert SPLIT_INSTANCES == 100
+    assert fetch_units(todo, True, {"1": big, "2": big}, fill=3) == grouped  # 3 requests for 3 workers
+    assert fetch_units(todo, True, {"1": big, "2": big}, fill=4) == todo  # 3 for 4: both studies split
+    assert fetch_units(todo, True, {"1": small, "2": big}, fill=4) == [tuple(todo[:2]), *todo[2:]]
+    assert fetch_units(todo, True, {"1": small, "2": small}, fill=9) == grouped
+    assert fetch_units(todo, True, None, fill=9) == grouped  # sizes unknown (by_study=True): as asked
     assert study_url("http://h/w/studies/1.2/series/3.4/") == "http://h/w/studies/1.2/metadata"
     assert study_url("http://h/series/w/studies/1.2/series/3.4") == "http://h/series/w/studies/1.2/metadata"
 
 
-def _study_with(catalog, n: int) -> tuple[str, list[str]]:
-    """A study of the shipped index with n series (found by a query of the Parquet file itself)."""
+def _index_file() -> str:
     from idc_index_data import IDC_INDEX_PARQUET_FILEPATH
 
-    study = duckdb.sql(f"SELECT StudyInstanceUID FROM read_parquet('{IDC_INDEX_PARQUET_FILEPATH}') GROUP BY 1 "
-                       f"HAVING count(*) = {n} ORDER BY 1 LIMIT 1").fetchone()[0]
-    series = duckdb.sql(f"SELECT SeriesInstanceUID FROM read_parquet('{IDC_INDEX_PARQUET_FILEPATH}') "
+    return IDC_INDEX_PARQUET_FILEPATH
+
+
+def _study_with(catalog, n: int, instances: str = "> 0") -> tuple[str, list[str]]:
+    """A study of the shipped index with n series and instances as said (found by a query of the Parquet file
+    itself)."""
+    study = duckdb.sql(f"SELECT StudyInstanceUID FROM read_parquet('{_index_file()}') GROUP BY 1 "
+                       f"HAVING count(*) = {n} AND sum(instanceCount) {instances} ORDER BY 1 LIMIT 1").fetchone()[0]
+    series = duckdb.sql(f"SELECT SeriesInstanceUID FROM read_parquet('{_index_file()}') "
                         f"WHERE StudyInstanceUID = '{study}' ORDER BY 1").fetchall()
     return study, [s for (s,) in series]
 
@@ -179,7 +199,9 @@ def test_a_cohort_holding_a_whole_study_asks_for_it_once(tmp_path, catalog):
     study, series = _study_with(catalog, 3)
     other, other_series = _study_with(catalog, 4)
     cohort = Cohort.from_uids(series + other_series[:3], catalog=catalog)  # all of `study`, 3 of 4 of `other`
-    assert whole_studies(cohort) == {study: 3}
+    held = duckdb.sql(f"SELECT sum(instanceCount) FROM read_parquet('{_index_file()}') "
+                      f"WHERE StudyInstanceUID = '{study}'").fetchone()[0]
+    assert whole_studies(cohort) == {study: Study(3, held)} and held > 0
     assert whole_studies([(study, s) for s in series]) is None  # not a cohort: nothing known of its studies
     answer = body([instance("CT", s, f"{s}.1") | {"0020000D": {"vr": "UI", "Value": [study]}} for s in series])
     plan = {f"/studies/{study}/metadata": [(200, answer)]} | {
@@ -204,6 +226,27 @@ def test_a_cohort_holding_a_whole_study_asks_for_it_once(tmp_path, catalog):
                          progress=False, light=True)  # QIDO: series by series
         assert all(path.endswith("/instances") for path in _asked(server)) and len(_asked(server)) == 6
         assert result.by_status == {"ok": 6}
+
+
+def test_a_cohort_too_small_for_its_workers_asks_a_study_of_more_than_100_instances_series_by_series(
+        tmp_path, catalog):
+    small, small_series = _study_with(catalog, 2, "BETWEEN 2 AND 100")
+    big, big_series = _study_with(catalog, 2, "> 100")
+    cohort = Cohort.from_uids(small_series + big_series, catalog=catalog)
+    plan = {f"/studies/{small}/metadata": [(200, body([instance("CT", s, f"{s}.1") for s in small_series]))]}
+    plan |= {_series_path(s, big): [(200, body([instance("CT", s, f"{s}.1")]))] for s in big_series}
+    with PlanServer(plan) as server:
+        result = harvest(cohort, tmp_path / "3", custom(server.url), workers=3, rate=None, policy=ONCE,
+                         progress=False)  # 2 requests by study, for 3 workers
+        assert sorted(_asked(server)) == sorted([f"/studies/{small}/metadata"]
+                                                + [_series_path(s, big) for s in big_series])
+        assert result.by_status == {"ok": 4}
+        server.requests.clear()
+        plan[f"/studies/{big}/metadata"] = [(200, body([instance("CT", s, f"{s}.1") for s in big_series]))]
+        result = harvest(cohort, tmp_path / "2", custom(server.url), workers=2, rate=None, policy=ONCE,
+                         progress=False)  # 2 requests for 2 workers: both by study
+        assert sorted(_asked(server)) == sorted([f"/studies/{small}/metadata", f"/studies/{big}/metadata"])
+        assert result.by_status == {"ok": 4}
 
 
 @pytest.mark.parametrize("extra", [0, 1], ids=["due-with-the-study", "one-byte-short"])

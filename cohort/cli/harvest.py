@@ -53,7 +53,8 @@ _UID_FILES = (".csv", ".tsv", ".parquet")
 @click.option("--by-study/--by-series", "by_study", default=None,
               help="Ask for a study's metadata once for two or more of its series (other series in the answer "
                    "are dropped), or ask series by series [default: by study for the studies a QUERY's cohort "
-                   "holds whole, and with --all; else by series].")
+                   "holds whole (one of over 100 instances by series when there are fewer requests than workers), "
+                   "and with --all; else by series].")
 @click.option("--retry", "retry", default="", metavar="STATUS[,STATUS]",
               help="Ask again for series whose final status is one of these: not_found, empty "
                    "(failed series are always asked again; series not found at another endpoint too).")

@@ -146,7 +146,9 @@ def harvest(
     ``rate`` caps requests a second over all workers (None: no cap).
     ``retry`` names final statuses (``"not_found"``, ``"empty"``) whose series are asked for again.
     ``by_study``: ask for the metadata of a study once for two or more of its series (:mod:`.tasks`);
-    None (the default) does so for the studies a :class:`~cohort.Cohort` holds whole, False never,
+    None (the default) does so for the studies a :class:`~cohort.Cohort` holds whole (but asks a study of
+    more than :data:`~cohort.harvest.tasks.SPLIT_INSTANCES` instances by series when there would be fewer
+    requests than ``workers``), False never,
     True whenever two or more series of a study are asked of one endpoint (instances of other series
     in the answer are dropped). ``light`` asks series by series.
 
@@ -173,7 +175,7 @@ def harvest(
         log.info("harvest %s: %d series, %d already complete, run %s", out_dir, len(tasks), len(tasks) - len(todo),
                  run.run_id)
         together = not light and (bool(whole) if by_study is None else by_study)
-        run.execute(fetch_units(todo, together, whole), len(todo), workers, progress)
+        run.execute(fetch_units(todo, together, whole, fill=workers), len(todo), workers, progress)
         probes.check()  # a failed probe is the error to report, even when no series was finished
     if run.auth_failure is not None:
         raise HarvestError(run.auth_failure + f"; the series finished before it are kept in {out_dir}")

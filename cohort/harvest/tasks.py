@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import pyarrow as pa
 
@@ -85,6 +85,20 @@ class HarvestResult:
 
 
 
+#: With fewer requests than workers, a study of more instances than this is asked for series by series
+#: (see :func:`fetch_units`). Measured on Orthanc through a 100 ms proxy, 4 studies of 5 series and 16
+#: workers: by study 2x faster with 1 instance a series, even at 10, 6-12% slower at 20 and 60, 10-20%
+#: slower at 200.
+SPLIT_INSTANCES = 100
+
+
+class Study(NamedTuple):
+    """A study's size in the index: its series and their instances."""
+
+    series: int
+    instances: int
+
+
 #: What a worker is given: one series, or two or more series of one study asked for together.
 Unit = Union["SeriesTask", tuple["SeriesTask", ...]]
 
@@ -140,26 +154,35 @@ def _distinct(tasks: list[SeriesTask]) -> list[SeriesTask]:
     return list(first.values())
 
 
-def whole_studies(source: Any) -> dict[str, int] | None:
+def whole_studies(source: Any) -> dict[str, Study] | None:
     """The studies of which a :class:`~cohort.Cohort` holds every series in its index (two or more), with
-    their number of series (None: ``source`` is not a cohort, so nothing is known of its studies)."""
+    their size (None: ``source`` is not a cohort, so nothing is known of its studies)."""
     if not (hasattr(source, "catalog") and hasattr(source, "to_arrow")):
         return None
     series = source.to_arrow().select(["StudyInstanceUID", "SeriesInstanceUID"])
     table = source.catalog.sql(
         "WITH wanted AS (SELECT StudyInstanceUID, count(DISTINCT SeriesInstanceUID) AS n FROM _wanted GROUP BY 1 "
         "HAVING n > 1), "
-        "held AS (SELECT StudyInstanceUID, count(*) AS n FROM index "
+        "held AS (SELECT StudyInstanceUID, count(*) AS n, sum(instanceCount) AS instances FROM index "
         "WHERE StudyInstanceUID IN (SELECT StudyInstanceUID FROM wanted) GROUP BY 1) "
-        "SELECT StudyInstanceUID, held.n FROM wanted JOIN held USING (StudyInstanceUID) WHERE wanted.n = held.n",
+        "SELECT StudyInstanceUID, held.n, held.instances FROM wanted JOIN held USING (StudyInstanceUID) "
+        "WHERE wanted.n = held.n",
         source="cohort.harvest.whole_studies", register={"_wanted": series})
-    return dict(zip(table.column(0).to_pylist(), table.column(1).to_pylist()))
+    columns = (c.to_pylist() for c in table.columns)
+    return {study: Study(n, int(instances or 0)) for study, n, instances in zip(*columns)}
 
 
-def fetch_units(todo: list[SeriesTask], by_study: bool, whole: Mapping[str, int] | None = None) -> list[Unit]:
+def fetch_units(todo: list[SeriesTask], by_study: bool, whole: Mapping[str, Study] | None = None,
+                fill: int = 0) -> list[Unit]:
     """``todo`` as the requests to make, in its order: the series of a study together when ``by_study``
     and two or more of them are asked of one endpoint, and (if ``whole`` is given) ``todo`` holds all of
-    the study's ``whole[study]`` series (none complete before, none at another endpoint)."""
+    the study's ``whole[study].series`` series (none complete before, none at another endpoint).
+
+    With ``whole`` and ``fill`` (the workers), when the requests would be fewer than the workers, a
+    study of more than :data:`SPLIT_INSTANCES` instances is asked for series by series: its series
+    are then answered in parallel and each parsed while the next arrive, instead of one long answer
+    on one worker while the others idle.
+    """
     if not by_study:
         return list(todo)
     groups: dict[str, list[SeriesTask]] = {}
@@ -167,7 +190,9 @@ def fetch_units(todo: list[SeriesTask], by_study: bool, whole: Mapping[str, int]
         groups.setdefault(task.study_uid, []).append(task)
     together = {study: tuple(tasks) for study, tasks in groups.items()
                 if len(tasks) > 1 and all(t.url is not None and t.endpoint == tasks[0].endpoint for t in tasks)
-                and (whole is None or whole.get(study) == len(tasks))}
+                and (whole is None or study in whole and whole[study].series == len(tasks))}
+    if whole is not None and len(todo) - sum(len(tasks) - 1 for tasks in together.values()) < fill:
+        together = {study: tasks for study, tasks in together.items() if whole[study].instances <= SPLIT_INSTANCES}
     units: list[Unit] = []
     for task in todo:
         if task.study_uid not in together:
