@@ -52,8 +52,9 @@ printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
 $SUDO chmod +x "$POLICY"
 
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends orthanc orthanc-dicomweb orthanc-wsi >/dev/null
+# another apt on the machine (an upgrade, another checkout's install) holds the lock: wait for it, up to 10 min
+$SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+$SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends orthanc orthanc-dicomweb orthanc-wsi >/dev/null
 
 # Only the service this install started, by name (or its own pidfile): never by process name.
 if [ "$was_running" = no ] && service_running; then
