@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cohort.harvest import INSTANCE_SCHEMA, HarvestStore, harvest, instance_row
-from cohort.harvest.metadata import COLUMNS
+from cohort.harvest.metadata import COLUMNS, MalformedMetadata
 from cohort.retry import RetryPolicy
 
 INT_RANGE = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
@@ -171,6 +171,47 @@ def test_pixel_spacing_keeps_dicoms_row_column_order():
 def test_a_ul_of_three_billion_is_kept():
     row = instance_row({"00080018": {"vr": "UI", "Value": ["1.2"]}, "00480302": {"vr": "UL", "Value": [3_000_000_000]}})
     assert row["NumberOfOpticalPaths"] == 3_000_000_000 and row["values_dropped"] == 0
+
+
+# -- any shape: DICOM JSON keys holding any JSON at any level ---------------------------------------------
+_TAGS = [c.tag for c in COLUMNS] + ["00280030", "00480105", "00480112", "00081115", "00400560", "00080100",
+                                    "52009229", "7FE00010"]
+_KEYS = ["vr", "Value", "BulkDataURI", "InlineBinary", "Alphabetic", "Ideographic", "Phonetic"]
+_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=6),
+                  st.sampled_from(["1.2.3", "UI", "PN", "SQ", "DS", "IS", "OB", *_KEYS]))
+_ANY = st.recursive(_LEAF, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.one_of(st.sampled_from(_KEYS + _TAGS), st.text(max_size=4)), inner, max_size=4)),
+    max_leaves=12)
+_ELEMENT = st.one_of(_ANY, st.fixed_dictionaries(
+    {"vr": st.one_of(st.sampled_from(["UI", "PN", "SQ", "DS", "IS", "LO", "US", "UL", "FD", "OB", "UN", "SL"]), _ANY)},
+    optional={"Value": _ANY, "BulkDataURI": _ANY, "InlineBinary": _ANY}))
+_DATASET = st.dictionaries(st.sampled_from(_TAGS), _ELEMENT, max_size=8)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(dataset=_DATASET, sop=st.booleans(),
+       sequences=st.lists(st.tuples(st.sampled_from(["00480105", "00081115", "52009229", "00400560"]),
+                                    st.lists(_DATASET, max_size=2)), max_size=2))
+def test_an_instance_of_any_shape_gives_a_writable_row(dataset, sop, sequences):
+    """Whatever JSON an element, a vr, a Value or a sequence item holds, an instance with a SOPInstanceUID gives
+    a row that Arrow takes, with its JSON kept as sent; without one, the only error is MalformedMetadata. (A vr
+    that was a JSON list once raised TypeError here, and the runner logged the whole series malformed.)"""
+    instance = dict(dataset)
+    for tag, items in sequences:
+        instance[tag] = {"vr": "SQ", "Value": items}
+    if sop:
+        instance["00080018"] = {"vr": "UI", "Value": ["1.2.3"]}
+    text = json.dumps(instance)
+    try:
+        row = instance_row(json.loads(text), "1.2", "1.3", text)
+    except MalformedMetadata:
+        assert not sop
+        return
+    assert row["json"] == text and (row["SOPInstanceUID"] == "1.2.3" or not sop)
+    row.pop("values_dropped")
+    table = pa.Table.from_pylist([{**row, "endpoint": "e", "run_id": "r", "harvested_at": None}], schema=INSTANCE_SCHEMA)
+    assert table.column("json").to_pylist() == [text]
 
 
 # -- end to end: a server answers the generated bodies, harvest() writes them ----------------------------
