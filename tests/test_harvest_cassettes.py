@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
 import vcr
+from urllib3.connectionpool import HTTPConnectionPool
 
 from cohort import custom
 from cohort.harvest import HarvestStore, harvest
@@ -36,6 +38,21 @@ SM = ("1.2.826.0.1.3680043.9.7433.3.82970457260936734119270346325882945",
       "1.2.826.0.1.3680043.9.7433.3.57084118109582350083572639456817453")
 MISSING = (CT[0], "1.2.826.0.1.3680043.9.7433.3.999")
 RECORD = bool(os.environ.get("COHORT_RECORD_CASSETTES"))
+
+
+@pytest.fixture(autouse=True)
+def _one_connection_made_at_a_time(monkeypatch):
+    """vcrpy makes each connection with the connection classes unpatched for a moment, in the whole process
+    (``vcr.patch.force_reset`` in ``VCRConnection.__init__``): a connection made meanwhile on another thread
+    (the harvest's probe runs beside its workers) is a real one, and fails on orthanc.invalid (vcrpy is not
+    thread-safe: kevin1024/vcrpy#849). Here connections are made one at a time; requests still overlap."""
+    new_conn, lock = HTTPConnectionPool._new_conn, threading.Lock()
+
+    def one_at_a_time(self):
+        with lock:
+            return new_conn(self)
+
+    monkeypatch.setattr(HTTPConnectionPool, "_new_conn", one_at_a_time)
 
 
 def _recorder(real_root: str | None = None) -> vcr.VCR:

@@ -22,10 +22,13 @@ ONE = RetryPolicy(timeout=10, max_attempts=1)
 
 
 class _Server:
-    def __init__(self, probe_status: int, probe_delay: float, series_delay: float) -> None:
+    def __init__(self, probe_status: int, probe_delay: float, series_delay: float, gate: int = 0) -> None:
         self.asked: list[str] = []
         lock = threading.Lock()
         owner = self
+        # with a gate, the probe answers once `gate` series requests are in flight together (or after 5 s),
+        # and each series once the probe has answered (or after 5 s)
+        self.in_flight, self.all_in, self.probe_done, self.probe_saw_all = 0, threading.Event(), threading.Event(), None
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -35,11 +38,22 @@ class _Server:
                 with lock:
                     owner.asked.append(path)
                 if path.endswith("/studies"):
+                    if gate:
+                        owner.probe_saw_all = owner.all_in.wait(5)
+                        owner.probe_done.set()
                     time.sleep(probe_delay)
                     status, kind, body = probe_status, "application/dicom+json", b"[]"
                     if probe_status != 200:
                         kind, body = "text/html", b"<html>not here</html>"
                 else:
+                    if gate:
+                        with lock:
+                            owner.in_flight += 1
+                            if owner.in_flight >= gate:
+                                owner.all_in.set()
+                        owner.probe_done.wait(5)
+                        with lock:
+                            owner.in_flight -= 1
                     time.sleep(series_delay)
                     series = path.split("/series/")[1].split("/")[0]
                     instance = {"00080018": {"vr": "UI", "Value": [series + ".1"]},
@@ -70,8 +84,8 @@ class _Server:
 def server_factory():
     made: list[_Server] = []
 
-    def make(probe_status=200, probe_delay=0.0, series_delay=0.0) -> _Server:
-        made.append(_Server(probe_status, probe_delay, series_delay))
+    def make(probe_status=200, probe_delay=0.0, series_delay=0.0, gate=0) -> _Server:
+        made.append(_Server(probe_status, probe_delay, series_delay, gate))
         return made[-1]
 
     yield make
@@ -114,3 +128,14 @@ def test_a_slow_probe_that_passes_holds_nothing_back(server_factory, tmp_path):
     log = HarvestStore(tmp_path).read_log().to_pylist()
     assert sorted(r["SeriesInstanceUID"] for r in log) == sorted(s for _, s in PAIRS[:10])
     assert server.asked.count("/dicom-web/studies") == 1
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_the_probe_takes_no_workers_place(server_factory, tmp_path, workers):
+    """A cohort of exactly as many series as workers is one round of requests, not two: the probe answers only
+    once every worker has a series request in flight beside it (it ran on a worker's thread once, and such a
+    cohort took two round trips)."""
+    server = server_factory(gate=workers)
+    result = harvest(PAIRS[:workers], tmp_path, server.url, workers=workers, rate=None, policy=ONE, progress=False)
+    assert result.by_status == {"ok": workers}
+    assert server.probe_saw_all is True, "the probe was answered before every worker had a series in flight"

@@ -998,7 +998,7 @@ def test_a_series_taken_after_a_ctrl_c_moves_the_bar(tmp_path, monkeypatch, caps
 
 
 def test_after_a_failed_probe_queued_series_are_cancelled_and_running_ones_awaited(tmp_path, monkeypatch):
-    """One worker: the probe fails before the first series starts; when the main loop takes that series the second
+    """One worker: the probe (on its own thread) fails at once; when the main loop takes the first series the second
     is running (held by the server until the pool is shut down, then answered 0.3 s later) and the third queued: the
     third is never asked (a rate limit lets a request through without looking at the stop, so only the cancel keeps
     it back), and no worker thread of the run is left when harvest() raises."""
@@ -1018,9 +1018,10 @@ def test_after_a_failed_probe_queued_series_are_cancelled_and_running_ones_await
         return got
 
     class Pool(runner.ThreadPoolExecutor):
-        def shutdown(self, *args, **kwargs):
-            release.set()
-            return super().shutdown(*args, **kwargs)
+        def shutdown(self, wait=True, **kwargs):
+            if wait:  # the run's pool (the probe's is shut down without waiting as soon as it has its probe)
+                release.set()
+            return super().shutdown(wait, **kwargs)
 
     monkeypatch.setattr(runner, "_finished", finished)
     monkeypatch.setattr(runner, "ThreadPoolExecutor", Pool)
@@ -1036,7 +1037,7 @@ def test_after_a_failed_probe_queued_series_are_cancelled_and_running_ones_await
 
 
 def test_at_most_two_series_per_worker_wait_in_the_pool(tmp_path, monkeypatch):
-    """The probe holds the only worker until two series were submitted; the pool never holds more than two series
+    """The probe answers once two series were submitted; the pool never holds more than two series per worker
     not yet finished (the queue stays bounded whatever the cohort's size)."""
     import cohort.harvest.runner as runner
 
@@ -1140,9 +1141,10 @@ def test_a_probe_failing_before_any_series_finished_stops_the_run(tmp_path, monk
     plan = {"/studies": [(404, b"no")], **{_path(uid): [("event", release, (204, b""))] for uid in uids}}
 
     class Pool(runner.ThreadPoolExecutor):
-        def shutdown(self, *args, **kwargs):
-            release.set()
-            return super().shutdown(*args, **kwargs)
+        def shutdown(self, wait=True, **kwargs):
+            if wait:  # the run's pool (the probe's is shut down without waiting as soon as it has its probe)
+                release.set()
+            return super().shutdown(wait, **kwargs)
 
     monkeypatch.setattr(runner, "ThreadPoolExecutor", Pool)
     with _Server(plan) as server:

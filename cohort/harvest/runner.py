@@ -187,15 +187,20 @@ def harvest(
 
 
 class _Probes:
-    """Each endpoint's probe (:func:`.probe.probe`), submitted to the run's pool ahead of the series, so
-    that it costs no round trip of its own; nothing is committed before every probe passed."""
+    """Each endpoint's probe (:func:`.probe.probe`), on a thread of its own beside the series' requests, so
+    that it costs no round trip and takes no worker's place (on a worker, a cohort of as many series as
+    workers took two round trips); nothing is committed before every probe passed."""
 
     def __init__(self, endpoints: list[Endpoint], policy: RetryPolicy, limiter: RateLimiter) -> None:
         self.endpoints, self.policy, self.limiter = endpoints, policy, limiter
         self._futures: list[Future] = []
 
-    def start(self, pool: ThreadPoolExecutor) -> None:
+    def start(self) -> None:
+        if not self.endpoints:
+            return
+        pool = ThreadPoolExecutor(max_workers=len(self.endpoints), thread_name_prefix="harvest-probe")
         self._futures = [pool.submit(probe, endpoint, self.policy, self.limiter) for endpoint in self.endpoints]
+        pool.shutdown(wait=False)  # its threads end with their probe
 
     def failed(self) -> bool:
         """True once a probe has failed (does not wait)."""
@@ -244,7 +249,7 @@ class _Run:
         # without scanning every pending future as concurrent.futures.wait does
         done: SimpleQueue[Future] = SimpleQueue()
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="harvest")
-        self.probes.start(pool)
+        self.probes.start()
         try:
             try:
                 self._fill(pool, queue, pending, done, 2 * workers)
