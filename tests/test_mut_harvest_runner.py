@@ -997,6 +997,20 @@ def test_a_series_taken_after_a_ctrl_c_moves_the_bar(tmp_path, monkeypatch, caps
     assert "| 2/3 [" in last and "empty=1" in last and "not_found=1" in last
 
 
+def _pool_releasing(release: threading.Event) -> type:
+    """The runner's ThreadPoolExecutor, setting ``release`` when the run's pool shuts down (not the probe's,
+    which is shut down without waiting as soon as it has its probe)."""
+    import cohort.harvest.runner as runner
+
+    class Pool(runner.ThreadPoolExecutor):
+        def shutdown(self, wait=True, **kwargs):
+            if wait:
+                release.set()
+            return super().shutdown(wait, **kwargs)
+
+    return Pool
+
+
 def test_after_a_failed_probe_queued_series_are_cancelled_and_running_ones_awaited(tmp_path, monkeypatch):
     """One worker: the probe (on its own thread) fails at once; when the main loop takes the first series the second
     is running (held by the server until the pool is shut down, then answered 0.3 s later) and the third queued: the
@@ -1017,11 +1031,7 @@ def test_after_a_failed_probe_queued_series_are_cancelled_and_running_ones_await
             time.sleep(0.01)  # the worker takes the second series once it is done with the first
         return got
 
-    class Pool(runner.ThreadPoolExecutor):
-        def shutdown(self, wait=True, **kwargs):
-            if wait:  # the run's pool (the probe's is shut down without waiting as soon as it has its probe)
-                release.set()
-            return super().shutdown(wait, **kwargs)
+    Pool = _pool_releasing(release)
 
     monkeypatch.setattr(runner, "_finished", finished)
     monkeypatch.setattr(runner, "ThreadPoolExecutor", Pool)
@@ -1140,11 +1150,7 @@ def test_a_probe_failing_before_any_series_finished_stops_the_run(tmp_path, monk
     uids = [f"1.2.9.30{i}" for i in range(6)]
     plan = {"/studies": [(404, b"no")], **{_path(uid): [("event", release, (204, b""))] for uid in uids}}
 
-    class Pool(runner.ThreadPoolExecutor):
-        def shutdown(self, wait=True, **kwargs):
-            if wait:  # the run's pool (the probe's is shut down without waiting as soon as it has its probe)
-                release.set()
-            return super().shutdown(wait, **kwargs)
+    Pool = _pool_releasing(release)
 
     monkeypatch.setattr(runner, "ThreadPoolExecutor", Pool)
     with _Server(plan) as server:
