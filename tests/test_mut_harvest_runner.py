@@ -928,19 +928,33 @@ def test_every_request_the_probe_s_too_takes_a_token_of_one_shared_limiter(tmp_p
     assert len(set(taken)) == 2
 
 
-def test_a_failed_probe_stops_the_run_before_the_rest_is_asked(tmp_path):
-    """One worker: the probe (submitted first) has failed before the first series starts, so the main loop sees the
-    failure when it takes that series and stops: at most the two series submitted after it were asked."""
+def test_a_failed_probe_stops_the_run_before_the_rest_is_asked(tmp_path, monkeypatch):
+    """One worker: the probe (on its own thread) fails; the server answers no series before the probe's future is
+    done, so the main loop sees the failure when it takes the first series and stops: at most the series submitted
+    beside it (two in the pool per worker) and the one submitted after it were asked, not the ten."""
+    import cohort.harvest.runner as runner
+
+    started: list = []
+    real_start = runner._Probes.start
+
+    def start(self):
+        started.append(self)
+        real_start(self)
+
+    def probe_done():
+        return bool(started) and all(f.done() for f in started[0]._futures)
+
+    monkeypatch.setattr(runner._Probes, "start", start)
     uids = [f"1.2.9.19{i}" for i in range(10)]
-    plan = {"/studies": [(404, b"no")], **{_path(uid): [(204, b"")] for uid in uids}}
+    plan = {"/studies": [(404, b"no")], **{_path(uid): [("until", probe_done, (204, b""))] for uid in uids}}
     with _Server(plan) as server, pytest.raises(HarvestError) as err:
         harvest([(STUDY, uid) for uid in uids], tmp_path, custom(server.url, name="srv"), workers=1, rate=None,
                 policy=ONCE, progress=False, flush_seconds=3600)
+    assert server.gates_timed_out == 0
     assert str(err.value).startswith("srv does not answer as a DICOMweb service: ")
     asked = [p for p, _, _ in server.requests if p != "/studies"]
     assert 1 <= len(asked) <= 3 and asked == [_path(uid) for uid in uids[:len(asked)]]
     assert not list((tmp_path / "commits").glob("*.json"))
-
 
 
 def test_workers_ask_for_series_at_once_each_held_until_the_other_is_asked(tmp_path):
