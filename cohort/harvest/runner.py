@@ -27,10 +27,9 @@ same directory: series already complete are skipped.
 Each endpoint is probed once (:mod:`.probe`), on a thread of its own beside the
 first series' requests (so the probe costs no round trip and takes no worker's
 place), and nothing is committed before it passes: a URL that is not a DICOMweb
-root, or credentials it refuses, stop
-the run with a :class:`~cohort.HarvestError` instead of being logged as the
-outcome of every series; a 401/403 during the run stops it the same way. Which series a rerun
-asks for again is decided by :mod:`.selection` (``retry`` names final statuses
+root, or credentials it refuses, stop the run with a :class:`~cohort.HarvestError`
+instead of being logged as the outcome of every series; a 401/403 during the run
+stops it the same way. Which series a rerun asks for again is decided by :mod:`.selection` (``retry`` names final statuses
 to ask again). Error texts are redacted (:func:`cohort._redact.redact`) before
 they are stored.
 """
